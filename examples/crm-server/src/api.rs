@@ -1,0 +1,215 @@
+//! The HTTP API, answering errors in HubSpot's JSON shape
+//! (`{"status":"error","message":...,"category":...}`).
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+
+use crate::store::Store;
+
+#[derive(Clone)]
+struct App {
+    store: Store,
+    token: Option<String>,
+}
+
+pub fn router(store: Store, token: Option<String>) -> Router {
+    Router::new()
+        .route("/crm/v3/objects/{object_type}/batch/upsert", post(batch_upsert))
+        .route("/crm/v3/objects/{object_type}/batch/read", post(batch_read))
+        .route("/crm/v3/objects/{object_type}/{id}", get(get_one))
+        .route("/crm/v3/objects/{object_type}", get(list))
+        .with_state(App { store, token })
+}
+
+/// An error response in HubSpot's shape.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"status": "error", "message": self.2, "category": self.1});
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", format!("{e:#}"))
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message.into())
+}
+
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &app.token else { return Ok(()) };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found or invalid: send Authorization: Bearer <token>".into(),
+        ))
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("Invalid input JSON: {e}")))
+}
+
+fn inputs(body: &Value) -> Result<&Vec<Value>, ApiError> {
+    let inputs = body["inputs"]
+        .as_array()
+        .ok_or_else(|| bad_request("`inputs` must be an array"))?;
+    if inputs.len() > 100 {
+        return Err(bad_request(format!(
+            "at most 100 inputs per batch, got {}",
+            inputs.len()
+        )));
+    }
+    Ok(inputs)
+}
+
+/// HubSpot stores property values as strings; numbers and booleans are
+/// accepted and stored as their text.
+fn string_properties(value: &Value, at: usize) -> Result<Map<String, Value>, ApiError> {
+    let map = value
+        .as_object()
+        .ok_or_else(|| bad_request(format!("inputs[{at}].properties must be an object")))?;
+    map.iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => String::new(),
+                _ => {
+                    return Err(bad_request(format!(
+                        "inputs[{at}].properties.{k}: property values must be strings, numbers or booleans"
+                    )));
+                }
+            };
+            Ok((k.clone(), Value::String(text)))
+        })
+        .collect()
+}
+
+async fn batch_upsert(
+    State(app): State<App>,
+    Path(object_type): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let body = parse_body(&body)?;
+    let mut parsed = Vec::new();
+    for (i, input) in inputs(&body)?.iter().enumerate() {
+        let id_property = input["idProperty"]
+            .as_str()
+            .ok_or_else(|| bad_request(format!("inputs[{i}].idProperty is required")))?;
+        let id = input["id"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad_request(format!("inputs[{i}].id is required")))?;
+        let properties = string_properties(&input["properties"], i)?;
+        parsed.push((id_property.to_string(), id.to_string(), properties));
+    }
+    let results = app.store.upsert(&object_type, &parsed)?;
+    Ok(Json(json!({"status": "COMPLETE", "results": results})))
+}
+
+async fn batch_read(
+    State(app): State<App>,
+    Path(object_type): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let body = parse_body(&body)?;
+    let id_property = body["idProperty"].as_str();
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    for (i, input) in inputs(&body)?.iter().enumerate() {
+        let id = input["id"]
+            .as_str()
+            .ok_or_else(|| bad_request(format!("inputs[{i}].id is required")))?;
+        match app.store.find(&object_type, id_property, id)? {
+            Some(object) => results.push(object),
+            None => missing.push(id.to_string()),
+        }
+    }
+    let mut out = json!({"status": "COMPLETE", "results": results});
+    if missing.is_empty() {
+        return Ok(Json(out).into_response());
+    }
+    // Like HubSpot: 207 with the ids it could not find.
+    out["errors"] = json!([{
+        "status": "error",
+        "category": "OBJECT_NOT_FOUND",
+        "message": "Could not get some objects, they may be deleted or not exist.",
+        "context": {"ids": missing},
+    }]);
+    Ok((StatusCode::MULTI_STATUS, Json(out)).into_response())
+}
+
+async fn get_one(
+    State(app): State<App>,
+    Path((object_type, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let id_property = query.get("idProperty").map(String::as_str);
+    match app.store.find(&object_type, id_property, &id)? {
+        Some(object) => Ok(Json(serde_json::to_value(object).expect("serialisable"))),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            format!("Object not found. objectId are usually numeric. ({id})"),
+        )),
+    }
+}
+
+async fn list(
+    State(app): State<App>,
+    Path(object_type): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let limit = match query.get("limit") {
+        None => 10,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| bad_request(format!("limit must be a number from 1 to 100, got `{l}`")))?,
+    };
+    let after = match query.get("after") {
+        None => 0,
+        Some(a) => a
+            .parse::<i64>()
+            .map_err(|_| bad_request(format!("after must be a cursor from paging.next.after, got `{a}`")))?,
+    };
+    let page = app.store.page(&object_type, limit + 1, after)?;
+    let more = page.len() > limit;
+    let results: Vec<_> = page.into_iter().take(limit).collect();
+    let next = results.last().filter(|_| more).map(|last| last.id.clone());
+    let mut out = json!({ "results": results });
+    if let Some(after) = next {
+        out["paging"] = json!({"next": {"after": after}});
+    }
+    Ok(Json(out))
+}

@@ -1,0 +1,57 @@
+//! crm-example: a small CRM speaking the subset of HubSpot's CRM v3 objects
+//! API that plugboard's crm-sync plugin uses, persisted in SQLite. For the
+//! demo and the tests; not a HubSpot replacement.
+//!
+//! - `POST /crm/v3/objects/{type}/batch/upsert`: create or update by `idProperty`
+//! - `POST /crm/v3/objects/{type}/batch/read`: read many by `idProperty`
+//! - `GET  /crm/v3/objects/{type}/{id}?idProperty=booking_id`: read one
+//! - `GET  /crm/v3/objects/{type}?limit=N&after=CURSOR`: page through all
+
+mod api;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+/// A small CRM with HubSpot's objects API, backed by SQLite.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    listen: SocketAddr,
+    /// The SQLite database file; created if missing.
+    #[arg(long)]
+    db: PathBuf,
+    /// If set, every request must carry `Authorization: Bearer <token>`.
+    #[arg(long, env = "CRM_TOKEN")]
+    token: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let store = store::Store::open(&cli.db)?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    tracing::info!(
+        "crm-example listening on http://{} (db {})",
+        listener.local_addr()?,
+        cli.db.display()
+    );
+    axum::serve(listener, api::router(store, cli.token))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

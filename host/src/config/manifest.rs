@@ -1,0 +1,314 @@
+//! Plugin manifests: `<name>.toml` beside `<name>.wasm` in the plugins folder
+//! says what the plugin is granted (hosts, one folder, budgets) and its config.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::{HostConfig, LimitsFile, parse_toml, resolve, template::Text};
+
+/// One plugin found in the plugins folder, ready to load.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// From the file name: `crm-sync.wasm` is `crm-sync`.
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// The manifest, if there was one (a bare `.wasm` gets no grants).
+    pub manifest: Option<PathBuf>,
+    /// Outgoing HTTP is allowed only to these origins (`scheme://host:port`).
+    pub allow_hosts: Vec<String>,
+    /// The one folder the plugin may see, if any.
+    pub folder: Option<FolderGrant>,
+    /// Budgets, with defaults applied.
+    pub limits: Limits,
+    /// Config values handed to `init`, environment references expanded.
+    pub config: BTreeMap<String, String>,
+}
+
+/// A host folder made visible to the plugin at `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderGrant {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// Per-plugin budgets with every default applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub memory_limit_bytes: usize,
+    pub timeout: Duration,
+}
+
+impl Limits {
+    /// Events per `handle` call: large enough to amortise the call cost (a
+    /// few µs per event), small enough that a retry redoes little work.
+    pub const DEFAULT_BATCH_SIZE: u32 = 100;
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+    pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 200;
+    pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
+    pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 256;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+    /// Applies `plugin`'s values over `host`'s over the defaults.
+    pub fn resolve(host: &LimitsFile, plugin: &LimitsFile) -> Result<Self> {
+        let pick = |p: Option<u64>, h: Option<u64>, d: u64| p.or(h).unwrap_or(d);
+        let batch_size = plugin
+            .batch_size
+            .or(host.batch_size)
+            .unwrap_or(Self::DEFAULT_BATCH_SIZE);
+        let max_attempts = plugin
+            .max_attempts
+            .or(host.max_attempts)
+            .unwrap_or(Self::DEFAULT_MAX_ATTEMPTS);
+        if batch_size == 0 {
+            bail!("limits.batch_size must be at least 1");
+        }
+        if max_attempts == 0 {
+            bail!("limits.max_attempts must be at least 1");
+        }
+        Ok(Limits {
+            batch_size: batch_size as usize,
+            max_attempts,
+            backoff_initial: Duration::from_millis(pick(
+                plugin.backoff_initial_ms,
+                host.backoff_initial_ms,
+                Self::DEFAULT_BACKOFF_INITIAL_MS,
+            )),
+            backoff_max: Duration::from_millis(pick(
+                plugin.backoff_max_ms,
+                host.backoff_max_ms,
+                Self::DEFAULT_BACKOFF_MAX_MS,
+            )),
+            memory_limit_bytes: (pick(
+                plugin.memory_limit_mb,
+                host.memory_limit_mb,
+                Self::DEFAULT_MEMORY_LIMIT_MB,
+            ) as usize)
+                .saturating_mul(1 << 20),
+            timeout: Duration::from_millis(pick(
+                plugin.timeout_ms,
+                host.timeout_ms,
+                Self::DEFAULT_TIMEOUT_MS,
+            )),
+        })
+    }
+}
+
+/// `<name>.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    /// The component file; default `<name>.wasm` beside the manifest.
+    #[serde(default)]
+    component: Option<Text>,
+    /// Origins the plugin may call over HTTP, e.g. `http://127.0.0.1:8088`.
+    /// Empty (the default) means none.
+    #[serde(default)]
+    allow_hosts: Vec<Text>,
+    /// The one folder the plugin may read and write.
+    #[serde(default)]
+    folder: Option<FolderFile>,
+    /// Budgets for this plugin.
+    #[serde(default)]
+    limits: LimitsFile,
+    /// Values handed to the plugin's `init`.
+    #[serde(default)]
+    config: BTreeMap<String, ConfigValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FolderFile {
+    /// Host folder, relative to the manifest's folder; created if missing.
+    path: Text,
+    /// Where the plugin sees it; default `/data`.
+    #[serde(default = "default_guest_path")]
+    guest_path: String,
+    /// Grant read access only.
+    #[serde(default)]
+    read_only: bool,
+}
+
+fn default_guest_path() -> String {
+    "/data".to_string()
+}
+
+/// A config value: TOML strings, numbers and booleans all reach the plugin
+/// as strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ConfigValue {
+    Text(Text),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl ConfigValue {
+    fn into_string(self) -> String {
+        match self {
+            ConfigValue::Text(t) => t.0,
+            ConfigValue::Integer(i) => i.to_string(),
+            ConfigValue::Float(f) => f.to_string(),
+            ConfigValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Reads one manifest (or none, for a bare component) into a spec.
+pub fn parse_manifest(
+    name: &str,
+    component_default: &Path,
+    manifest: Option<&Path>,
+    host_limits: &LimitsFile,
+) -> Result<PluginSpec> {
+    let raw: ManifestFile = match manifest {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read manifest {}", path.display()))?;
+            parse_toml(path, &text)?
+        }
+        None => ManifestFile::default(),
+    };
+    let where_ = manifest.unwrap_or(component_default);
+    let base = where_.parent().unwrap_or(Path::new("."));
+    let limits = Limits::resolve(host_limits, &raw.limits)
+        .with_context(|| format!("{}: invalid [limits]", where_.display()))?;
+    let allow_hosts = raw
+        .allow_hosts
+        .into_iter()
+        .map(|h| normalise_origin(&h.0).with_context(|| format!("{}: allow_hosts", where_.display())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PluginSpec {
+        name: name.to_string(),
+        component: raw
+            .component
+            .map(|c| resolve(base, &c.0))
+            .unwrap_or_else(|| component_default.to_path_buf()),
+        manifest: manifest.map(Path::to_path_buf),
+        allow_hosts,
+        folder: raw.folder.map(|f| FolderGrant {
+            host_path: resolve(base, &f.path.0),
+            guest_path: f.guest_path,
+            read_only: f.read_only,
+        }),
+        limits,
+        config: raw
+            .config
+            .into_iter()
+            .map(|(k, v)| (k, v.into_string()))
+            .collect(),
+    })
+}
+
+/// `http://Host:8088/path` -> `http://host:8088`; the port is made explicit
+/// so that a grant and a request compare equal.
+pub fn normalise_origin(origin: &str) -> Result<String> {
+    let (scheme, rest) = origin.split_once("://").with_context(|| {
+        format!("`{origin}` is not an origin: write `http://host:port` or `https://host`")
+    })?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => bail!("`{origin}`: only http and https origins can be granted"),
+    };
+    let authority = rest.split('/').next().unwrap_or_default().to_ascii_lowercase();
+    if authority.is_empty() {
+        bail!("`{origin}` has no host: write `{scheme}://host:port`");
+    }
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()) && !authority.ends_with(']'));
+    Ok(if has_port {
+        format!("{scheme}://{authority}")
+    } else {
+        format!("{scheme}://{authority}:{default_port}")
+    })
+}
+
+/// Finds every plugin in the host's plugins folder: each `<name>.toml`, and
+/// each `<name>.wasm` without a manifest. Sorted by name.
+pub fn load_plugins(host: &HostConfig) -> Result<Vec<PluginSpec>> {
+    let dir = &host.plugins_dir;
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "cannot read the plugins folder {} (set by plugins_dir in {})",
+            dir.display(),
+            host.file.display()
+        )
+    })?;
+    let mut names = BTreeMap::<String, (bool, bool)>::new();
+    for entry in entries {
+        let path = entry?.path();
+        let (Some(stem), Some(ext)) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
+        if stem.starts_with('.') {
+            continue; // temp files of an in-progress copy
+        }
+        let slot = names.entry(stem.to_string()).or_default();
+        match ext {
+            "toml" => slot.0 = true,
+            "wasm" => slot.1 = true,
+            _ => {}
+        }
+    }
+    let mut specs = Vec::new();
+    for (name, (has_manifest, _)) in names.into_iter().filter(|(_, (m, w))| *m || *w) {
+        check_name(&name, dir)?;
+        let manifest = has_manifest.then(|| dir.join(format!("{name}.toml")));
+        specs.push(parse_manifest(
+            &name,
+            &dir.join(format!("{name}.wasm")),
+            manifest.as_deref(),
+            &host.limits,
+        )?);
+    }
+    Ok(specs)
+}
+
+fn check_name(name: &str, dir: &Path) -> Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !ok {
+        bail!(
+            "{}: plugin name `{name}` must use only a-z, 0-9, `-` and `_` (it names the consumer group and metrics)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_normalised() {
+        assert_eq!(normalise_origin("http://Example.com").unwrap(), "http://example.com:80");
+        assert_eq!(
+            normalise_origin("http://127.0.0.1:8088/crm").unwrap(),
+            "http://127.0.0.1:8088"
+        );
+        assert_eq!(normalise_origin("https://x.io").unwrap(), "https://x.io:443");
+        assert!(normalise_origin("127.0.0.1:8088").is_err());
+        assert!(normalise_origin("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! Configuration: the host's TOML file and the plugins folder it names.
+//!
+//! In: a path to the host config. Out: a [`HostConfig`] with every path
+//! absolute and every `${ENV}` reference expanded, and the [`PluginSpec`]s
+//! found in the plugins folder (`<name>.wasm` + `<name>.toml`). Fails with a
+//! message naming the file, line and key, and what to write instead.
+
+mod manifest;
+pub mod template;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+pub use manifest::{FolderGrant, Limits, PluginSpec, load_plugins, parse_manifest};
+use template::Text;
+
+/// The host's settings, resolved.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The config file itself, for messages.
+    pub file: PathBuf,
+    /// Where plugins are dropped in: `<name>.wasm` plus `<name>.toml`.
+    pub plugins_dir: PathBuf,
+    /// Where the host keeps what must outlive a run (the compiled-component
+    /// cache); created on start.
+    pub data_dir: PathBuf,
+    /// Budgets every plugin gets unless its manifest says otherwise.
+    pub limits: LimitsFile,
+}
+
+/// `plugboard.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    /// The plugins folder, relative to the config file's folder.
+    plugins_dir: Text,
+    /// The host's state folder; default `.plugboard` beside the config file.
+    #[serde(default)]
+    data_dir: Option<Text>,
+    /// Default budgets for all plugins.
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+/// Budgets as written in a `[limits]` table; unset fields fall back to the
+/// host's `[limits]`, then to the documented defaults in [`Limits`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Events per `handle` call.
+    pub batch_size: Option<u32>,
+    /// Deliveries of one event before it is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_initial_ms: Option<u64>,
+    /// Upper bound of the retry delay.
+    pub backoff_max_ms: Option<u64>,
+    /// Linear memory a plugin instance may grow to.
+    pub memory_limit_mb: Option<u64>,
+    /// Wall time one `handle` (or `init`) call may take before it is
+    /// interrupted.
+    pub timeout_ms: Option<u64>,
+}
+
+impl HostConfig {
+    /// Reads and resolves the host config at `file`.
+    pub fn load(file: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read config file {}", file.display()))?;
+        let raw: HostFile = parse_toml(file, &text)?;
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let data_dir = match raw.data_dir {
+            Some(dir) => resolve(base, &dir.0),
+            None => base.join(".plugboard"),
+        };
+        Ok(HostConfig {
+            file: file.to_path_buf(),
+            plugins_dir: resolve(base, &raw.plugins_dir.0),
+            data_dir,
+            limits: raw.limits,
+        })
+    }
+}
+
+/// Resolves `path` against `base` unless it is absolute.
+pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// Parses TOML into `T`, turning errors into `file:line:column: message` with
+/// the offending line quoted.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|err| {
+        let message = err.message().trim_end();
+        let Some(span) = err.span() else {
+            return anyhow::anyhow!("{}: {message}", file.display());
+        };
+        let before = &text[..span.start.min(text.len())];
+        let line_no = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        let line = text.lines().nth(line_no - 1).unwrap_or("");
+        anyhow::anyhow!(
+            "{}:{line_no}:{column}: {message}\n  {line_no} | {line}",
+            file.display()
+        )
+    })
+}

@@ -1,0 +1,7 @@
+//! The `booking.v1` event schema, generated from `proto/` by prost (and pbjson
+//! for the proto3 JSON mapping) at build time.
+
+#![allow(clippy::all, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/booking.v1.rs"));
+include!(concat!(env!("OUT_DIR"), "/booking.v1.serde.rs"));

@@ -1,0 +1,143 @@
+//! The `plugboard` command: parses the CLI, sets up logging, loads config and
+//! hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use plugboard::config::HostConfig;
+use plugboard::metrics::Metrics;
+use plugboard::run::{FileRunOptions, run_file};
+use plugboard::runtime::Runtime;
+
+/// Consumes booking events and dispatches them to sandboxed WebAssembly
+/// plugins.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every plugin in the config's plugins folder over a source.
+    Run {
+        /// The host config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Reads events from this NDJSON file (one BookingEvent per line, proto3
+        /// JSON), dispatches them all and exits.
+        #[arg(long)]
+        events: PathBuf,
+        /// Where dead-lettered events go (NDJSON). Default:
+        /// `<events>.dead-letter.ndjson` beside the input.
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        /// At exit, writes every metric here in the Prometheus text format.
+        #[arg(long)]
+        metrics_out: Option<PathBuf>,
+    },
+    /// Writes realistic booking lifecycles as NDJSON (proto3 JSON), the input
+    /// format of `run --events`.
+    Generate {
+        /// How many bookings; each has 2 to 4 events.
+        #[arg(long, default_value_t = 300)]
+        bookings: usize,
+        /// The same seed gives the same events, ids included.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Add what real streams contain: out-of-order versions, a replayed
+        /// duplicate and malformed lines.
+        #[arg(long)]
+        faults: bool,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Says whether a component is a valid plugin and what it needs granted.
+    Check {
+        /// The component file.
+        plugin: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PLUGBOARD_LOG")
+                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            config,
+            events,
+            dead_letter,
+            metrics_out,
+        } => {
+            let config = HostConfig::load(&config)?;
+            let summary = run_file(
+                &config,
+                &FileRunOptions {
+                    events,
+                    dead_letter,
+                    metrics_out,
+                },
+            )?;
+            println!("{summary}");
+            Ok(if summary.all_plugins_ran() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Generate {
+            bookings,
+            seed,
+            faults,
+            out,
+        } => {
+            let lines = if faults {
+                plugboard::generate::sample_lines(bookings, seed)
+            } else {
+                plugboard::generate::lifecycles(bookings, seed, plugboard::generate::DEFAULT_START)
+                    .iter()
+                    .map(|e| serde_json::to_string(e).expect("events serialise"))
+                    .collect()
+            };
+            let mut text = lines.join("\n");
+            text.push('\n');
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { plugin } => {
+            let runtime = Runtime::new(None, Arc::new(Metrics::new()))?;
+            let report = plugboard::check::check(&runtime, &plugin)?;
+            println!("{report}");
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

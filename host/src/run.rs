@@ -1,0 +1,220 @@
+//! A run over the file source: read, decode, dispatch to every plugin, park
+//! failures, report. The decode and dispatch steps are the ones every source
+//! uses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use prost::Message;
+
+use crate::config::{HostConfig, load_plugins};
+use crate::dead_letter::{self, FileRecord};
+use crate::decode;
+use crate::dispatch::{Dispatcher, Outcome};
+use crate::metrics::Metrics;
+use crate::runtime::bindings::wit;
+use crate::runtime::convert::{self, Envelope};
+use crate::runtime::{Prepared, Runtime};
+use crate::source::file;
+use crate::summary::{PluginReport, Summary};
+
+/// What `plugboard run --events` was asked to do.
+#[derive(Debug, Clone)]
+pub struct FileRunOptions {
+    pub events: PathBuf,
+    /// Default: `<events>.dead-letter.ndjson` beside the input.
+    pub dead_letter: Option<PathBuf>,
+    pub metrics_out: Option<PathBuf>,
+}
+
+/// The default dead-letter file for an input file.
+pub fn default_dead_letter(events: &Path) -> PathBuf {
+    let stem = events
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "events".into());
+    events.with_file_name(format!("{stem}.dead-letter.ndjson"))
+}
+
+/// Builds the runtime for `config`: one engine, with the compiled-component
+/// cache in the host's data folder.
+pub fn runtime_for(config: &HostConfig, metrics: Arc<Metrics>) -> Result<Runtime> {
+    Runtime::new(Some(&config.data_dir.join("component-cache")), metrics)
+}
+
+/// Runs every plugin over the events file to its end.
+pub fn run_file(config: &HostConfig, options: &FileRunOptions) -> Result<Summary> {
+    let metrics = Arc::new(Metrics::new());
+    let runtime = runtime_for(config, metrics.clone())?;
+    let specs = load_plugins(config)?;
+    if specs.is_empty() {
+        anyhow::bail!(
+            "no plugins in {}: drop a <name>.wasm (and its <name>.toml manifest) there",
+            config.plugins_dir.display()
+        );
+    }
+
+    // Load every plugin; one that fails is reported, the others still run.
+    let mut reports = Vec::new();
+    let mut ready = Vec::new();
+    for spec in specs {
+        let name = spec.name.clone();
+        let loaded = runtime
+            .prepare(spec)
+            .and_then(|p| {
+                let instance = p.instantiate()?;
+                Ok((p, instance))
+            });
+        match loaded {
+            Ok((prepared, instance)) => {
+                tracing::info!(
+                    plugin = name,
+                    sha256 = &prepared.sha256[..12],
+                    "plugin ready"
+                );
+                ready.push(Dispatcher::new(Arc::new(prepared), instance));
+            }
+            Err(err) => {
+                tracing::error!(plugin = name, "plugin failed to load: {err:#}");
+                reports.push(PluginReport {
+                    name,
+                    sha256: String::new(),
+                    stats: None,
+                    error: Some(format!("{err:#}")),
+                });
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let lines = file::read_lines(&options.events)?;
+    let source = file::source_name(&options.events);
+    let (events, originals, mut dead_letters) = decode_lines(&lines, &source, &metrics);
+    let decode_failures = dead_letters.len() as u64;
+
+    let per_plugin: Vec<(PluginReport, Vec<FileRecord>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ready
+            .into_iter()
+            .map(|dispatcher| {
+                let (events, originals) = (&events, &originals);
+                scope.spawn(move || dispatch_all(dispatcher, events, originals))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a dispatch thread panicked"))
+            .collect()
+    });
+    for (report, records) in per_plugin {
+        reports.push(report);
+        dead_letters.extend(records);
+    }
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let dead_letter_file = options
+        .dead_letter
+        .clone()
+        .unwrap_or_else(|| default_dead_letter(&options.events));
+    dead_letter::write_file(&dead_letter_file, &mut dead_letters)?;
+    let summary = Summary {
+        lines: lines.len() as u64,
+        decode_failures,
+        plugins: reports,
+        elapsed: started.elapsed(),
+        dead_letter_file,
+    };
+    if let Some(path) = &options.metrics_out {
+        write_metrics(path, &metrics)?;
+    }
+    Ok(summary)
+}
+
+/// Decodes every line once for all plugins. Returns the events plugins get,
+/// the line each came from, and a dead-letter record per bad line.
+fn decode_lines<'a>(
+    lines: &'a [file::Line],
+    source: &str,
+    metrics: &Metrics,
+) -> (Vec<wit::Event>, Vec<&'a file::Line>, Vec<FileRecord>) {
+    let mut events = Vec::with_capacity(lines.len());
+    let mut originals = Vec::with_capacity(lines.len());
+    let mut failures = Vec::new();
+    for line in lines {
+        match decode::from_json(&line.text) {
+            Ok(event) => {
+                let payload = event.encode_to_vec();
+                let envelope = Envelope {
+                    source: source.to_string(),
+                    partition: 0,
+                    offset: line.number as i64,
+                    key: Some(event.booking_id.clone().into_bytes()),
+                    timestamp_ms: None,
+                    headers: Vec::new(),
+                };
+                events.push(convert::to_wit(&event, envelope, payload));
+                originals.push(line);
+            }
+            Err(err) => {
+                tracing::warn!(line = line.number, "dead-lettered: {err}");
+                metrics.decode_failures.with_label_values(&[source]).inc();
+                failures.push(FileRecord {
+                    line: line.number,
+                    plugin: "decode".into(),
+                    class: "decode".into(),
+                    reason: err.to_string(),
+                    attempts: 0,
+                    component_sha256: None,
+                    event: line.text.clone(),
+                });
+            }
+        }
+    }
+    (events, originals, failures)
+}
+
+/// Feeds one plugin every event in batches of its configured size.
+fn dispatch_all(
+    mut dispatcher: Dispatcher,
+    events: &[wit::Event],
+    originals: &[&file::Line],
+) -> (PluginReport, Vec<FileRecord>) {
+    let prepared: Arc<Prepared> = dispatcher.prepared().clone();
+    let batch_size = prepared.spec.limits.batch_size;
+    let mut records = Vec::new();
+    for (chunk_no, chunk) in events.chunks(batch_size).enumerate() {
+        let outcomes = dispatcher.deliver(chunk);
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            if let Outcome::DeadLetter(failure) = outcome {
+                let line = originals[chunk_no * batch_size + i];
+                records.push(FileRecord {
+                    line: line.number,
+                    plugin: prepared.name.to_string(),
+                    class: failure.class.as_str().into(),
+                    reason: failure.reason,
+                    attempts: failure.attempts,
+                    component_sha256: Some(prepared.sha256.clone()),
+                    event: line.text.clone(),
+                });
+            }
+        }
+    }
+    let report = PluginReport {
+        name: prepared.name.to_string(),
+        sha256: prepared.sha256.clone(),
+        stats: Some(dispatcher.stats),
+        error: None,
+    };
+    (report, records)
+}
+
+/// Writes all metrics in the text format, atomically (the textfile
+/// collector may read at any moment).
+pub fn write_metrics(path: &Path, metrics: &Metrics) -> Result<()> {
+    let tmp = path.with_extension("prom.tmp");
+    std::fs::write(&tmp, metrics.render())
+        .with_context(|| format!("cannot write metrics to {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write metrics to {}", path.display()))
+}

@@ -1,0 +1,10 @@
+//! Host bindings of the `plugboard:plugin/plugin` world, generated from `wit/`.
+//! Kept in one module so the rest of the host names WIT types in one way.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugboard:plugin/plugin",
+});
+
+pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, RetryInfo};
+pub use plugboard::plugin::types as wit;

@@ -1,0 +1,301 @@
+//! The plugin runtime: one wasmtime [`Engine`] for the process, each plugin
+//! compiled once into a [`Prepared`] plugin, and sandboxed [`Instance`]s
+//! made from it.
+//!
+//! In: a [`PluginSpec`] (component file + grants). Out: an initialised
+//! instance whose `handle` returns the plugin's [`BatchOutcome`] or a
+//! [`CallError`]. A trap or timeout poisons only that instance: drop it and
+//! make another from the same [`Prepared`].
+
+pub mod bindings;
+pub mod convert;
+mod egress;
+mod state;
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::config::PluginSpec;
+use crate::metrics::Metrics;
+use bindings::{BatchOutcome, Plugin, PluginPre, wit};
+pub use bindings::plugboard::plugin::log::Level as LogLevel;
+use egress::Egress;
+pub use state::PluginState;
+
+/// How often the epoch ticks; deadlines are whole ticks, so a call runs at
+/// most its timeout plus one tick past it.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a call into a plugin did not return an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin trapped (a panic, an out-of-bounds access, memory over
+    /// budget). The instance is poisoned.
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The call ran past the plugin's time budget and was interrupted. The
+    /// instance is poisoned.
+    #[error("plugin ran past its {0:?} time budget and was interrupted")]
+    Timeout(Duration),
+    /// `init` returned an error: the plugin refuses this config.
+    #[error("plugin init failed: {0}")]
+    Init(String),
+    /// The plugin returned an outcome that breaks the contract.
+    #[error("plugin broke the handler contract: {0}")]
+    Contract(String),
+}
+
+/// The process-wide engine and linker. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<PluginState>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// Builds the engine with epoch interruption and, if `cache_dir` is
+    /// given, wasmtime's compiled-code cache there (a warm hit loads in
+    /// about a millisecond instead of compiling for seconds).
+    pub fn new(cache_dir: Option<&Path>, metrics: Arc<Metrics>) -> Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the cache folder {}", dir.display()))?;
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(wasmtime::Cache::new(cache)?));
+        }
+        let engine = Engine::new(&config)?;
+        start_epoch_ticker(&engine);
+
+        let mut linker = Linker::<PluginState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            metrics,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn linker(&self) -> &Linker<PluginState> {
+        &self.linker
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Compiles `spec`'s component and links it against the world, once.
+    pub fn prepare(&self, spec: PluginSpec) -> Result<Prepared> {
+        let bytes = std::fs::read(&spec.component)
+            .with_context(|| format!("cannot read plugin component {}", spec.component.display()))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{} is not a valid component", spec.component.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "{} needs imports this host does not provide",
+                    spec.component.display()
+                )
+            })?;
+        let pre = PluginPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
+            format!(
+                "{} does not implement the plugboard:plugin/plugin world",
+                spec.component.display()
+            )
+        })?;
+        if let Some(folder) = &spec.folder {
+            std::fs::create_dir_all(&folder.host_path).with_context(|| {
+                format!("cannot create the folder granted to {}: {}", spec.name, folder.host_path.display())
+            })?;
+        }
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        let allowed: Arc<[String]> = spec.allow_hosts.clone().into();
+        Ok(Prepared {
+            name,
+            allowed,
+            sha256,
+            spec: Arc::new(spec),
+            pre,
+            engine: self.engine.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] from a thread of its
+/// own, for the life of the process. One ticker per engine.
+fn start_epoch_ticker(engine: &Engine) {
+    // The thread holds only a weak reference: it ends with the engine.
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("plugboard-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// One plugin version, compiled and linked: everything needed to make
+/// instances quickly (tens of microseconds each).
+pub struct Prepared {
+    pub name: Arc<str>,
+    allowed: Arc<[String]>,
+    /// sha256 of the component file, to tell versions apart in logs and
+    /// dead-letter records.
+    pub sha256: String,
+    pub spec: Arc<PluginSpec>,
+    pre: PluginPre<PluginState>,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+}
+
+impl Prepared {
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Makes a fresh sandboxed instance and runs `init` with the manifest's
+    /// config.
+    pub fn instantiate(&self) -> Result<Instance, CallError> {
+        let spec = &self.spec;
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stderr();
+        if let Some(folder) = &spec.folder {
+            let perms = if folder.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&folder.host_path, &folder.guest_path, perms)
+                .map_err(|e| {
+                    CallError::Init(format!(
+                        "cannot open granted folder {}: {e}",
+                        folder.host_path.display()
+                    ))
+                })?;
+        }
+        let state = PluginState {
+            plugin: self.name.clone(),
+            wasi: wasi.build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            table: wasmtime::component::ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(spec.limits.memory_limit_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            egress: Egress {
+                plugin: self.name.clone(),
+                allowed: self.allowed.clone(),
+                metrics: self.metrics.clone(),
+            },
+            metrics: self.metrics.clone(),
+            captured_logs: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let timeout = spec.limits.timeout;
+        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        let plugin = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, timeout))?;
+        let config: Vec<(String, String)> = spec
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        plugin
+            .plugboard_plugin_handler()
+            .call_init(&mut store, &config)
+            .map_err(|e| classify(e, timeout))?
+            .map_err(CallError::Init)?;
+        Ok(Instance {
+            store,
+            plugin,
+            ticks,
+            timeout,
+        })
+    }
+}
+
+/// One live, initialised plugin instance with its own Store.
+pub struct Instance {
+    store: Store<PluginState>,
+    plugin: Plugin,
+    ticks: u64,
+    timeout: Duration,
+}
+
+impl Instance {
+    /// Calls `handle` with a fresh deadline and checks the outcome against
+    /// the contract.
+    pub fn handle(&mut self, batch: &[wit::Event]) -> Result<BatchOutcome, CallError> {
+        self.store.set_epoch_deadline(self.ticks);
+        let outcome = self
+            .plugin
+            .plugboard_plugin_handler()
+            .call_handle(&mut self.store, batch)
+            .map_err(|e| classify(e, self.timeout))?;
+        let handled = outcome.handled as usize;
+        if handled > batch.len() {
+            return Err(CallError::Contract(format!(
+                "reported {handled} events handled of a batch of {}",
+                batch.len()
+            )));
+        }
+        Ok(outcome)
+    }
+
+    /// Starts collecting the plugin's log lines (for per-event reports).
+    pub fn capture_logs(&mut self) {
+        self.store.data_mut().captured_logs = Some(Vec::new());
+    }
+
+    /// The log lines collected since the last call, if capturing.
+    pub fn take_logs(&mut self) -> Vec<(LogLevel, String)> {
+        self.store
+            .data_mut()
+            .captured_logs
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
+/// Sorts a wasmtime error into trap or timeout, keeping wasmtime's message
+/// (with the guest backtrace when there is one).
+fn classify(err: wasmtime::Error, timeout: Duration) -> CallError {
+    if let Some(wasmtime::Trap::Interrupt) = err.downcast_ref::<wasmtime::Trap>() {
+        return CallError::Timeout(timeout);
+    }
+    CallError::Trap(format!("{err:#}"))
+}

@@ -1,0 +1,115 @@
+//! What one plugin instance's Store holds, and the host side of the imports
+//! it may call: the granted WASI context, outgoing HTTP behind the egress
+//! policy, and the plugin's log and metrics.
+
+use std::sync::Arc;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::plugboard::plugin::{log, metrics as wit_metrics, types};
+use super::egress::Egress;
+use crate::metrics::Metrics;
+
+/// Per-instance host state. One per Store; never shared between plugins.
+pub struct PluginState {
+    pub(super) plugin: Arc<str>,
+    pub(super) wasi: WasiCtx,
+    pub(super) http: WasiHttpCtx,
+    pub(super) table: ResourceTable,
+    /// Enforces the memory budget; read by the Store's limiter.
+    pub(super) limits: StoreLimits,
+    pub(super) egress: Egress,
+    pub(super) metrics: Arc<Metrics>,
+    /// Lines the plugin logged during the current call, kept for tools that
+    /// show them per event (replay); `None` when nobody collects them.
+    pub(super) captured_logs: Option<Vec<(log::Level, String)>>,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
+    }
+}
+
+/// The types interface has no functions; the bindings still want a host.
+impl types::Host for PluginState {}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let plugin = &*self.plugin;
+        let level_name = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        self.metrics
+            .plugin_log_lines
+            .with_label_values(&[plugin, level_name])
+            .inc();
+        match level {
+            log::Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
+            log::Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
+            log::Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
+        }
+        if let Some(lines) = &mut self.captured_logs {
+            lines.push((level, message));
+        }
+    }
+}
+
+impl wit_metrics::Host for PluginState {
+    fn describe(&mut self, name: String, help: String, buckets: Vec<f64>) {
+        self.report(self.metrics.describe(&name, help, buckets));
+    }
+
+    fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
+        let r = self.metrics.plugin_counter_add(&self.plugin, &name, &pairs(labels), delta);
+        self.report(r);
+    }
+
+    fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
+        let r = self.metrics.plugin_gauge_set(&self.plugin, &name, &pairs(labels), value);
+        self.report(r);
+    }
+
+    fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
+        let r = self
+            .metrics
+            .plugin_histogram_observe(&self.plugin, &name, &pairs(labels), value);
+        self.report(r);
+    }
+}
+
+impl PluginState {
+    /// A misused metric is the plugin's bug, not a reason to trap it: log it
+    /// once per call site and go on.
+    fn report(&self, result: Result<(), crate::metrics::MetricError>) {
+        if let Err(err) = result {
+            tracing::warn!(plugin = &*self.plugin, "metric ignored: {err}");
+        }
+    }
+}
+
+fn pairs(labels: Vec<wit_metrics::Label>) -> Vec<(String, String)> {
+    labels.into_iter().map(|l| (l.name, l.value)).collect()
+}

@@ -1,0 +1,4 @@
+//! Sources of events. Each yields raw messages with their position; decoding
+//! and dispatch are the same whatever the source.
+
+pub mod file;

@@ -1,0 +1,74 @@
+//! The report printed at the end of a file run.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::dispatch::Stats;
+
+/// How one plugin fared.
+#[derive(Debug, Clone)]
+pub struct PluginReport {
+    pub name: String,
+    pub sha256: String,
+    /// `None` when the plugin could not be loaded; then `error` says why.
+    pub stats: Option<Stats>,
+    pub error: Option<String>,
+}
+
+/// What a run did, for people and for tests.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub lines: u64,
+    pub decode_failures: u64,
+    pub plugins: Vec<PluginReport>,
+    pub elapsed: Duration,
+    pub dead_letter_file: std::path::PathBuf,
+}
+
+impl Summary {
+    /// Lines per second through the whole pipeline, all plugins included.
+    pub fn events_per_second(&self) -> f64 {
+        self.lines as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// True when every plugin loaded; then every line was handled or
+    /// dead-lettered.
+    pub fn all_plugins_ran(&self) -> bool {
+        self.plugins.iter().all(|p| p.error.is_none())
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} events read, {} failed decoding, in {:.2?} ({:.0} events/s)",
+            self.lines,
+            self.decode_failures,
+            self.elapsed,
+            self.events_per_second()
+        )?;
+        writeln!(
+            f,
+            "  {:<20} {:>9} {:>9} {:>13}  component",
+            "plugin", "handled", "retried", "dead-lettered"
+        )?;
+        for p in &self.plugins {
+            let short = &p.sha256[..p.sha256.len().min(12)];
+            match (&p.stats, &p.error) {
+                (Some(s), _) => writeln!(
+                    f,
+                    "  {:<20} {:>9} {:>9} {:>13}  sha256:{short}",
+                    p.name, s.handled, s.retried, s.dead_lettered
+                )?,
+                (None, error) => writeln!(
+                    f,
+                    "  {:<20} FAILED: {}",
+                    p.name,
+                    error.as_deref().unwrap_or("unknown error")
+                )?,
+            }
+        }
+        write!(f, "dead letters: {}", self.dead_letter_file.display())
+    }
+}

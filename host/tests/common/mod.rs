@@ -1,0 +1,243 @@
+//! Shared test harness: real plugin components from `target/plugins/`
+//! (built by `scripts/build-plugins.sh`), a real example CRM server, the real
+//! `plugboard` binary, and readers for what they leave behind.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+}
+
+/// A built plugin component; fails with the command to build it.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let path = repo().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        path.display()
+    );
+    path
+}
+
+pub fn sample_events() -> PathBuf {
+    repo().join("examples/data/bookings.ndjson")
+}
+
+/// A host config and plugins folder in a temporary directory.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub plugins: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let config = dir.path().join("plugboard.toml");
+        // The compiled-component cache is shared by all tests, so each
+        // component is compiled once per test run, not once per test.
+        let cache = target_dir().join("test-state");
+        std::fs::write(
+            &config,
+            format!("plugins_dir = \"plugins\"\ndata_dir = \"{}\"\n", cache.display()),
+        )
+        .unwrap();
+        Setup {
+            dir,
+            plugins,
+            config,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Drops `component` in as `name`, with `manifest` beside it.
+    pub fn plugin(&self, name: &str, component: &str, manifest: &str) -> &Self {
+        std::fs::copy(plugin_wasm(component), self.plugins.join(format!("{name}.wasm"))).unwrap();
+        std::fs::write(self.plugins.join(format!("{name}.toml")), manifest).unwrap();
+        self
+    }
+
+    /// Runs `plugboard run` over `events`; dead letters and metrics go to
+    /// `dead-letter.ndjson` and `metrics.prom` in the temp dir.
+    pub fn run(&self, events: &Path) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--events")
+            .arg(events)
+            .arg("--dead-letter")
+            .arg(self.path("dead-letter.ndjson"))
+            .arg("--metrics-out")
+            .arg(self.path("metrics.prom"))
+            .env("PLUGBOARD_LOG", "warn")
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("dead-letter.ndjson"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn metrics(&self) -> Prom {
+        Prom(std::fs::read_to_string(self.path("metrics.prom")).unwrap())
+    }
+}
+
+/// A Prometheus text-format file.
+pub struct Prom(pub String);
+
+impl Prom {
+    /// The value of the series `name` whose labels are exactly `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (n, labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                if n != name {
+                    return None;
+                }
+                let got: BTreeMap<String, String> = labels
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').unwrap();
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                (got == want).then(|| value.parse().unwrap())
+            })
+    }
+}
+
+/// The example CRM, started on a free port with its own database.
+pub struct Crm {
+    child: Child,
+    pub url: String,
+    pub token: String,
+}
+
+impl Crm {
+    pub fn start(db: &Path) -> Self {
+        let port = free_port();
+        let token = "test-token".to_string();
+        let bin = target_dir().join("release/crm-example");
+        assert!(
+            bin.exists(),
+            "{} is missing: run cargo build --release --workspace --bins",
+            bin.display()
+        );
+        let child = Command::new(bin)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--db")
+            .arg(db)
+            .arg("--token")
+            .arg(&token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Crm {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+        }
+    }
+
+    /// Every object, through the paged list API.
+    pub fn all(&self) -> BTreeMap<String, serde_json::Value> {
+        let client = reqwest::blocking::Client::new();
+        let mut out = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut url = format!("{}/crm/v3/objects/bookings?limit=100", self.url);
+            if let Some(a) = &after {
+                url.push_str(&format!("&after={a}"));
+            }
+            let page: serde_json::Value = client
+                .get(url)
+                .bearer_auth(&self.token)
+                .send()
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .json()
+                .unwrap();
+            for object in page["results"].as_array().unwrap() {
+                let id = object["properties"]["booking_id"].as_str().unwrap().to_string();
+                out.insert(id, object.clone());
+            }
+            match page["paging"]["next"]["after"].as_str() {
+                Some(a) => after = Some(a.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for Crm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Events of `n` generated bookings, written as NDJSON into `dir`.
+pub fn generated_events(dir: &Path, bookings: usize, seed: u64) -> PathBuf {
+    let path = dir.join(format!("generated-{bookings}-{seed}.ndjson"));
+    let lines: Vec<String> = plugboard::generate::lifecycles(bookings, seed, plugboard::generate::DEFAULT_START)
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}

@@ -1,0 +1,378 @@
+//! The file source end to end, on the real plugins: the sample file through
+//! crm-sync (against the example CRM), data-lake (real Parquet files) and
+//! metrics, checked against what the test computes from the file itself.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use arrow_array::{Array, Int64Array, StringArray};
+use common::{Crm, Setup, sample_events};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+const STATES: [&str; 6] = ["created", "paid", "upcoming", "finalized", "cancelled", "refunded"];
+
+/// One line of the sample file, as this test reads it without the host's
+/// decoder.
+struct Line {
+    number: u64,
+    event_id: String,
+    booking_id: String,
+    version: u64,
+    state: String,
+    price: Option<(String, i64)>,
+}
+
+fn num(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// The lines a correct host must accept, and the numbers of those it must
+/// dead-letter.
+fn read_sample(path: &Path) -> (Vec<Line>, Vec<u64>) {
+    let (mut valid, mut invalid) = (Vec::new(), Vec::new());
+    for (i, text) in std::fs::read_to_string(path).unwrap().lines().enumerate() {
+        let number = i as u64 + 1;
+        let parsed = serde_json::from_str::<Value>(text).ok().and_then(|v| {
+            let state = v["state"].as_str()?.strip_prefix("BOOKING_STATE_")?.to_lowercase();
+            let line = Line {
+                number,
+                event_id: v["eventId"].as_str().filter(|s| !s.is_empty())?.to_string(),
+                booking_id: v["bookingId"].as_str().filter(|s| !s.is_empty())?.to_string(),
+                version: num(&v["version"]).filter(|v| *v >= 1)? as u64,
+                state: STATES.contains(&state.as_str()).then_some(state)?,
+                price: v["price"]["currencyCode"]
+                    .as_str()
+                    .map(|c| (c.to_string(), num(&v["price"]["amountMinor"]).unwrap_or(0))),
+            };
+            Some(line)
+        });
+        match parsed {
+            Some(line) => valid.push(line),
+            None => invalid.push(number),
+        }
+    }
+    (valid, invalid)
+}
+
+/// Every Parquet file under `root`, by relative path, with its bytes, and
+/// every (event_id, offset) row in them.
+fn read_lake(root: &Path) -> (BTreeMap<String, Vec<u8>>, Vec<(String, i64)>) {
+    let mut files = BTreeMap::new();
+    let mut rows = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            assert!(rel.ends_with(".parquet"), "unexpected file in the lake: {rel}");
+            files.insert(rel, std::fs::read(&path).unwrap());
+            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let ids = batch.column_by_name("event_id").unwrap();
+                let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+                let offsets = batch.column_by_name("offset").unwrap();
+                let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+                for i in 0..batch.num_rows() {
+                    rows.push((ids.value(i).to_string(), offsets.value(i)));
+                }
+            }
+        }
+    }
+    (files, rows)
+}
+
+#[test]
+fn sample_file_end_to_end_and_replay_changes_nothing() {
+    let setup = Setup::new();
+    let crm = Crm::start(&setup.path("crm.db"));
+    let lake = setup.path("lake");
+    setup
+        .plugin(
+            "crm-sync",
+            "crm-sync",
+            &format!(
+                "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
+                url = crm.url,
+                token = crm.token
+            ),
+        )
+        .plugin(
+            "data-lake",
+            "data-lake",
+            &format!("[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n", lake.display()),
+        )
+        .plugin("metrics", "metrics", "");
+
+    let out = setup.run(&sample_events());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "plugboard run failed:\n{stdout}");
+    println!("{stdout}");
+
+    let (valid, invalid) = read_sample(&sample_events());
+    assert!(valid.len() > 500 && invalid.len() >= 5, "the sample has {} valid, {} invalid lines", valid.len(), invalid.len());
+
+    // Newest version per booking, as the CRM and the gauges must see it.
+    let mut latest: HashMap<&str, &Line> = HashMap::new();
+    for line in &valid {
+        let slot = latest.entry(&line.booking_id).or_insert(line);
+        if line.version > slot.version {
+            *slot = line;
+        }
+    }
+
+    // CRM: every booking, at the state and version of its newest event.
+    let crm_objects = crm.all();
+    assert_eq!(crm_objects.len(), latest.len());
+    for (booking, line) in &latest {
+        let props = &crm_objects[*booking]["properties"];
+        assert_eq!(props["booking_state"], line.state.as_str(), "booking {booking}");
+        assert_eq!(props["booking_version"], line.version.to_string().as_str(), "booking {booking}");
+        assert_eq!(props["last_event_id"], line.event_id.as_str(), "booking {booking}");
+    }
+
+    // Lake: one row per valid line, at its line number.
+    let (files, rows) = read_lake(&lake.join("bookings"));
+    let mut got: Vec<(String, i64)> = rows.clone();
+    got.sort();
+    let mut want: Vec<(String, i64)> = valid.iter().map(|l| (l.event_id.clone(), l.number as i64)).collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Metrics: gauges from the newest versions, events counted once each.
+    let prom = setup.metrics();
+    for state in STATES {
+        let want = latest.values().filter(|l| l.state == state).count() as f64;
+        let got = prom.get("bookings_current", &[("state", state), ("plugin", "metrics")]);
+        assert_eq!(got, Some(want), "bookings_current{{state={state}}}");
+        let distinct: BTreeSet<&str> = valid.iter().filter(|l| l.state == state).map(|l| l.event_id.as_str()).collect();
+        let got = prom.get("booking_events_total", &[("state", state), ("plugin", "metrics")]);
+        assert_eq!(got.unwrap_or(0.0), distinct.len() as f64, "booking_events_total{{state={state}}}");
+    }
+    let revenue: i64 = latest
+        .values()
+        .filter(|l| ["paid", "upcoming", "finalized"].contains(&l.state.as_str()))
+        .filter_map(|l| l.price.as_ref().map(|p| p.1))
+        .sum();
+    assert_eq!(
+        prom.get("bookings_revenue_minor", &[("currency", "EUR"), ("plugin", "metrics")]),
+        Some(revenue as f64)
+    );
+
+    // Dead letters: exactly the malformed lines, each with a reason.
+    let dead = setup.dead_letters();
+    let dead_lines: Vec<u64> = dead.iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    assert_eq!(dead_lines, invalid);
+    for record in &dead {
+        assert_eq!(record["plugin"], "decode");
+        assert_eq!(record["class"], "decode");
+        assert!(!record["reason"].as_str().unwrap().is_empty());
+    }
+    let reasons: Vec<&str> = dead.iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("`version`")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("`event_id`")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("state")), "{reasons:?}");
+
+    // The same file again: the CRM and the lake do not change at all.
+    let out = setup.run(&sample_events());
+    assert!(out.status.success());
+    assert_eq!(crm.all(), crm_objects, "a replay changed the CRM");
+    let (files_again, _) = read_lake(&lake.join("bookings"));
+    assert_eq!(files_again.keys().collect::<Vec<_>>(), files.keys().collect::<Vec<_>>());
+    assert!(files_again == files, "a replay changed Parquet file contents");
+}
+
+#[test]
+fn a_trapping_plugin_is_contained_and_its_event_dead_lettered() {
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 30, 3);
+    let lines: Vec<Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let victim = lines[7]["eventId"].as_str().unwrap().to_string();
+    setup
+        .plugin(
+            "faulty",
+            "faulty",
+            &format!("[limits]\nbatch_size = 10\nmax_attempts = 2\nbackoff_initial_ms = 1\n[config]\ntrap = \"{victim}\"\n"),
+        )
+        .plugin("metrics", "metrics", "");
+
+    let out = setup.run(&events);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let dead = setup.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["line"], 8);
+    assert_eq!(dead[0]["plugin"], "faulty");
+    assert_eq!(dead[0]["class"], "trap");
+    assert_eq!(dead[0]["attempts"], 2);
+    assert!(dead[0]["reason"].as_str().unwrap().contains(&format!("trapping on event {victim}")));
+
+    let prom = setup.metrics();
+    let total = lines.len() as f64;
+    let handled = |p| prom.get("plugboard_events_total", &[("plugin", p), ("outcome", "handled")]);
+    assert_eq!(handled("faulty"), Some(total - 1.0));
+    assert_eq!(handled("metrics"), Some(total), "a trap in one plugin must not touch another");
+    assert_eq!(
+        prom.get("plugboard_instance_restarts_total", &[("plugin", "faulty"), ("reason", "trap")]),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn rejects_and_retries_follow_the_plugin_outcome() {
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 10, 4);
+    let ids: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["eventId"].as_str().unwrap().to_string())
+        .collect();
+    setup.plugin(
+        "faulty",
+        "faulty",
+        &format!(
+            "[limits]\nmax_attempts = 3\nbackoff_initial_ms = 1\n[config]\nreject = \"{}\"\nretry = \"{}\"\nretry_once = \"{}\"\n",
+            ids[2], ids[4], ids[6]
+        ),
+    );
+    let out = setup.run(&events);
+    assert!(out.status.success());
+    let dead = setup.dead_letters();
+    let summary: Vec<(u64, &str, u64)> = dead
+        .iter()
+        .map(|r| (r["line"].as_u64().unwrap(), r["class"].as_str().unwrap(), r["attempts"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(summary, vec![(3, "rejected", 1), (5, "retries-exhausted", 3)]);
+    let prom = setup.metrics();
+    assert_eq!(
+        prom.get("plugboard_events_total", &[("plugin", "faulty"), ("outcome", "handled")]),
+        Some(ids.len() as f64 - 2.0),
+        "the event retried once must end handled"
+    );
+    assert_eq!(prom.get("plugboard_retries_total", &[("plugin", "faulty")]), Some(3.0));
+}
+
+/// An HTTP server that answers every request with 503 and counts them.
+fn unavailable_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let mut request = Vec::new();
+            // Read the head and the announced body, then answer.
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .unwrap_or(0);
+                    if request.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"status":"error","message":"maintenance","category":"UNAVAILABLE"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn crm_unavailable_retries_with_backoff_then_dead_letters() {
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 2, 5);
+    let total = std::fs::read_to_string(&events).unwrap().lines().count();
+    let (url, requests) = unavailable_server();
+    // A second CRM that is not there at all: connection refused.
+    let nowhere = format!("http://127.0.0.1:{}", common::free_port());
+    for (name, target) in [("crm-503", &url), ("crm-down", &nowhere)] {
+        setup.plugin(
+            name,
+            "crm-sync",
+            &format!(
+                "allow_hosts = [\"{target}\"]\n[limits]\nmax_attempts = 3\nbackoff_initial_ms = 5\n[config]\nbase_url = \"{target}\"\n"
+            ),
+        );
+    }
+    let out = setup.run(&events);
+    assert!(out.status.success());
+    let dead = setup.dead_letters();
+    for plugin in ["crm-503", "crm-down"] {
+        let mine: Vec<&Value> = dead.iter().filter(|r| r["plugin"] == plugin).collect();
+        assert_eq!(mine.len(), total, "{plugin}: every event parked, none dropped");
+        for r in mine {
+            assert_eq!(r["class"], "retries-exhausted");
+            assert_eq!(r["attempts"], 3);
+            let reason = r["reason"].as_str().unwrap();
+            if plugin == "crm-503" {
+                assert!(reason.contains("HTTP 503") && reason.contains("maintenance"), "{reason}");
+            } else {
+                assert!(reason.contains("connection refused"), "{reason}");
+            }
+        }
+    }
+    // Each event: 3 attempts, each one batch/read call that got the 503.
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), total * 3);
+}
+
+#[test]
+fn outgoing_http_to_a_host_not_granted_is_denied() {
+    let setup = Setup::new();
+    let crm = Crm::start(&setup.path("crm.db"));
+    let events = common::generated_events(setup.dir.path(), 2, 6);
+    // The CRM is up, but the manifest grants another origin only.
+    setup.plugin(
+        "crm-sync",
+        "crm-sync",
+        &format!(
+            "allow_hosts = [\"http://127.0.0.1:1\"]\n[limits]\nmax_attempts = 1\n[config]\nbase_url = \"{}\"\ntoken = \"{}\"\n",
+            crm.url, crm.token
+        ),
+    );
+    let out = setup.run(&events);
+    assert!(out.status.success());
+    let dead = setup.dead_letters();
+    assert!(!dead.is_empty());
+    for r in &dead {
+        assert!(r["reason"].as_str().unwrap().contains("denied"), "{r}");
+    }
+    assert!(crm.all().is_empty(), "nothing may reach a host that was not granted");
+    let origin = crm.url.clone() ;
+    assert!(
+        setup
+            .metrics()
+            .get("plugboard_egress_denied_total", &[("plugin", "crm-sync"), ("origin", &origin)])
+            .is_some_and(|n| n >= 1.0)
+    );
+}

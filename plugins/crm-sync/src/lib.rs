@@ -1,0 +1,251 @@
+//! crm-sync: keeps a CRM's booking records in step with the booking events,
+//! through HubSpot's CRM v3 objects batch API (`batch/read`, then
+//! `batch/upsert` with `idProperty = booking_id`).
+//!
+//! Replay-safe: a booking is written only when the event's version is newer
+//! than the `booking_version` the CRM holds, so duplicates, replays and late
+//! older versions change nothing. 5xx, 429 (honouring `Retry-After`) and
+//! connection errors ask the host to retry; other 4xx reject the event with
+//! the CRM's message.
+//!
+//! Config: `base_url` (required), `token` (a bearer token, optional),
+//! `object_type` (default `bookings`).
+
+wit_bindgen::generate!({ path: "../../wit", world: "plugboard:plugin/plugin" });
+
+mod http;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
+use plugboard::plugin::log::{Level, log};
+use plugboard::plugin::metrics::counter_add;
+use plugboard::plugin::types::{BookingEvent, BookingState, Event, Timestamp};
+use serde_json::{Value, json};
+use wasip2::http::types::Method;
+
+/// HubSpot accepts at most 100 inputs per batch call.
+const BATCH_LIMIT: usize = 100;
+
+struct Crm {
+    origin: http::Origin,
+    authorization: Option<String>,
+    object_type: String,
+}
+
+thread_local! {
+    static CRM: RefCell<Option<Crm>> = const { RefCell::new(None) };
+}
+
+enum SyncError {
+    /// Worth trying again later: the CRM is down, overloaded or rate-limits.
+    Transient { reason: String, after_ms: Option<u32> },
+    /// The CRM refuses the data: trying again cannot help.
+    Permanent(String),
+}
+
+struct CrmSync;
+
+impl Guest for CrmSync {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        let config: HashMap<String, String> = config.into_iter().collect();
+        let base = config
+            .get("base_url")
+            .ok_or("config `base_url` is required, e.g. base_url = \"http://127.0.0.1:8088\"")?;
+        let crm = Crm {
+            origin: http::Origin::parse(base)?,
+            authorization: config
+                .get("token")
+                .filter(|t| !t.is_empty())
+                .map(|t| format!("Bearer {t}")),
+            object_type: config
+                .get("object_type")
+                .cloned()
+                .unwrap_or_else(|| "bookings".to_string()),
+        };
+        CRM.with(|c| *c.borrow_mut() = Some(crm));
+        Ok(())
+    }
+
+    fn handle(batch: Vec<Event>) -> BatchOutcome {
+        CRM.with(|crm| {
+            let crm = crm.borrow();
+            let crm = crm.as_ref().expect("init ran before handle");
+            let all: Vec<&BookingEvent> = batch.iter().map(|e| &e.booking).collect();
+            match crm.sync(&all) {
+                Ok(()) => done(batch.len()),
+                Err(SyncError::Transient { reason, after_ms }) => retry(0, reason, after_ms),
+                // One record spoils a whole batch call: find it by going one
+                // event at a time, in order.
+                Err(SyncError::Permanent(_)) => {
+                    for (i, event) in all.iter().enumerate() {
+                        match crm.sync(&[event]) {
+                            Ok(()) => {}
+                            Err(SyncError::Permanent(reason)) => {
+                                return BatchOutcome {
+                                    handled: i as u32,
+                                    failure: Some(Failure::Reject(reason)),
+                                };
+                            }
+                            Err(SyncError::Transient { reason, after_ms }) => {
+                                return retry(i, reason, after_ms);
+                            }
+                        }
+                    }
+                    done(batch.len())
+                }
+            }
+        })
+    }
+}
+
+fn done(n: usize) -> BatchOutcome {
+    BatchOutcome {
+        handled: n as u32,
+        failure: None,
+    }
+}
+
+fn retry(handled: usize, reason: String, after_ms: Option<u32>) -> BatchOutcome {
+    log(Level::Warn, &format!("CRM not reachable, will retry: {reason}"));
+    BatchOutcome {
+        handled: handled as u32,
+        failure: Some(Failure::Retry(RetryInfo { reason, after_ms })),
+    }
+}
+
+impl Crm {
+    /// Writes the newest version of each booking in `events`, unless the
+    /// CRM already holds that version or a newer one.
+    fn sync(&self, events: &[&BookingEvent]) -> Result<(), SyncError> {
+        let mut newest: BTreeMap<&str, &BookingEvent> = BTreeMap::new();
+        for e in events {
+            let slot = newest.entry(e.booking_id.as_str()).or_insert(e);
+            if e.version > slot.version {
+                *slot = e;
+            }
+        }
+        let newest: Vec<&BookingEvent> = newest.into_values().collect();
+        for chunk in newest.chunks(BATCH_LIMIT) {
+            let held = self.read_versions(chunk)?;
+            let stale = |e: &&&BookingEvent| held.get(&e.booking_id).is_some_and(|v| *v >= e.version);
+            let (skip, write): (Vec<&&BookingEvent>, Vec<&&BookingEvent>) = chunk.iter().partition(stale);
+            if !skip.is_empty() {
+                counter_add("crm_sync_skipped_total", &[], skip.len() as f64);
+            }
+            if !write.is_empty() {
+                self.upsert(&write)?;
+                counter_add("crm_sync_upserted_total", &[], write.len() as f64);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_versions(&self, events: &[&BookingEvent]) -> Result<HashMap<String, u64>, SyncError> {
+        let body = json!({
+            "idProperty": "booking_id",
+            "properties": ["booking_id", "booking_version"],
+            "inputs": events.iter().map(|e| json!({"id": e.booking_id})).collect::<Vec<_>>(),
+        });
+        let response = self.call("batch/read", &body)?;
+        let mut held = HashMap::new();
+        for result in response["results"].as_array().into_iter().flatten() {
+            let props = &result["properties"];
+            if let (Some(id), Some(version)) = (
+                props["booking_id"].as_str(),
+                props["booking_version"].as_str().and_then(|v| v.parse().ok()),
+            ) {
+                held.insert(id.to_string(), version);
+            }
+        }
+        Ok(held)
+    }
+
+    fn upsert(&self, events: &[&&BookingEvent]) -> Result<(), SyncError> {
+        let inputs: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                json!({
+                    "idProperty": "booking_id",
+                    "id": e.booking_id,
+                    "properties": properties(e),
+                })
+            })
+            .collect();
+        self.call("batch/upsert", &json!({ "inputs": inputs }))?;
+        Ok(())
+    }
+
+    fn call(&self, action: &str, body: &Value) -> Result<Value, SyncError> {
+        let path = format!("/crm/v3/objects/{}/{action}", self.object_type);
+        let body = serde_json::to_vec(body).expect("JSON values serialise");
+        let mut headers = vec![("content-type", "application/json"), ("accept", "application/json")];
+        if let Some(auth) = &self.authorization {
+            headers.push(("authorization", auth));
+        }
+        let response = http::send(&self.origin, Method::Post, &path, &headers, &body).map_err(|e| {
+            SyncError::Transient {
+                reason: format!("POST {path}: {}", e.0),
+                after_ms: None,
+            }
+        })?;
+        let text = String::from_utf8_lossy(&response.body);
+        match response.status {
+            200..=299 => Ok(serde_json::from_slice(&response.body).unwrap_or(Value::Null)),
+            408 | 429 | 500..=599 => Err(SyncError::Transient {
+                reason: format!("POST {path}: HTTP {}: {}", response.status, message(&text)),
+                after_ms: response.retry_after_secs.map(|s| s.saturating_mul(1000)),
+            }),
+            status => Err(SyncError::Permanent(format!(
+                "POST {path}: HTTP {status}: {}",
+                message(&text)
+            ))),
+        }
+    }
+}
+
+/// The CRM's error message, from a HubSpot-style `{"message": ...}` body.
+fn message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(500).collect())
+}
+
+fn state_name(s: BookingState) -> &'static str {
+    match s {
+        BookingState::Created => "created",
+        BookingState::Paid => "paid",
+        BookingState::Upcoming => "upcoming",
+        BookingState::Finalized => "finalized",
+        BookingState::Cancelled => "cancelled",
+        BookingState::Refunded => "refunded",
+    }
+}
+
+fn rfc3339(t: &Timestamp) -> String {
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// The CRM record of a booking. HubSpot property values are strings.
+fn properties(e: &BookingEvent) -> Value {
+    let customer = e.customer.as_ref();
+    json!({
+        "booking_id": e.booking_id,
+        "booking_state": state_name(e.state),
+        "booking_version": e.version.to_string(),
+        "customer_name": customer.map(|c| c.name.as_str()).unwrap_or_default(),
+        "customer_email": customer.map(|c| c.email.as_str()).unwrap_or_default(),
+        "garage_name": e.garage.as_ref().map(|g| g.name.as_str()).unwrap_or_default(),
+        "service_code": e.service.as_ref().map(|s| s.service_code.as_str()).unwrap_or_default(),
+        "price_amount_minor": e.price.as_ref().map(|p| p.amount_minor.to_string()).unwrap_or_default(),
+        "price_currency": e.price.as_ref().map(|p| p.currency_code.as_str()).unwrap_or_default(),
+        "appointment_start": e.appointment_start.as_ref().map(rfc3339).unwrap_or_default(),
+        "last_event_id": e.event_id,
+    })
+}
+
+export!(CrmSync);
