@@ -66,7 +66,7 @@ pub fn from_json(line: &str) -> Result<BookingEvent, DecodeError> {
     let event: BookingEvent = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
+        if path == "." || path == "?" || path.is_empty() {
             DecodeError::Json(inner.to_string())
         } else {
             DecodeError::Json(format!("at `{path}`: {inner}"))

@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let limits = crate::config::Limits::resolve(&Default::default(), &Default::default()).unwrap();
+        let limits = crate::config::Limits::resolve(&Default::default(), &Default::default());
         for attempt in 1..30 {
             let d = backoff(&limits, attempt);
             let step = (limits.backoff_initial * (1 << (attempt - 1).min(20))).min(limits.backoff_max);

@@ -359,7 +359,7 @@ mod tests {
         m.plugin_counter_add("metrics", "x_total", &[], 2.0).unwrap();
         let text = m.render();
         assert!(text.contains("# HELP bookings_current Bookings by latest state"), "{text}");
-        assert!(text.contains(r#"bookings_current{state="paid",plugin="metrics"} 3"#), "{text}");
+        assert!(text.contains(r#"bookings_current{plugin="metrics",state="paid"} 3"#), "{text}");
         assert!(text.contains(r#"x_total{plugin="metrics"} 2"#), "{text}");
         assert!(matches!(
             m.plugin_counter_add("metrics", "bookings_current", &l("state", "paid"), 1.0),

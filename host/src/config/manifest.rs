@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -61,23 +62,17 @@ impl Limits {
     pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 
     /// Applies `plugin`'s values over `host`'s over the defaults.
-    pub fn resolve(host: &LimitsFile, plugin: &LimitsFile) -> Result<Self> {
+    pub fn resolve(host: &LimitsFile, plugin: &LimitsFile) -> Self {
         let pick = |p: Option<u64>, h: Option<u64>, d: u64| p.or(h).unwrap_or(d);
         let batch_size = plugin
             .batch_size
             .or(host.batch_size)
-            .unwrap_or(Self::DEFAULT_BATCH_SIZE);
+            .map_or(Self::DEFAULT_BATCH_SIZE, NonZeroU32::get);
         let max_attempts = plugin
             .max_attempts
             .or(host.max_attempts)
-            .unwrap_or(Self::DEFAULT_MAX_ATTEMPTS);
-        if batch_size == 0 {
-            bail!("limits.batch_size must be at least 1");
-        }
-        if max_attempts == 0 {
-            bail!("limits.max_attempts must be at least 1");
-        }
-        Ok(Limits {
+            .map_or(Self::DEFAULT_MAX_ATTEMPTS, NonZeroU32::get);
+        Limits {
             batch_size: batch_size as usize,
             max_attempts,
             backoff_initial: Duration::from_millis(pick(
@@ -101,7 +96,7 @@ impl Limits {
                 host.timeout_ms,
                 Self::DEFAULT_TIMEOUT_MS,
             )),
-        })
+        }
     }
 }
 
@@ -115,7 +110,7 @@ struct ManifestFile {
     /// Origins the plugin may call over HTTP, e.g. `http://127.0.0.1:8088`.
     /// Empty (the default) means none.
     #[serde(default)]
-    allow_hosts: Vec<Text>,
+    allow_hosts: Vec<Origin>,
     /// The one folder the plugin may read and write.
     #[serde(default)]
     folder: Option<FolderFile>,
@@ -181,15 +176,12 @@ pub fn parse_manifest(
         }
         None => ManifestFile::default(),
     };
-    let where_ = manifest.unwrap_or(component_default);
-    let base = where_.parent().unwrap_or(Path::new("."));
-    let limits = Limits::resolve(host_limits, &raw.limits)
-        .with_context(|| format!("{}: invalid [limits]", where_.display()))?;
-    let allow_hosts = raw
-        .allow_hosts
-        .into_iter()
-        .map(|h| normalise_origin(&h.0).with_context(|| format!("{}: allow_hosts", where_.display())))
-        .collect::<Result<Vec<_>>>()?;
+    let base = manifest
+        .unwrap_or(component_default)
+        .parent()
+        .unwrap_or(Path::new("."));
+    let limits = Limits::resolve(host_limits, &raw.limits);
+    let allow_hosts = raw.allow_hosts.into_iter().map(|o| o.0).collect();
     Ok(PluginSpec {
         name: name.to_string(),
         component: raw
@@ -210,6 +202,20 @@ pub fn parse_manifest(
             .map(|(k, v)| (k, v.into_string()))
             .collect(),
     })
+}
+
+/// A granted origin, checked and normalised while parsing so that a bad one
+/// is reported with its line.
+#[derive(Debug)]
+struct Origin(String);
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Text::deserialize(d)?;
+        normalise_origin(&text.0)
+            .map(Origin)
+            .map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+    }
 }
 
 /// `http://Host:8088/path` -> `http://host:8088`; the port is made explicit

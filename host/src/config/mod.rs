@@ -50,9 +50,9 @@ struct HostFile {
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     /// Events per `handle` call.
-    pub batch_size: Option<u32>,
+    pub batch_size: Option<std::num::NonZeroU32>,
     /// Deliveries of one event before it is dead-lettered.
-    pub max_attempts: Option<u32>,
+    pub max_attempts: Option<std::num::NonZeroU32>,
     /// First retry delay; doubles per attempt, with jitter.
     pub backoff_initial_ms: Option<u64>,
     /// Upper bound of the retry delay.
@@ -74,6 +74,9 @@ impl HostConfig {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        // Absolute, so paths stay right whatever the working directory.
+        let base = &std::path::absolute(base)
+            .with_context(|| format!("cannot resolve the folder of {}", file.display()))?;
         let data_dir = match raw.data_dir {
             Some(dir) => resolve(base, &dir.0),
             None => base.join(".plugboard"),

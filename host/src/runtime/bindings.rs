@@ -7,4 +7,4 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, RetryInfo};
-pub use plugboard::plugin::types as wit;
+pub use self::plugboard::plugin::types as wit;

@@ -10,6 +10,7 @@
 pub mod bindings;
 pub mod convert;
 mod egress;
+mod output;
 mod state;
 
 use std::{
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 use bindings::{BatchOutcome, Plugin, PluginPre, wit};
 pub use bindings::plugboard::plugin::log::Level as LogLevel;
 use egress::Egress;
+use output::GuestOutput;
 pub use state::PluginState;
 
 /// How often the epoch ticks; deadlines are whole ticks, so a call runs at
@@ -186,8 +188,9 @@ impl Prepared {
     /// config.
     pub fn instantiate(&self) -> Result<Instance, CallError> {
         let spec = &self.spec;
+        let output = GuestOutput::new(self.name.clone());
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stderr();
+        wasi.stdout(output.clone()).stderr(output.clone());
         if let Some(folder) = &spec.folder {
             let perms = if folder.read_only {
                 FsPerms::ReadOnly
@@ -227,7 +230,7 @@ impl Prepared {
         let plugin = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, timeout))?;
+            .map_err(|e| classify(e, timeout, &output))?;
         let config: Vec<(String, String)> = spec
             .config
             .iter()
@@ -236,13 +239,14 @@ impl Prepared {
         plugin
             .plugboard_plugin_handler()
             .call_init(&mut store, &config)
-            .map_err(|e| classify(e, timeout))?
+            .map_err(|e| classify(e, timeout, &output))?
             .map_err(CallError::Init)?;
         Ok(Instance {
             store,
             plugin,
             ticks,
             timeout,
+            output,
         })
     }
 }
@@ -253,6 +257,8 @@ pub struct Instance {
     plugin: Plugin,
     ticks: u64,
     timeout: Duration,
+    /// The instance's stdout/stderr, whose last lines explain a trap.
+    output: GuestOutput,
 }
 
 impl Instance {
@@ -260,11 +266,13 @@ impl Instance {
     /// the contract.
     pub fn handle(&mut self, batch: &[wit::Event]) -> Result<BatchOutcome, CallError> {
         self.store.set_epoch_deadline(self.ticks);
+        // Only what this call prints may explain its trap.
+        self.output.take_tail();
         let outcome = self
             .plugin
             .plugboard_plugin_handler()
             .call_handle(&mut self.store, batch)
-            .map_err(|e| classify(e, self.timeout))?;
+            .map_err(|e| classify(e, self.timeout, &self.output))?;
         let handled = outcome.handled as usize;
         if handled > batch.len() {
             return Err(CallError::Contract(format!(
@@ -291,11 +299,24 @@ impl Instance {
     }
 }
 
-/// Sorts a wasmtime error into trap or timeout, keeping wasmtime's message
-/// (with the guest backtrace when there is one).
-fn classify(err: wasmtime::Error, timeout: Duration) -> CallError {
-    if let Some(wasmtime::Trap::Interrupt) = err.downcast_ref::<wasmtime::Trap>() {
+/// Sorts a wasmtime error into trap or timeout. A trap's message is the
+/// trap itself plus what the plugin printed last (for a Rust plugin, the
+/// panic message), which says far more than the wasm backtrace.
+fn classify(err: wasmtime::Error, timeout: Duration, output: &GuestOutput) -> CallError {
+    let trap = err.downcast_ref::<wasmtime::Trap>().copied();
+    if trap == Some(wasmtime::Trap::Interrupt) {
         return CallError::Timeout(timeout);
     }
-    CallError::Trap(format!("{err:#}"))
+    tracing::debug!("plugin trap: {err:?}");
+    let what = match trap {
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}"),
+    };
+    let mut printed = output.take_tail();
+    printed.retain(|l| !l.starts_with("note: run with `RUST_BACKTRACE"));
+    if printed.is_empty() {
+        CallError::Trap(what)
+    } else {
+        CallError::Trap(format!("{what}; the plugin printed: {}", printed.join(" | ")))
+    }
 }

@@ -76,15 +76,19 @@ pub fn send(
     // Send first, then stream the body: the host buffers little, so writing
     // a large body before sending would wait forever.
     let pending = outgoing_handler::handle(request, None).map_err(describe)?;
+    // If the body cannot be written, the response future says why (the
+    // request was denied, the connection refused): prefer its answer.
+    let mut write_error = None;
     {
         let stream = outgoing.write().map_err(|_| err("request body stream taken twice"))?;
         for chunk in body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| TransportError(format!("writing the request body: {e:?}")))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                write_error = Some(TransportError(format!("writing the request body: {e:?}")));
+                break;
+            }
         }
     }
-    OutgoingBody::finish(outgoing, None).map_err(describe)?;
+    let finished = OutgoingBody::finish(outgoing, None);
 
     pending.subscribe().block();
     let response = pending
@@ -92,6 +96,10 @@ pub fn send(
         .ok_or_else(|| err("response not ready after waiting"))?
         .map_err(|_| err("response taken twice"))?
         .map_err(describe)?;
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    finished.map_err(describe)?;
     let status = response.status();
     let retry_after_secs = response
         .headers()
