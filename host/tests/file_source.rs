@@ -292,7 +292,13 @@ fn unavailable_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsiz
                         .lines()
                         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
                         .unwrap_or(0);
-                    if request.len() >= head_end + 4 + length {
+                    let chunked = text[..head_end].to_ascii_lowercase().contains("transfer-encoding: chunked");
+                    let complete = if chunked {
+                        text[head_end..].contains("\r\n0\r\n\r\n")
+                    } else {
+                        request.len() >= head_end + 4 + length
+                    };
+                    if complete {
                         break;
                     }
                 }

@@ -58,10 +58,11 @@ pub fn send(
     body: &[u8],
 ) -> Result<Response, TransportError> {
     let err = |what: &str| TransportError(what.to_string());
-    let list: Vec<(String, Vec<u8>)> = headers
+    let mut list: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
+    list.push(("content-length".into(), body.len().to_string().into_bytes()));
     let fields = Fields::from_list(&list).map_err(|e| TransportError(format!("bad header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
     request.set_method(&method).map_err(|_| err("bad method"))?;
