@@ -1,1 +1,118 @@
-fn main() {}
+//! Per-event cost of dispatching into a no-op WASM plugin, against a native
+//! Rust handler given the same batch, for batches of 1, 100 and 1000 events.
+//!
+//!     scripts/build-plugins.sh && cargo bench -p plugboard --bench dispatch
+//!
+//! Criterion reports time per batch and, through the throughput setting,
+//! events per second; divide to get the per-event cost.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use plugboard::config::{Limits, PluginSpec};
+use plugboard::dispatch::Dispatcher;
+use plugboard::metrics::Metrics;
+use plugboard::runtime::Runtime;
+use plugboard::runtime::bindings::{BatchOutcome, wit};
+use plugboard::runtime::convert::{Envelope, to_wit};
+use prost::Message;
+
+fn events(n: usize) -> Vec<wit::Event> {
+    let mut out = Vec::with_capacity(n);
+    for (i, e) in plugboard::generate::lifecycles(n, 1, plugboard::generate::DEFAULT_START)
+        .into_iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+    {
+        let payload = e.encode_to_vec();
+        let envelope = Envelope {
+            source: "bench".into(),
+            partition: 0,
+            offset: i as i64,
+            key: Some(e.booking_id.clone().into_bytes()),
+            ..Default::default()
+        };
+        out.push(to_wit(&e, envelope, payload));
+    }
+    out
+}
+
+/// What a handler compiled into the host would do with the batch: look at
+/// every event and say it is handled.
+fn native_noop(batch: &[wit::Event]) -> BatchOutcome {
+    for event in batch {
+        black_box(&event.booking.booking_id);
+    }
+    BatchOutcome {
+        handled: batch.len() as u32,
+        failure: None,
+    }
+}
+
+/// A native handler that takes its own copy of every event, as crossing
+/// into a sandbox must.
+fn native_copy(batch: &[wit::Event]) -> BatchOutcome {
+    let copy = black_box(batch.to_vec());
+    BatchOutcome {
+        handled: copy.len() as u32,
+        failure: None,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let component = repo.join("target/plugins/noop.wasm");
+    assert!(component.exists(), "run scripts/build-plugins.sh first");
+    let runtime = Runtime::new(
+        Some(&repo.join("target/bench-state")),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let spec = PluginSpec {
+        name: "noop".into(),
+        component,
+        manifest: None,
+        allow_hosts: vec![],
+        folder: None,
+        limits: Limits::resolve(&Default::default(), &Default::default()),
+        config: Default::default(),
+    };
+    let prepared = Arc::new(runtime.prepare(spec).unwrap());
+    let mut dispatcher = Dispatcher::new(prepared.clone(), prepared.instantiate().unwrap());
+    let mut instance = prepared.instantiate().unwrap();
+    let all = events(1000);
+
+    let mut group = c.benchmark_group("dispatch");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for size in [1usize, 100, 1000] {
+        let batch = &all[..size];
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_with_input(
+            BenchmarkId::new("wasm-noop/dispatcher", size),
+            batch,
+            |b, batch| b.iter(|| dispatcher.deliver(black_box(batch))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("wasm-noop/handle", size),
+            batch,
+            |b, batch| b.iter(|| instance.handle(black_box(batch)).unwrap()),
+        );
+        group.bench_with_input(BenchmarkId::new("native-noop", size), batch, |b, batch| {
+            b.iter(|| native_noop(black_box(batch)))
+        });
+        group.bench_with_input(BenchmarkId::new("native-copy", size), batch, |b, batch| {
+            b.iter(|| native_copy(black_box(batch)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

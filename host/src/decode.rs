@@ -97,7 +97,10 @@ pub fn validate(event: &BookingEvent) -> Result<(), DecodeError> {
     }
     match BookingState::try_from(event.state) {
         Ok(BookingState::Unspecified) => {
-            return invalid("state", "must be set (BOOKING_STATE_UNSPECIFIED is not a state)");
+            return invalid(
+                "state",
+                "must be set (BOOKING_STATE_UNSPECIFIED is not a state)",
+            );
         }
         Ok(_) => {}
         Err(_) => {
@@ -145,12 +148,16 @@ mod tests {
     #[test]
     fn failures_name_the_field() {
         let err = from_json(&GOOD.replace(r#""version":"1""#, r#""version":"0""#)).unwrap_err();
-        assert_eq!(err.to_string(), "invalid field `version`: must be at least 1");
+        assert_eq!(
+            err.to_string(),
+            "invalid field `version`: must be at least 1"
+        );
         let err = from_json(&GOOD.replace(r#""eventId":"e1""#, r#""eventId":"""#)).unwrap_err();
         assert!(err.to_string().contains("`event_id`"), "{err}");
         let err = from_json(&GOOD.replace("\"BOOKING_STATE_CREATED\"", "99")).unwrap_err();
         assert!(err.to_string().contains("state"), "{err}");
-        let err = from_json(&GOOD.replace("\"BOOKING_STATE_CREATED\"", "\"BOOKING_STATE_LOST\"")).unwrap_err();
+        let err = from_json(&GOOD.replace("\"BOOKING_STATE_CREATED\"", "\"BOOKING_STATE_LOST\""))
+            .unwrap_err();
         assert!(err.to_string().contains("state"), "{err}");
         assert!(matches!(from_json("{not json"), Err(DecodeError::Json(_))));
     }
@@ -166,6 +173,9 @@ mod tests {
         let unknown_state = BookingEvent { state: 99, ..event };
         let err = from_protobuf(&unknown_state.encode_to_vec()).unwrap_err();
         assert_eq!(err.to_string(), "invalid field `state`: unknown value 99");
-        assert!(matches!(from_protobuf(b"\xff\xff garbage"), Err(DecodeError::Protobuf(_))));
+        assert!(matches!(
+            from_protobuf(b"\xff\xff garbage"),
+            Err(DecodeError::Protobuf(_))
+        ));
     }
 }

@@ -191,7 +191,10 @@ impl Dispatcher {
             match outcome {
                 Outcome::Handled => {
                     self.stats.handled += 1;
-                    metrics.events.with_label_values(&[&*plugin, "handled"]).inc();
+                    metrics
+                        .events
+                        .with_label_values(&[&*plugin, "handled"])
+                        .inc();
                 }
                 Outcome::DeadLetter(f) => {
                     self.stats.dead_lettered += 1;
@@ -238,8 +241,12 @@ mod tests {
         let limits = crate::config::Limits::resolve(&Default::default(), &Default::default());
         for attempt in 1..30 {
             let d = backoff(&limits, attempt);
-            let step = (limits.backoff_initial * (1 << (attempt - 1).min(20))).min(limits.backoff_max);
-            assert!(d >= step / 2 && d <= step, "attempt {attempt}: {d:?} vs {step:?}");
+            let step =
+                (limits.backoff_initial * (1 << (attempt - 1).min(20))).min(limits.backoff_max);
+            assert!(
+                d >= step / 2 && d <= step,
+                "attempt {attempt}: {d:?} vs {step:?}"
+            );
         }
     }
 }

@@ -21,14 +21,38 @@ const GARAGES: [(&str, &str, &str, &str); 5] = [
 ];
 
 const SERVICES: [(&str, &str, ServiceCategory, i64); 4] = [
-    ("OIL-5W30", "Oil and filter change", ServiceCategory::OilChange, 8_990),
-    ("WHEEL-SWAP", "Seasonal wheel change", ServiceCategory::WheelChange, 4_990),
-    ("HU-AU", "Main inspection (HU/AU)", ServiceCategory::Inspection, 13_900),
-    ("BRAKE-PADS", "Brake pad replacement", ServiceCategory::Other, 19_900),
+    (
+        "OIL-5W30",
+        "Oil and filter change",
+        ServiceCategory::OilChange,
+        8_990,
+    ),
+    (
+        "WHEEL-SWAP",
+        "Seasonal wheel change",
+        ServiceCategory::WheelChange,
+        4_990,
+    ),
+    (
+        "HU-AU",
+        "Main inspection (HU/AU)",
+        ServiceCategory::Inspection,
+        13_900,
+    ),
+    (
+        "BRAKE-PADS",
+        "Brake pad replacement",
+        ServiceCategory::Other,
+        19_900,
+    ),
 ];
 
-const FIRST: [&str; 8] = ["Anna", "Ben", "Clara", "David", "Elif", "Finn", "Greta", "Hamza"];
-const LAST: [&str; 8] = ["Müller", "Schmidt", "Yilmaz", "Weber", "Nowak", "Fischer", "Rossi", "Becker"];
+const FIRST: [&str; 8] = [
+    "Anna", "Ben", "Clara", "David", "Elif", "Finn", "Greta", "Hamza",
+];
+const LAST: [&str; 8] = [
+    "Müller", "Schmidt", "Yilmaz", "Weber", "Nowak", "Fischer", "Rossi", "Becker",
+];
 const CARS: [(&str, &str); 5] = [
     ("Volkswagen", "Golf"),
     ("BMW", "3er"),
@@ -81,7 +105,12 @@ pub fn lifecycles(bookings: usize, seed: u64, start: i64) -> Vec<BookingEvent> {
                 category: service.2 as i32,
             }),
             vehicle: Some(Vehicle {
-                license_plate: format!("B-{}{} {}", (b'A' + (n % 26) as u8) as char, 'K', 100 + n % 9_000),
+                license_plate: format!(
+                    "B-{}{} {}",
+                    (b'A' + (n % 26) as u8) as char,
+                    'K',
+                    100 + n % 9_000
+                ),
                 make: car.0.into(),
                 model: car.1.into(),
             }),
@@ -103,25 +132,40 @@ pub fn lifecycles(bookings: usize, seed: u64, start: i64) -> Vec<BookingEvent> {
         };
         let created = push(BookingState::Created, created_at, &base);
         if rng.random_bool(0.12) {
-            push(BookingState::Cancelled, created_at + rng.random_range(300..86_400), &created);
+            push(
+                BookingState::Cancelled,
+                created_at + rng.random_range(300..86_400),
+                &created,
+            );
             continue;
         }
         let paid_at = created_at + rng.random_range(60..10_800);
         let mut paid = created.clone();
         paid.payment = Some(Payment {
             payment_id: format!("pay-{seed}-{n:05}"),
-            method: [PaymentMethod::Card, PaymentMethod::Paypal, PaymentMethod::Invoice]
-                [rng.random_range(0..3)] as i32,
+            method: [
+                PaymentMethod::Card,
+                PaymentMethod::Paypal,
+                PaymentMethod::Invoice,
+            ][rng.random_range(0..3)] as i32,
             paid_at: ts(paid_at),
         });
         let paid = push(BookingState::Paid, paid_at, &paid);
         if rng.random_bool(0.06) {
-            push(BookingState::Refunded, paid_at + rng.random_range(3_600..172_800), &paid);
+            push(
+                BookingState::Refunded,
+                paid_at + rng.random_range(3_600..172_800),
+                &paid,
+            );
             continue;
         }
         let upcoming = push(BookingState::Upcoming, appointment - 86_400, &paid);
         if rng.random_bool(0.9) {
-            push(BookingState::Finalized, appointment + rng.random_range(3_600..14_400), &upcoming);
+            push(
+                BookingState::Finalized,
+                appointment + rng.random_range(3_600..14_400),
+                &upcoming,
+            );
         }
     }
     events.sort_by_key(|e| (e.occurred_at.as_ref().map(|t| t.seconds), e.version));

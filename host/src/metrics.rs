@@ -16,7 +16,9 @@ use prometheus::{
 pub enum MetricError {
     #[error("`{0}` is not a valid metric name: use [a-zA-Z_:][a-zA-Z0-9_:]*")]
     BadName(String),
-    #[error("`{name}` has an invalid label name `{label}`: use [a-zA-Z_][a-zA-Z0-9_]*, not `plugin`")]
+    #[error(
+        "`{name}` has an invalid label name `{label}`: use [a-zA-Z_][a-zA-Z0-9_]*, not `plugin`"
+    )]
     BadLabel { name: String, label: String },
     #[error("`{name}` is a {existing}, not a {wanted}")]
     KindMismatch {
@@ -90,7 +92,9 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
@@ -277,7 +281,12 @@ impl Metrics {
         Ok(())
     }
 
-    fn create_family(&self, name: &str, kind: &str, labels: &[String]) -> Result<Family, MetricError> {
+    fn create_family(
+        &self,
+        name: &str,
+        kind: &str,
+        labels: &[String],
+    ) -> Result<Family, MetricError> {
         let (help, buckets) = self
             .descriptions
             .lock()
@@ -352,14 +361,25 @@ mod tests {
     fn plugin_metrics_render_with_plugin_label() {
         let m = Metrics::new();
         let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        m.describe("bookings_current", "Bookings by latest state".into(), vec![])
-            .unwrap();
+        m.describe(
+            "bookings_current",
+            "Bookings by latest state".into(),
+            vec![],
+        )
+        .unwrap();
         m.plugin_gauge_set("metrics", "bookings_current", &l("state", "paid"), 3.0)
             .unwrap();
-        m.plugin_counter_add("metrics", "x_total", &[], 2.0).unwrap();
+        m.plugin_counter_add("metrics", "x_total", &[], 2.0)
+            .unwrap();
         let text = m.render();
-        assert!(text.contains("# HELP bookings_current Bookings by latest state"), "{text}");
-        assert!(text.contains(r#"bookings_current{plugin="metrics",state="paid"} 3"#), "{text}");
+        assert!(
+            text.contains("# HELP bookings_current Bookings by latest state"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bookings_current{plugin="metrics",state="paid"} 3"#),
+            "{text}"
+        );
         assert!(text.contains(r#"x_total{plugin="metrics"} 2"#), "{text}");
         assert!(matches!(
             m.plugin_counter_add("metrics", "bookings_current", &l("state", "paid"), 1.0),
@@ -370,6 +390,9 @@ mod tests {
             Err(MetricError::LabelMismatch { .. })
         ));
         assert!(m.plugin_gauge_set("metrics", "bad-name", &[], 1.0).is_err());
-        assert!(m.plugin_gauge_set("metrics", "plugboard_events_total", &[], 1.0).is_err());
+        assert!(
+            m.plugin_gauge_set("metrics", "plugboard_events_total", &[], 1.0)
+                .is_err()
+        );
     }
 }

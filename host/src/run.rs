@@ -61,12 +61,10 @@ pub fn run_file(config: &HostConfig, options: &FileRunOptions) -> Result<Summary
     let mut ready = Vec::new();
     for spec in specs {
         let name = spec.name.clone();
-        let loaded = runtime
-            .prepare(spec)
-            .and_then(|p| {
-                let instance = p.instantiate()?;
-                Ok((p, instance))
-            });
+        let loaded = runtime.prepare(spec).and_then(|p| {
+            let instance = p.instantiate()?;
+            Ok((p, instance))
+        });
         match loaded {
             Ok((prepared, instance)) => {
                 tracing::info!(

@@ -37,7 +37,10 @@ fn invalid_configs_fail_with_the_expected_message() {
         }
         let want = std::fs::read_to_string(&golden).unwrap_or_default();
         if err != want {
-            failures.push(format!("{}:\n--- expected\n{want}--- got\n{err}", case.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{want}--- got\n{err}",
+                case.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -52,7 +55,20 @@ fn the_demo_config_loads() {
     assert_eq!(names, ["crm-sync", "data-lake", "metrics"]);
     let crm = &plugins[0];
     assert_eq!(crm.allow_hosts, ["http://127.0.0.1:8088"]);
-    assert_eq!(crm.limits.batch_size, 100, "the manifest overrides the host's limit");
-    assert_eq!(plugins[2].limits.max_attempts, 5, "the host's limit applies");
-    assert!(plugins[1].folder.as_ref().unwrap().host_path.ends_with("target/demo/lake"));
+    assert_eq!(
+        crm.limits.batch_size, 100,
+        "the manifest overrides the host's limit"
+    );
+    assert_eq!(
+        plugins[2].limits.max_attempts, 5,
+        "the host's limit applies"
+    );
+    assert!(
+        plugins[1]
+            .folder
+            .as_ref()
+            .unwrap()
+            .host_path
+            .ends_with("target/demo/lake")
+    );
 }

@@ -12,7 +12,14 @@ use common::{Crm, Setup, sample_events};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
-const STATES: [&str; 6] = ["created", "paid", "upcoming", "finalized", "cancelled", "refunded"];
+const STATES: [&str; 6] = [
+    "created",
+    "paid",
+    "upcoming",
+    "finalized",
+    "cancelled",
+    "refunded",
+];
 
 /// One line of the sample file, as this test reads it without the host's
 /// decoder.
@@ -36,11 +43,17 @@ fn read_sample(path: &Path) -> (Vec<Line>, Vec<u64>) {
     for (i, text) in std::fs::read_to_string(path).unwrap().lines().enumerate() {
         let number = i as u64 + 1;
         let parsed = serde_json::from_str::<Value>(text).ok().and_then(|v| {
-            let state = v["state"].as_str()?.strip_prefix("BOOKING_STATE_")?.to_lowercase();
+            let state = v["state"]
+                .as_str()?
+                .strip_prefix("BOOKING_STATE_")?
+                .to_lowercase();
             let line = Line {
                 number,
                 event_id: v["eventId"].as_str().filter(|s| !s.is_empty())?.to_string(),
-                booking_id: v["bookingId"].as_str().filter(|s| !s.is_empty())?.to_string(),
+                booking_id: v["bookingId"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())?
+                    .to_string(),
                 version: num(&v["version"]).filter(|v| *v >= 1)? as u64,
                 state: STATES.contains(&state.as_str()).then_some(state)?,
                 price: v["price"]["currencyCode"]
@@ -59,7 +72,10 @@ fn read_sample(path: &Path) -> (Vec<Line>, Vec<u64>) {
 
 /// Every Parquet file under `root`, by relative path, with its bytes, and
 /// every (event_id, offset) row in them.
-fn read_lake(root: &Path) -> (BTreeMap<String, Vec<u8>>, Vec<(String, i64)>) {
+/// Parquet files by path relative to the lake, with their bytes.
+type Files = BTreeMap<String, Vec<u8>>;
+
+fn read_lake(root: &Path) -> (Files, Vec<(String, i64)>) {
     let mut files = BTreeMap::new();
     let mut rows = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -71,12 +87,16 @@ fn read_lake(root: &Path) -> (BTreeMap<String, Vec<u8>>, Vec<(String, i64)>) {
                 continue;
             }
             let rel = path.strip_prefix(root).unwrap().display().to_string();
-            assert!(rel.ends_with(".parquet"), "unexpected file in the lake: {rel}");
+            assert!(
+                rel.ends_with(".parquet"),
+                "unexpected file in the lake: {rel}"
+            );
             files.insert(rel, std::fs::read(&path).unwrap());
-            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-                .unwrap()
-                .build()
-                .unwrap();
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
                 let ids = batch.column_by_name("event_id").unwrap();
@@ -110,7 +130,10 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
         .plugin(
             "data-lake",
             "data-lake",
-            &format!("[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n", lake.display()),
+            &format!(
+                "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
+                lake.display()
+            ),
         )
         .plugin("metrics", "metrics", "");
 
@@ -120,7 +143,12 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
     println!("{stdout}");
 
     let (valid, invalid) = read_sample(&sample_events());
-    assert!(valid.len() > 500 && invalid.len() >= 5, "the sample has {} valid, {} invalid lines", valid.len(), invalid.len());
+    assert!(
+        valid.len() > 500 && invalid.len() >= 5,
+        "the sample has {} valid, {} invalid lines",
+        valid.len(),
+        invalid.len()
+    );
 
     // Newest version per booking, as the CRM and the gauges must see it.
     let mut latest: HashMap<&str, &Line> = HashMap::new();
@@ -136,28 +164,80 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
     assert_eq!(crm_objects.len(), latest.len());
     for (booking, line) in &latest {
         let props = &crm_objects[*booking]["properties"];
-        assert_eq!(props["booking_state"], line.state.as_str(), "booking {booking}");
-        assert_eq!(props["booking_version"], line.version.to_string().as_str(), "booking {booking}");
-        assert_eq!(props["last_event_id"], line.event_id.as_str(), "booking {booking}");
+        assert_eq!(
+            props["booking_state"],
+            line.state.as_str(),
+            "booking {booking}"
+        );
+        assert_eq!(
+            props["booking_version"],
+            line.version.to_string().as_str(),
+            "booking {booking}"
+        );
+        assert_eq!(
+            props["last_event_id"],
+            line.event_id.as_str(),
+            "booking {booking}"
+        );
     }
 
     // Lake: one row per valid line, at its line number.
     let (files, rows) = read_lake(&lake.join("bookings"));
     let mut got: Vec<(String, i64)> = rows.clone();
     got.sort();
-    let mut want: Vec<(String, i64)> = valid.iter().map(|l| (l.event_id.clone(), l.number as i64)).collect();
+    let mut want: Vec<(String, i64)> = valid
+        .iter()
+        .map(|l| (l.event_id.clone(), l.number as i64))
+        .collect();
     want.sort();
     assert_eq!(got, want);
+
+    // The files are readable by the tools analysts use. scripts/test.sh
+    // sets PLUGBOARD_TEST_PYTHON to a Python with DuckDB and pyarrow.
+    match std::env::var_os("PLUGBOARD_TEST_PYTHON") {
+        Some(python) => {
+            let out = std::process::Command::new(python)
+                .arg(common::repo().join("scripts/read-lake.py"))
+                .arg(&lake)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let distinct: BTreeSet<&str> = valid.iter().map(|l| l.event_id.as_str()).collect();
+            assert_eq!(seen["duckdb"]["rows"], valid.len());
+            assert_eq!(seen["duckdb"]["distinct_event_ids"], distinct.len());
+            assert_eq!(seen["pyarrow"]["rows"], valid.len());
+        }
+        None => eprintln!("DuckDB/pyarrow check skipped: PLUGBOARD_TEST_PYTHON is not set"),
+    }
 
     // Metrics: gauges from the newest versions, events counted once each.
     let prom = setup.metrics();
     for state in STATES {
         let want = latest.values().filter(|l| l.state == state).count() as f64;
-        let got = prom.get("bookings_current", &[("state", state), ("plugin", "metrics")]);
+        let got = prom.get(
+            "bookings_current",
+            &[("state", state), ("plugin", "metrics")],
+        );
         assert_eq!(got, Some(want), "bookings_current{{state={state}}}");
-        let distinct: BTreeSet<&str> = valid.iter().filter(|l| l.state == state).map(|l| l.event_id.as_str()).collect();
-        let got = prom.get("booking_events_total", &[("state", state), ("plugin", "metrics")]);
-        assert_eq!(got.unwrap_or(0.0), distinct.len() as f64, "booking_events_total{{state={state}}}");
+        let distinct: BTreeSet<&str> = valid
+            .iter()
+            .filter(|l| l.state == state)
+            .map(|l| l.event_id.as_str())
+            .collect();
+        let got = prom.get(
+            "booking_events_total",
+            &[("state", state), ("plugin", "metrics")],
+        );
+        assert_eq!(
+            got.unwrap_or(0.0),
+            distinct.len() as f64,
+            "booking_events_total{{state={state}}}"
+        );
     }
     let revenue: i64 = latest
         .values()
@@ -165,7 +245,10 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
         .filter_map(|l| l.price.as_ref().map(|p| p.1))
         .sum();
     assert_eq!(
-        prom.get("bookings_revenue_minor", &[("currency", "EUR"), ("plugin", "metrics")]),
+        prom.get(
+            "bookings_revenue_minor",
+            &[("currency", "EUR"), ("plugin", "metrics")]
+        ),
         Some(revenue as f64)
     );
 
@@ -179,8 +262,14 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
         assert!(!record["reason"].as_str().unwrap().is_empty());
     }
     let reasons: Vec<&str> = dead.iter().map(|r| r["reason"].as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.contains("`version`")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("`event_id`")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("`version`")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("`event_id`")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("state")), "{reasons:?}");
 
     // The same file again: the CRM and the lake do not change at all.
@@ -188,8 +277,14 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
     assert!(out.status.success());
     assert_eq!(crm.all(), crm_objects, "a replay changed the CRM");
     let (files_again, _) = read_lake(&lake.join("bookings"));
-    assert_eq!(files_again.keys().collect::<Vec<_>>(), files.keys().collect::<Vec<_>>());
-    assert!(files_again == files, "a replay changed Parquet file contents");
+    assert_eq!(
+        files_again.keys().collect::<Vec<_>>(),
+        files.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        files_again == files,
+        "a replay changed Parquet file contents"
+    );
 }
 
 #[test]
@@ -211,23 +306,44 @@ fn a_trapping_plugin_is_contained_and_its_event_dead_lettered() {
         .plugin("metrics", "metrics", "");
 
     let out = setup.run(&events);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let dead = setup.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["line"], 8);
     assert_eq!(dead[0]["plugin"], "faulty");
     assert_eq!(dead[0]["class"], "trap");
     assert_eq!(dead[0]["attempts"], 2);
-    assert!(dead[0]["reason"].as_str().unwrap().contains(&format!("trapping on event {victim}")));
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("trapping on event {victim}"))
+    );
 
     let prom = setup.metrics();
     let total = lines.len() as f64;
-    let handled = |p| prom.get("plugboard_events_total", &[("plugin", p), ("outcome", "handled")]);
+    let handled = |p| {
+        prom.get(
+            "plugboard_events_total",
+            &[("plugin", p), ("outcome", "handled")],
+        )
+    };
     assert_eq!(handled("faulty"), Some(total - 1.0));
-    assert_eq!(handled("metrics"), Some(total), "a trap in one plugin must not touch another");
+    assert_eq!(
+        handled("metrics"),
+        Some(total),
+        "a trap in one plugin must not touch another"
+    );
     // Once for the batch, then twice for the event alone (max_attempts = 2).
     assert_eq!(
-        prom.get("plugboard_instance_restarts_total", &[("plugin", "faulty"), ("reason", "trap")]),
+        prom.get(
+            "plugboard_instance_restarts_total",
+            &[("plugin", "faulty"), ("reason", "trap")]
+        ),
         Some(3.0)
     );
 }
@@ -239,7 +355,12 @@ fn rejects_and_retries_follow_the_plugin_outcome() {
     let ids: Vec<String> = std::fs::read_to_string(&events)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["eventId"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["eventId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     setup.plugin(
         "faulty",
@@ -254,16 +375,31 @@ fn rejects_and_retries_follow_the_plugin_outcome() {
     let dead = setup.dead_letters();
     let summary: Vec<(u64, &str, u64)> = dead
         .iter()
-        .map(|r| (r["line"].as_u64().unwrap(), r["class"].as_str().unwrap(), r["attempts"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                r["class"].as_str().unwrap(),
+                r["attempts"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(summary, vec![(3, "rejected", 1), (5, "retries-exhausted", 3)]);
+    assert_eq!(
+        summary,
+        vec![(3, "rejected", 1), (5, "retries-exhausted", 3)]
+    );
     let prom = setup.metrics();
     assert_eq!(
-        prom.get("plugboard_events_total", &[("plugin", "faulty"), ("outcome", "handled")]),
+        prom.get(
+            "plugboard_events_total",
+            &[("plugin", "faulty"), ("outcome", "handled")]
+        ),
         Some(ids.len() as f64 - 2.0),
         "the event retried once must end handled"
     );
-    assert_eq!(prom.get("plugboard_retries_total", &[("plugin", "faulty")]), Some(3.0));
+    assert_eq!(
+        prom.get("plugboard_retries_total", &[("plugin", "faulty")]),
+        Some(3.0)
+    );
 }
 
 /// An HTTP server that answers every request with 503 and counts them.
@@ -290,9 +426,15 @@ fn unavailable_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsiz
                 if let Some(head_end) = text.find("\r\n\r\n") {
                     let length = text[..head_end]
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
                         .unwrap_or(0);
-                    let chunked = text[..head_end].to_ascii_lowercase().contains("transfer-encoding: chunked");
+                    let chunked = text[..head_end]
+                        .to_ascii_lowercase()
+                        .contains("transfer-encoding: chunked");
                     let complete = if chunked {
                         text[head_end..].contains("\r\n0\r\n\r\n")
                     } else {
@@ -337,20 +479,30 @@ fn crm_unavailable_retries_with_backoff_then_dead_letters() {
     let dead = setup.dead_letters();
     for plugin in ["crm-503", "crm-down"] {
         let mine: Vec<&Value> = dead.iter().filter(|r| r["plugin"] == plugin).collect();
-        assert_eq!(mine.len(), total, "{plugin}: every event parked, none dropped");
+        assert_eq!(
+            mine.len(),
+            total,
+            "{plugin}: every event parked, none dropped"
+        );
         for r in mine {
             assert_eq!(r["class"], "retries-exhausted");
             assert_eq!(r["attempts"], 3);
             let reason = r["reason"].as_str().unwrap();
             if plugin == "crm-503" {
-                assert!(reason.contains("HTTP 503") && reason.contains("maintenance"), "{reason}");
+                assert!(
+                    reason.contains("HTTP 503") && reason.contains("maintenance"),
+                    "{reason}"
+                );
             } else {
                 assert!(reason.contains("connection refused"), "{reason}");
             }
         }
     }
     // Each event: 3 attempts, each one batch/read call that got the 503.
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), total * 3);
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        total * 3
+    );
 }
 
 #[test]
@@ -374,12 +526,18 @@ fn outgoing_http_to_a_host_not_granted_is_denied() {
     for r in &dead {
         assert!(r["reason"].as_str().unwrap().contains("denied"), "{r}");
     }
-    assert!(crm.all().is_empty(), "nothing may reach a host that was not granted");
-    let origin = crm.url.clone() ;
+    assert!(
+        crm.all().is_empty(),
+        "nothing may reach a host that was not granted"
+    );
+    let origin = crm.url.clone();
     assert!(
         setup
             .metrics()
-            .get("plugboard_egress_denied_total", &[("plugin", "crm-sync"), ("origin", &origin)])
+            .get(
+                "plugboard_egress_denied_total",
+                &[("plugin", "crm-sync"), ("origin", &origin)]
+            )
             .is_some_and(|n| n >= 1.0)
     );
 }

@@ -12,27 +12,45 @@ use serde_json::Value;
 fn a_javascript_plugin_gets_the_same_typed_events() {
     let setup = Setup::new();
     let events = common::generated_events(setup.dir.path(), 12, 8);
-    setup.plugin("audit-log-js", "audit-log-js", "[config]\nprefix = \"audit\"\n");
+    setup.plugin(
+        "audit-log-js",
+        "audit-log-js",
+        "[config]\nprefix = \"audit\"\n",
+    );
     let out = setup.run(&events);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let mut by_state: BTreeMap<String, f64> = BTreeMap::new();
     let lines = std::fs::read_to_string(&events).unwrap();
     for line in lines.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
-        let state = v["state"].as_str().unwrap().trim_start_matches("BOOKING_STATE_").to_lowercase();
+        let state = v["state"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("BOOKING_STATE_")
+            .to_lowercase();
         *by_state.entry(state).or_default() += 1.0;
     }
     let prom = setup.metrics();
     for (state, count) in &by_state {
         assert_eq!(
-            prom.get("audit_events_total", &[("state", state), ("plugin", "audit-log-js")]),
+            prom.get(
+                "audit_events_total",
+                &[("state", state), ("plugin", "audit-log-js")]
+            ),
             Some(*count),
             "state {state}"
         );
     }
     assert_eq!(
-        prom.get("plugboard_plugin_log_lines_total", &[("plugin", "audit-log-js"), ("level", "info")]),
+        prom.get(
+            "plugboard_plugin_log_lines_total",
+            &[("plugin", "audit-log-js"), ("level", "info")]
+        ),
         Some(lines.lines().count() as f64)
     );
 }
@@ -43,14 +61,20 @@ fn check(path: &std::path::Path) -> (bool, String) {
         .arg(path)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn check_accepts_plugins_and_says_what_they_need() {
     let (ok, report) = check(&common::plugin_wasm("crm-sync"));
     assert!(ok, "{report}");
-    assert!(report.contains("ok: implements plugboard:plugin/plugin"), "{report}");
+    assert!(
+        report.contains("ok: implements plugboard:plugin/plugin"),
+        "{report}"
+    );
     let http = report
         .lines()
         .find(|l| l.contains("wasi:http/outgoing-handler"))
@@ -59,14 +83,20 @@ fn check_accepts_plugins_and_says_what_they_need() {
 
     let (ok, report) = check(&common::plugin_wasm("data-lake"));
     assert!(ok, "{report}");
-    assert!(report.contains("wasi:filesystem/preopens") && report.contains("[folder]"), "{report}");
+    assert!(
+        report.contains("wasi:filesystem/preopens") && report.contains("[folder]"),
+        "{report}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let (ok, report) = check(&core);
     assert!(!ok);
-    assert!(report.contains("core WebAssembly module, not a component"), "{report}");
+    assert!(
+        report.contains("core WebAssembly module, not a component"),
+        "{report}"
+    );
 
     let text = dir.path().join("notes.wasm");
     std::fs::write(&text, "hello").unwrap();

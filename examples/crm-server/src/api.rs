@@ -21,7 +21,10 @@ struct App {
 
 pub fn router(store: Store, token: Option<String>) -> Router {
     Router::new()
-        .route("/crm/v3/objects/{object_type}/batch/upsert", post(batch_upsert))
+        .route(
+            "/crm/v3/objects/{object_type}/batch/upsert",
+            post(batch_upsert),
+        )
         .route("/crm/v3/objects/{object_type}/batch/read", post(batch_read))
         .route("/crm/v3/objects/{object_type}/{id}", get(get_one))
         .route("/crm/v3/objects/{object_type}", get(list))
@@ -40,7 +43,11 @@ impl IntoResponse for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", format!("{e:#}"))
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            format!("{e:#}"),
+        )
     }
 }
 
@@ -49,7 +56,9 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &app.token else { return Ok(()) };
+    let Some(token) = &app.token else {
+        return Ok(());
+    };
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -60,7 +69,8 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
         Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "INVALID_AUTHENTICATION",
-            "Authentication credentials not found or invalid: send Authorization: Bearer <token>".into(),
+            "Authentication credentials not found or invalid: send Authorization: Bearer <token>"
+                .into(),
         ))
     }
 }
@@ -195,13 +205,17 @@ async fn list(
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| bad_request(format!("limit must be a number from 1 to 100, got `{l}`")))?,
+            .ok_or_else(|| {
+                bad_request(format!("limit must be a number from 1 to 100, got `{l}`"))
+            })?,
     };
     let after = match query.get("after") {
         None => 0,
-        Some(a) => a
-            .parse::<i64>()
-            .map_err(|_| bad_request(format!("after must be a cursor from paging.next.after, got `{a}`")))?,
+        Some(a) => a.parse::<i64>().map_err(|_| {
+            bad_request(format!(
+                "after must be a cursor from paging.next.after, got `{a}`"
+            ))
+        })?,
     };
     let page = app.store.page(&object_type, limit + 1, after)?;
     let more = page.len() > limit;

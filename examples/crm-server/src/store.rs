@@ -60,14 +60,23 @@ impl Store {
 
     /// Finds an object by a unique property (`id_property` = `hs_object_id`
     /// or absent means the object id itself).
-    pub fn find(&self, object_type: &str, id_property: Option<&str>, id: &str) -> Result<Option<Object>> {
+    pub fn find(
+        &self,
+        object_type: &str,
+        id_property: Option<&str>,
+        id: &str,
+    ) -> Result<Option<Object>> {
         let conn = self.conn.lock().expect("db lock");
         find(&conn, object_type, id_property, id)
     }
 
     /// Creates or merges properties into the objects whose `id_property`
     /// equals each id, in one transaction.
-    pub fn upsert(&self, object_type: &str, inputs: &[(String, String, Map<String, Value>)]) -> Result<Vec<Object>> {
+    pub fn upsert(
+        &self,
+        object_type: &str,
+        inputs: &[(String, String, Map<String, Value>)],
+    ) -> Result<Vec<Object>> {
         let mut conn = self.conn.lock().expect("db lock");
         let tx = conn.transaction()?;
         let mut out = Vec::with_capacity(inputs.len());
@@ -77,8 +86,13 @@ impl Store {
                 Some(mut object) => {
                     object.properties.extend(properties.clone());
                     tx.execute(
-                        &format!("UPDATE objects SET properties = ?1, updated_at = {NOW} WHERE id = ?2"),
-                        params![Value::Object(object.properties).to_string(), object.id.parse::<i64>()?],
+                        &format!(
+                            "UPDATE objects SET properties = ?1, updated_at = {NOW} WHERE id = ?2"
+                        ),
+                        params![
+                            Value::Object(object.properties).to_string(),
+                            object.id.parse::<i64>()?
+                        ],
                     )?;
                     object.id
                 }
@@ -114,7 +128,12 @@ impl Store {
     }
 }
 
-fn find(conn: &Connection, object_type: &str, id_property: Option<&str>, id: &str) -> Result<Option<Object>> {
+fn find(
+    conn: &Connection,
+    object_type: &str,
+    id_property: Option<&str>,
+    id: &str,
+) -> Result<Option<Object>> {
     let object = match id_property.filter(|p| *p != "hs_object_id") {
         None => conn
             .query_row(

@@ -230,7 +230,11 @@ pub fn normalise_origin(origin: &str) -> Result<String> {
         "https" => 443,
         _ => bail!("`{origin}`: only http and https origins can be granted"),
     };
-    let authority = rest.split('/').next().unwrap_or_default().to_ascii_lowercase();
+    let authority = rest
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if authority.is_empty() {
         bail!("`{origin}` has no host: write `{scheme}://host:port`");
     }
@@ -308,12 +312,18 @@ mod tests {
 
     #[test]
     fn origins_are_normalised() {
-        assert_eq!(normalise_origin("http://Example.com").unwrap(), "http://example.com:80");
+        assert_eq!(
+            normalise_origin("http://Example.com").unwrap(),
+            "http://example.com:80"
+        );
         assert_eq!(
             normalise_origin("http://127.0.0.1:8088/crm").unwrap(),
             "http://127.0.0.1:8088"
         );
-        assert_eq!(normalise_origin("https://x.io").unwrap(), "https://x.io:443");
+        assert_eq!(
+            normalise_origin("https://x.io").unwrap(),
+            "https://x.io:443"
+        );
         assert!(normalise_origin("127.0.0.1:8088").is_err());
         assert!(normalise_origin("ftp://x").is_err());
     }

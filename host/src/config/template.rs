@@ -90,10 +90,16 @@ mod tests {
 
     #[test]
     fn expands_set_unset_and_default() {
-        assert_eq!(expand_with("http://${HOST}:80", env).unwrap(), "http://crm.local:80");
+        assert_eq!(
+            expand_with("http://${HOST}:80", env).unwrap(),
+            "http://crm.local:80"
+        );
         assert_eq!(expand_with("${MISSING:-x}", env).unwrap(), "x");
         assert_eq!(expand_with("${EMPTY:-fallback}", env).unwrap(), "fallback");
-        assert_eq!(expand_with("cost $$5 and $x", env).unwrap(), "cost $5 and $x");
+        assert_eq!(
+            expand_with("cost $$5 and $x", env).unwrap(),
+            "cost $5 and $x"
+        );
         assert_eq!(
             expand_with("${MISSING}", env).unwrap_err(),
             TemplateError::Unset("MISSING".into())

@@ -6,5 +6,5 @@ wasmtime::component::bindgen!({
     world: "plugboard:plugin/plugin",
 });
 
-pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, RetryInfo};
 pub use self::plugboard::plugin::types as wit;
+pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, RetryInfo};

@@ -18,10 +18,13 @@ pub struct Egress {
 
 type ResponseFuture = Box<
     dyn Future<
-            Output = Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ), Error>,
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), Error>> + Send>,
+                ),
+                Error,
+            >,
         > + Send,
 >;
 
@@ -45,7 +48,7 @@ impl WasiHttpHooks for Egress {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> ResponseFuture {
         let origin = Self::origin_of(&request);
-        if !self.allowed.iter().any(|a| *a == origin) {
+        if !self.allowed.contains(&origin) {
             tracing::warn!(
                 plugin = &*self.plugin,
                 %origin,

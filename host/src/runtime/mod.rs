@@ -13,11 +13,7 @@ mod egress;
 mod output;
 mod state;
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -27,8 +23,8 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::config::PluginSpec;
 use crate::metrics::Metrics;
-use bindings::{BatchOutcome, Plugin, PluginPre, wit};
 pub use bindings::plugboard::plugin::log::Level as LogLevel;
+use bindings::{BatchOutcome, Plugin, PluginPre, wit};
 use egress::Egress;
 use output::GuestOutput;
 pub use state::PluginState;
@@ -107,8 +103,9 @@ impl Runtime {
 
     /// Compiles `spec`'s component and links it against the world, once.
     pub fn prepare(&self, spec: PluginSpec) -> Result<Prepared> {
-        let bytes = std::fs::read(&spec.component)
-            .with_context(|| format!("cannot read plugin component {}", spec.component.display()))?;
+        let bytes = std::fs::read(&spec.component).with_context(|| {
+            format!("cannot read plugin component {}", spec.component.display())
+        })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let component = Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
@@ -123,15 +120,21 @@ impl Runtime {
                     spec.component.display()
                 )
             })?;
-        let pre = PluginPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
-            format!(
-                "{} does not implement the plugboard:plugin/plugin world",
-                spec.component.display()
-            )
-        })?;
+        let pre = PluginPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "{} does not implement the plugboard:plugin/plugin world",
+                    spec.component.display()
+                )
+            })?;
         if let Some(folder) = &spec.folder {
             std::fs::create_dir_all(&folder.host_path).with_context(|| {
-                format!("cannot create the folder granted to {}: {}", spec.name, folder.host_path.display())
+                format!(
+                    "cannot create the folder granted to {}: {}",
+                    spec.name,
+                    folder.host_path.display()
+                )
             })?;
         }
         let name: Arc<str> = Arc::from(spec.name.as_str());
@@ -317,6 +320,9 @@ fn classify(err: wasmtime::Error, timeout: Duration, output: &GuestOutput) -> Ca
     if printed.is_empty() {
         CallError::Trap(what)
     } else {
-        CallError::Trap(format!("{what}; the plugin printed: {}", printed.join(" | ")))
+        CallError::Trap(format!(
+            "{what}; the plugin printed: {}",
+            printed.join(" | ")
+        ))
     }
 }

@@ -83,12 +83,16 @@ impl wit_metrics::Host for PluginState {
     }
 
     fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
-        let r = self.metrics.plugin_counter_add(&self.plugin, &name, &pairs(labels), delta);
+        let r = self
+            .metrics
+            .plugin_counter_add(&self.plugin, &name, &pairs(labels), delta);
         self.report(r);
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
-        let r = self.metrics.plugin_gauge_set(&self.plugin, &name, &pairs(labels), value);
+        let r = self
+            .metrics
+            .plugin_gauge_set(&self.plugin, &name, &pairs(labels), value);
         self.report(r);
     }
 

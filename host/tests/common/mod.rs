@@ -10,7 +10,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -52,7 +55,10 @@ impl Setup {
         let cache = target_dir().join("test-state");
         std::fs::write(
             &config,
-            format!("plugins_dir = \"plugins\"\ndata_dir = \"{}\"\n", cache.display()),
+            format!(
+                "plugins_dir = \"plugins\"\ndata_dir = \"{}\"\n",
+                cache.display()
+            ),
         )
         .unwrap();
         Setup {
@@ -68,7 +74,11 @@ impl Setup {
 
     /// Drops `component` in as `name`, with `manifest` beside it.
     pub fn plugin(&self, name: &str, component: &str, manifest: &str) -> &Self {
-        std::fs::copy(plugin_wasm(component), self.plugins.join(format!("{name}.wasm"))).unwrap();
+        std::fs::copy(
+            plugin_wasm(component),
+            self.plugins.join(format!("{name}.wasm")),
+        )
+        .unwrap();
         std::fs::write(self.plugins.join(format!("{name}.toml")), manifest).unwrap();
         self
     }
@@ -197,7 +207,10 @@ impl Crm {
                 .json()
                 .unwrap();
             for object in page["results"].as_array().unwrap() {
-                let id = object["properties"]["booking_id"].as_str().unwrap().to_string();
+                let id = object["properties"]["booking_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
                 out.insert(id, object.clone());
             }
             match page["paging"]["next"]["after"].as_str() {
@@ -234,10 +247,11 @@ pub fn wait_for_port(port: u16) {
 /// Events of `n` generated bookings, written as NDJSON into `dir`.
 pub fn generated_events(dir: &Path, bookings: usize, seed: u64) -> PathBuf {
     let path = dir.join(format!("generated-{bookings}-{seed}.ndjson"));
-    let lines: Vec<String> = plugboard::generate::lifecycles(bookings, seed, plugboard::generate::DEFAULT_START)
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap())
-        .collect();
+    let lines: Vec<String> =
+        plugboard::generate::lifecycles(bookings, seed, plugboard::generate::DEFAULT_START)
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path
 }

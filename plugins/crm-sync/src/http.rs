@@ -63,17 +63,22 @@ pub fn send(
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
     list.push(("content-length".into(), body.len().to_string().into_bytes()));
-    let fields = Fields::from_list(&list).map_err(|e| TransportError(format!("bad header: {e:?}")))?;
+    let fields =
+        Fields::from_list(&list).map_err(|e| TransportError(format!("bad header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
     request.set_method(&method).map_err(|_| err("bad method"))?;
-    request.set_scheme(Some(&origin.scheme)).map_err(|_| err("bad scheme"))?;
+    request
+        .set_scheme(Some(&origin.scheme))
+        .map_err(|_| err("bad scheme"))?;
     request
         .set_authority(Some(&origin.authority))
         .map_err(|_| err("bad authority"))?;
     request
         .set_path_with_query(Some(&format!("{}{path}", origin.prefix)))
         .map_err(|_| err("bad path"))?;
-    let outgoing = request.body().map_err(|_| err("request body taken twice"))?;
+    let outgoing = request
+        .body()
+        .map_err(|_| err("request body taken twice"))?;
     // Send first, then stream the body: the host buffers little, so writing
     // a large body before sending would wait forever.
     let pending = outgoing_handler::handle(request, None).map_err(describe)?;
@@ -81,7 +86,9 @@ pub fn send(
     // request was denied, the connection refused): prefer its answer.
     let mut write_error = None;
     {
-        let stream = outgoing.write().map_err(|_| err("request body stream taken twice"))?;
+        let stream = outgoing
+            .write()
+            .map_err(|_| err("request body stream taken twice"))?;
         for chunk in body.chunks(4096) {
             if let Err(e) = stream.blocking_write_and_flush(chunk) {
                 write_error = Some(TransportError(format!("writing the request body: {e:?}")));
@@ -107,10 +114,14 @@ pub fn send(
         .get("retry-after")
         .first()
         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
-    let incoming = response.consume().map_err(|_| err("response body taken twice"))?;
+    let incoming = response
+        .consume()
+        .map_err(|_| err("response body taken twice"))?;
     let mut body = Vec::new();
     {
-        let stream = incoming.stream().map_err(|_| err("response stream taken twice"))?;
+        let stream = incoming
+            .stream()
+            .map_err(|_| err("response stream taken twice"))?;
         loop {
             match stream.blocking_read(64 * 1024) {
                 Ok(chunk) => body.extend_from_slice(&chunk),

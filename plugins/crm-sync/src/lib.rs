@@ -40,7 +40,10 @@ thread_local! {
 
 enum SyncError {
     /// Worth trying again later: the CRM is down, overloaded or rate-limits.
-    Transient { reason: String, after_ms: Option<u32> },
+    Transient {
+        reason: String,
+        after_ms: Option<u32>,
+    },
     /// The CRM refuses the data: trying again cannot help.
     Permanent(String),
 }
@@ -108,7 +111,10 @@ fn done(n: usize) -> BatchOutcome {
 }
 
 fn retry(handled: usize, reason: String, after_ms: Option<u32>) -> BatchOutcome {
-    log(Level::Warn, &format!("CRM not reachable, will retry: {reason}"));
+    log(
+        Level::Warn,
+        &format!("CRM not reachable, will retry: {reason}"),
+    );
     BatchOutcome {
         handled: handled as u32,
         failure: Some(Failure::Retry(RetryInfo { reason, after_ms })),
@@ -129,8 +135,10 @@ impl Crm {
         let newest: Vec<&BookingEvent> = newest.into_values().collect();
         for chunk in newest.chunks(BATCH_LIMIT) {
             let held = self.read_versions(chunk)?;
-            let stale = |e: &&&BookingEvent| held.get(&e.booking_id).is_some_and(|v| *v >= e.version);
-            let (skip, write): (Vec<&&BookingEvent>, Vec<&&BookingEvent>) = chunk.iter().partition(stale);
+            let stale =
+                |e: &&&BookingEvent| held.get(&e.booking_id).is_some_and(|v| *v >= e.version);
+            let (skip, write): (Vec<&&BookingEvent>, Vec<&&BookingEvent>) =
+                chunk.iter().partition(stale);
             if !skip.is_empty() {
                 counter_add("crm_sync_skipped_total", &[], skip.len() as f64);
             }
@@ -154,7 +162,9 @@ impl Crm {
             let props = &result["properties"];
             if let (Some(id), Some(version)) = (
                 props["booking_id"].as_str(),
-                props["booking_version"].as_str().and_then(|v| v.parse().ok()),
+                props["booking_version"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok()),
             ) {
                 held.insert(id.to_string(), version);
             }
@@ -180,16 +190,20 @@ impl Crm {
     fn call(&self, action: &str, body: &Value) -> Result<Value, SyncError> {
         let path = format!("/crm/v3/objects/{}/{action}", self.object_type);
         let body = serde_json::to_vec(body).expect("JSON values serialise");
-        let mut headers = vec![("content-type", "application/json"), ("accept", "application/json")];
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+        ];
         if let Some(auth) = &self.authorization {
             headers.push(("authorization", auth));
         }
-        let response = http::send(&self.origin, Method::Post, &path, &headers, &body).map_err(|e| {
-            SyncError::Transient {
-                reason: format!("POST {path}: {}", e.0),
-                after_ms: None,
-            }
-        })?;
+        let response =
+            http::send(&self.origin, Method::Post, &path, &headers, &body).map_err(|e| {
+                SyncError::Transient {
+                    reason: format!("POST {path}: {}", e.0),
+                    after_ms: None,
+                }
+            })?;
         let text = String::from_utf8_lossy(&response.body);
         match response.status {
             200..=299 => Ok(serde_json::from_slice(&response.body).unwrap_or(Value::Null)),

@@ -16,7 +16,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow_array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
+};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
 use parquet::arrow::ArrowWriter;
@@ -89,31 +92,50 @@ fn write_batch(root: &std::path::Path, batch: &[Event]) -> Result<usize, String>
             .map(|d| d.format("%Y-%m-%d").to_string())
             .unwrap_or_else(|| NULL_PARTITION.to_string());
         groups
-            .entry((date, event.envelope.source.as_str(), event.envelope.partition))
+            .entry((
+                date,
+                event.envelope.source.as_str(),
+                event.envelope.partition,
+            ))
             .or_default()
             .push(event);
     }
     let schema = schema();
     for ((date, source, partition), rows) in &groups {
         let dir = root.join(format!("event_date={date}"));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let first = rows.iter().map(|e| e.envelope.offset).min().unwrap_or_default();
-        let last = rows.iter().map(|e| e.envelope.offset).max().unwrap_or_default();
-        let name = format!("{}-{partition}-{first:012}-{last:012}.parquet", safe(source));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let first = rows
+            .iter()
+            .map(|e| e.envelope.offset)
+            .min()
+            .unwrap_or_default();
+        let last = rows
+            .iter()
+            .map(|e| e.envelope.offset)
+            .max()
+            .unwrap_or_default();
+        let name = format!(
+            "{}-{partition}-{first:012}-{last:012}.parquet",
+            safe(source)
+        );
         let path = dir.join(&name);
         let tmp = dir.join(format!(".{name}.tmp"));
-        let file = std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
+        let mut writer =
+            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
         writer
             .write(&record_batch(&schema, rows)?)
             .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
         writer
             .close()
             .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
     }
     Ok(groups.len())
 }
@@ -122,7 +144,13 @@ fn write_batch(root: &std::path::Path, batch: &[Event]) -> Result<usize, String>
 fn safe(source: &str) -> String {
     source
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -168,7 +196,11 @@ fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, St
     let columns: Vec<ArrayRef> = vec![
         strings(&|e| Some(e.booking.event_id.clone())),
         strings(&|e| Some(e.booking.booking_id.clone())),
-        Arc::new(rows.iter().map(|e| e.booking.version).collect::<UInt64Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|e| e.booking.version)
+                .collect::<UInt64Array>(),
+        ),
         strings(&|e| Some(state_name(e.booking.state).to_string())),
         Arc::new(
             rows.iter()
@@ -191,8 +223,16 @@ fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, St
         ),
         strings(&|e| e.booking.price.as_ref().map(|p| p.currency_code.clone())),
         strings(&|e| Some(e.envelope.source.clone())),
-        Arc::new(rows.iter().map(|e| e.envelope.partition).collect::<Int32Array>()),
-        Arc::new(rows.iter().map(|e| e.envelope.offset).collect::<Int64Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|e| e.envelope.partition)
+                .collect::<Int32Array>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|e| e.envelope.offset)
+                .collect::<Int64Array>(),
+        ),
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
 }

@@ -43,7 +43,10 @@ fn state_name(s: BookingState) -> &'static str {
 }
 
 fn earns(s: BookingState) -> bool {
-    matches!(s, BookingState::Paid | BookingState::Upcoming | BookingState::Finalized)
+    matches!(
+        s,
+        BookingState::Paid | BookingState::Upcoming | BookingState::Finalized
+    )
 }
 
 /// The latest known version of one booking.
@@ -83,13 +86,21 @@ struct Metrics;
 
 impl Guest for Metrics {
     fn init(_config: Vec<(String, String)>) -> Result<(), String> {
-        m::describe("bookings_current", "Bookings whose latest version is in this state", &[]);
+        m::describe(
+            "bookings_current",
+            "Bookings whose latest version is in this state",
+            &[],
+        );
         m::describe(
             "bookings_revenue_minor",
             "Price, in minor units, of bookings whose latest state is paid, upcoming or finalized",
             &[],
         );
-        m::describe("booking_events_total", "Distinct booking events seen, by state", &[]);
+        m::describe(
+            "booking_events_total",
+            "Distinct booking events seen, by state",
+            &[],
+        );
         m::describe(
             "booking_minutes_to_pay",
             "Minutes from a booking's creation to its payment",
@@ -119,29 +130,50 @@ impl State {
         if !self.seen_events.insert(b.event_id.clone()) {
             return; // a duplicate delivery
         }
-        m::counter_add("booking_events_total", &label("state", state_name(b.state)), 1.0);
+        m::counter_add(
+            "booking_events_total",
+            &label("state", state_name(b.state)),
+            1.0,
+        );
 
         let booking = self.bookings.entry(b.booking_id.clone()).or_default();
         let at = b.occurred_at.map(|t| t.seconds);
         match b.state {
             BookingState::Created => booking.created_at = booking.created_at.or(at),
             BookingState::Paid => {
-                let paid = b.payment.as_ref().and_then(|p| p.paid_at).map(|t| t.seconds);
+                let paid = b
+                    .payment
+                    .as_ref()
+                    .and_then(|p| p.paid_at)
+                    .map(|t| t.seconds);
                 booking.paid_at = booking.paid_at.or(paid).or(at);
             }
             _ => {}
         }
-        if let (Some(created), Some(paid), false) =
-            (booking.created_at, booking.paid_at, booking.observed_time_to_pay)
-        {
+        if let (Some(created), Some(paid), false) = (
+            booking.created_at,
+            booking.paid_at,
+            booking.observed_time_to_pay,
+        ) {
             booking.observed_time_to_pay = true;
-            m::histogram_observe("booking_minutes_to_pay", &[], (paid - created).max(0) as f64 / 60.0);
+            m::histogram_observe(
+                "booking_minutes_to_pay",
+                &[],
+                (paid - created).max(0) as f64 / 60.0,
+            );
         }
-        if booking.latest.as_ref().is_none_or(|l| b.version > l.version) {
+        if booking
+            .latest
+            .as_ref()
+            .is_none_or(|l| b.version > l.version)
+        {
             booking.latest = Some(Latest {
                 version: b.version,
                 state: b.state,
-                price: b.price.as_ref().map(|p| (p.currency_code.clone(), p.amount_minor)),
+                price: b
+                    .price
+                    .as_ref()
+                    .map(|p| (p.currency_code.clone(), p.amount_minor)),
             });
         }
     }
@@ -149,7 +181,8 @@ impl State {
     /// Sets every gauge from the full state, so a gauge is always the truth
     /// and never drifts by a missed increment.
     fn publish(&self) {
-        let mut by_state: BTreeMap<&str, u64> = STATES.iter().map(|s| (state_name(*s), 0)).collect();
+        let mut by_state: BTreeMap<&str, u64> =
+            STATES.iter().map(|s| (state_name(*s), 0)).collect();
         let mut revenue: BTreeMap<&str, i64> = BTreeMap::new();
         for latest in self.bookings.values().filter_map(|b| b.latest.as_ref()) {
             *by_state.entry(state_name(latest.state)).or_default() += 1;
@@ -166,7 +199,11 @@ impl State {
             m::gauge_set("bookings_current", &label("state", state), count as f64);
         }
         for (currency, amount) in revenue {
-            m::gauge_set("bookings_revenue_minor", &label("currency", currency), amount as f64);
+            m::gauge_set(
+                "bookings_revenue_minor",
+                &label("currency", currency),
+                amount as f64,
+            );
         }
     }
 }
