@@ -23,7 +23,6 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::config::PluginSpec;
 use crate::metrics::Metrics;
-pub use bindings::plugboard::plugin::log::Level as LogLevel;
 use bindings::{BatchOutcome, Plugin, PluginPre, wit};
 use egress::Egress;
 use output::GuestOutput;
@@ -223,7 +222,6 @@ impl Prepared {
                 metrics: self.metrics.clone(),
             },
             metrics: self.metrics.clone(),
-            captured_logs: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -284,21 +282,6 @@ impl Instance {
             )));
         }
         Ok(outcome)
-    }
-
-    /// Starts collecting the plugin's log lines (for per-event reports).
-    pub fn capture_logs(&mut self) {
-        self.store.data_mut().captured_logs = Some(Vec::new());
-    }
-
-    /// The log lines collected since the last call, if capturing.
-    pub fn take_logs(&mut self) -> Vec<(LogLevel, String)> {
-        self.store
-            .data_mut()
-            .captured_logs
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
     }
 }
 

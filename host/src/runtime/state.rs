@@ -23,9 +23,6 @@ pub struct PluginState {
     pub(super) limits: StoreLimits,
     pub(super) egress: Egress,
     pub(super) metrics: Arc<Metrics>,
-    /// Lines the plugin logged during the current call, kept for tools that
-    /// show them per event (replay); `None` when nobody collects them.
-    pub(super) captured_logs: Option<Vec<(log::Level, String)>>,
 }
 
 impl WasiView for PluginState {
@@ -70,9 +67,6 @@ impl log::Host for PluginState {
             log::Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
             log::Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
             log::Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
-        }
-        if let Some(lines) = &mut self.captured_logs {
-            lines.push((level, message));
         }
     }
 }

@@ -11,17 +11,14 @@
 //! Config: `base_url` (required), `token` (a bearer token, optional),
 //! `object_type` (default `bookings`).
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugboard:plugin/plugin" });
-
 mod http;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
-use plugboard::plugin::log::{Level, log};
-use plugboard::plugin::metrics::counter_add;
-use plugboard::plugin::types::{BookingEvent, BookingState, Event, Timestamp};
+use plugboard_guest::log::log;
+use plugboard_guest::metrics::counter_add;
+use plugboard_guest::{BatchOutcome, BookingEvent, Event, Failure, Guest, Level, RetryInfo};
 use serde_json::{Value, json};
 use wasip2::http::types::Method;
 
@@ -77,7 +74,7 @@ impl Guest for CrmSync {
             let crm = crm.as_ref().expect("init ran before handle");
             let all: Vec<&BookingEvent> = batch.iter().map(|e| &e.booking).collect();
             match crm.sync(&all) {
-                Ok(()) => done(batch.len()),
+                Ok(()) => BatchOutcome::all(&batch),
                 Err(SyncError::Transient { reason, after_ms }) => retry(0, reason, after_ms),
                 // One record spoils a whole batch call: find it by going one
                 // event at a time, in order.
@@ -96,17 +93,10 @@ impl Guest for CrmSync {
                             }
                         }
                     }
-                    done(batch.len())
+                    BatchOutcome::all(&batch)
                 }
             }
         })
-    }
-}
-
-fn done(n: usize) -> BatchOutcome {
-    BatchOutcome {
-        handled: n as u32,
-        failure: None,
     }
 }
 
@@ -227,29 +217,12 @@ fn message(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(500).collect())
 }
 
-fn state_name(s: BookingState) -> &'static str {
-    match s {
-        BookingState::Created => "created",
-        BookingState::Paid => "paid",
-        BookingState::Upcoming => "upcoming",
-        BookingState::Finalized => "finalized",
-        BookingState::Cancelled => "cancelled",
-        BookingState::Refunded => "refunded",
-    }
-}
-
-fn rfc3339(t: &Timestamp) -> String {
-    chrono::DateTime::from_timestamp(t.seconds, t.nanos)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_default()
-}
-
 /// The CRM record of a booking. HubSpot property values are strings.
 fn properties(e: &BookingEvent) -> Value {
     let customer = e.customer.as_ref();
     json!({
         "booking_id": e.booking_id,
-        "booking_state": state_name(e.state),
+        "booking_state": e.state.as_str(),
         "booking_version": e.version.to_string(),
         "customer_name": customer.map(|c| c.name.as_str()).unwrap_or_default(),
         "customer_email": customer.map(|c| c.email.as_str()).unwrap_or_default(),
@@ -257,9 +230,9 @@ fn properties(e: &BookingEvent) -> Value {
         "service_code": e.service.as_ref().map(|s| s.service_code.as_str()).unwrap_or_default(),
         "price_amount_minor": e.price.as_ref().map(|p| p.amount_minor.to_string()).unwrap_or_default(),
         "price_currency": e.price.as_ref().map(|p| p.currency_code.as_str()).unwrap_or_default(),
-        "appointment_start": e.appointment_start.as_ref().map(rfc3339).unwrap_or_default(),
+        "appointment_start": e.appointment_start.as_ref().map(|t| t.to_rfc3339()).unwrap_or_default(),
         "last_event_id": e.event_id,
     })
 }
 
-export!(CrmSync);
+plugboard_guest::export_plugin!(CrmSync);

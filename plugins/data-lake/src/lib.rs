@@ -9,8 +9,6 @@
 //!
 //! Config: `dir` (default `/data`, the folder granted in the manifest).
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugboard:plugin/plugin" });
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,12 +19,11 @@ use arrow_array::{
     UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use plugboard::plugin::metrics::counter_add;
-use plugboard::plugin::types::{BookingState, Event};
+use plugboard_guest::metrics::counter_add;
+use plugboard_guest::{BatchOutcome, Event, Failure, Guest, RetryInfo};
 
 /// Hive's name for a partition whose value is missing.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -88,7 +85,7 @@ fn write_batch(root: &std::path::Path, batch: &[Event]) -> Result<usize, String>
         let date = event
             .booking
             .occurred_at
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos))
+            .and_then(|t| t.to_utc())
             .map(|d| d.format("%Y-%m-%d").to_string())
             .unwrap_or_else(|| NULL_PARTITION.to_string());
         groups
@@ -178,17 +175,6 @@ fn schema() -> Arc<Schema> {
     ]))
 }
 
-fn state_name(s: BookingState) -> &'static str {
-    match s {
-        BookingState::Created => "created",
-        BookingState::Paid => "paid",
-        BookingState::Upcoming => "upcoming",
-        BookingState::Finalized => "finalized",
-        BookingState::Cancelled => "cancelled",
-        BookingState::Refunded => "refunded",
-    }
-}
-
 fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, String> {
     let strings = |f: &dyn Fn(&Event) -> Option<String>| -> ArrayRef {
         Arc::new(rows.iter().map(|e| f(e)).collect::<StringArray>())
@@ -201,7 +187,7 @@ fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, St
                 .map(|e| e.booking.version)
                 .collect::<UInt64Array>(),
         ),
-        strings(&|e| Some(state_name(e.booking.state).to_string())),
+        strings(&|e| Some(e.booking.state.as_str().to_string())),
         Arc::new(
             rows.iter()
                 .map(|e| {
@@ -237,4 +223,4 @@ fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, St
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
 }
 
-export!(DataLake);
+plugboard_guest::export_plugin!(DataLake);

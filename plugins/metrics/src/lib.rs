@@ -13,14 +13,11 @@
 //! is kept in memory, so a restarted host rebuilds it from the events it
 //! reads.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugboard:plugin/plugin" });
-
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use exports::plugboard::plugin::handler::{BatchOutcome, Guest};
-use plugboard::plugin::metrics::{self as m, Label};
-use plugboard::plugin::types::{BookingState, Event};
+use plugboard_guest::metrics::{self as m, Label};
+use plugboard_guest::{BatchOutcome, BookingState, Event, Guest};
 
 const STATES: [BookingState; 6] = [
     BookingState::Created,
@@ -30,17 +27,6 @@ const STATES: [BookingState; 6] = [
     BookingState::Cancelled,
     BookingState::Refunded,
 ];
-
-fn state_name(s: BookingState) -> &'static str {
-    match s {
-        BookingState::Created => "created",
-        BookingState::Paid => "paid",
-        BookingState::Upcoming => "upcoming",
-        BookingState::Finalized => "finalized",
-        BookingState::Cancelled => "cancelled",
-        BookingState::Refunded => "refunded",
-    }
-}
 
 fn earns(s: BookingState) -> bool {
     matches!(
@@ -117,10 +103,7 @@ impl Guest for Metrics {
             }
             state.publish();
         });
-        BatchOutcome {
-            handled: batch.len() as u32,
-            failure: None,
-        }
+        BatchOutcome::all(&batch)
     }
 }
 
@@ -132,7 +115,7 @@ impl State {
         }
         m::counter_add(
             "booking_events_total",
-            &label("state", state_name(b.state)),
+            &label("state", b.state.as_str()),
             1.0,
         );
 
@@ -181,11 +164,10 @@ impl State {
     /// Sets every gauge from the full state, so a gauge is always the truth
     /// and never drifts by a missed increment.
     fn publish(&self) {
-        let mut by_state: BTreeMap<&str, u64> =
-            STATES.iter().map(|s| (state_name(*s), 0)).collect();
+        let mut by_state: BTreeMap<&str, u64> = STATES.iter().map(|s| (s.as_str(), 0)).collect();
         let mut revenue: BTreeMap<&str, i64> = BTreeMap::new();
         for latest in self.bookings.values().filter_map(|b| b.latest.as_ref()) {
-            *by_state.entry(state_name(latest.state)).or_default() += 1;
+            *by_state.entry(latest.state.as_str()).or_default() += 1;
             // Every currency ever seen gets a series, so one whose bookings
             // were all refunded drops to 0 instead of keeping a stale value.
             if let Some((currency, amount)) = &latest.price {
@@ -208,4 +190,4 @@ impl State {
     }
 }
 
-export!(Metrics);
+plugboard_guest::export_plugin!(Metrics);

@@ -1,0 +1,75 @@
+//! The `plugboard:plugin/plugin` world for Rust plugins, generated once from
+//! `wit/`, with the helpers every plugin needs. A plugin implements
+//! [`Guest`] and calls [`export_plugin!`]:
+//!
+//! ```ignore
+//! use plugboard_guest::{BatchOutcome, Event, Guest};
+//!
+//! struct MyPlugin;
+//!
+//! impl Guest for MyPlugin {
+//!     fn init(_config: Vec<(String, String)>) -> Result<(), String> { Ok(()) }
+//!     fn handle(batch: Vec<Event>) -> BatchOutcome { BatchOutcome::all(&batch) }
+//! }
+//!
+//! plugboard_guest::export_plugin!(MyPlugin);
+//! ```
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "plugboard:plugin/plugin",
+    pub_export_macro: true,
+    export_macro_name: "export_plugin",
+    default_bindings_module: "plugboard_guest",
+});
+
+pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
+pub use plugboard::plugin::log::{self, Level};
+pub use plugboard::plugin::metrics;
+pub use plugboard::plugin::types::*;
+
+impl BookingState {
+    /// The lowercase name used in CRM fields, metric labels and columns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BookingState::Created => "created",
+            BookingState::Paid => "paid",
+            BookingState::Upcoming => "upcoming",
+            BookingState::Finalized => "finalized",
+            BookingState::Cancelled => "cancelled",
+            BookingState::Refunded => "refunded",
+        }
+    }
+}
+
+impl Timestamp {
+    /// As a UTC date-time; `None` if out of chrono's range.
+    pub fn to_utc(self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::from_timestamp(self.seconds, self.nanos)
+    }
+
+    /// RFC 3339 in UTC, e.g. `2026-03-16T08:00:00Z`.
+    pub fn to_rfc3339(self) -> String {
+        self.to_utc()
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            .unwrap_or_default()
+    }
+}
+
+impl BatchOutcome {
+    /// Every event of `batch` is handled.
+    pub fn all<T>(batch: &[T]) -> Self {
+        BatchOutcome {
+            handled: batch.len() as u32,
+            failure: None,
+        }
+    }
+
+    /// The first `handled` events are done; the next one failed.
+    pub fn stop(handled: usize, failure: Failure) -> Self {
+        BatchOutcome {
+            handled: handled as u32,
+            failure: Some(failure),
+        }
+    }
+}
