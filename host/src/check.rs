@@ -44,6 +44,7 @@ fn capability(name: &str) -> &'static str {
         i if i.starts_with("wasi:sockets/") => "raw sockets: always denied (use wasi:http)",
         "plugboard:plugin/log" => "logging: provided",
         "plugboard:plugin/metrics" => "metrics: provided",
+        "plugboard:plugin/types" => "event types: provided",
         i if i.starts_with("wasi:") => "standard WASI: provided",
         _ => "unknown to this host",
     }

@@ -20,7 +20,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Address to listen on.
+    /// Address to listen on; port 0 picks a free port. The address bound is
+    /// printed on standard output as `listening on http://ADDR`.
     #[arg(long, default_value = "127.0.0.1:8088")]
     listen: SocketAddr,
     /// The SQLite database file; created if missing.
@@ -37,17 +38,20 @@ async fn main() -> Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let store = store::Store::open(&cli.db)?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let addr = listener.local_addr()?;
     tracing::info!(
-        "crm-example listening on http://{} (db {})",
-        listener.local_addr()?,
+        "crm-example listening on http://{addr} (db {})",
         cli.db.display()
     );
+    // For scripts and tests that asked for port 0.
+    println!("listening on http://{addr}");
     axum::serve(listener, api::router(store, cli.token))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

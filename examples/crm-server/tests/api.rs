@@ -1,8 +1,8 @@
 //! The example CRM over real HTTP: the HubSpot-shaped subset crm-sync uses,
 //! and HubSpot-shaped errors for bad requests.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
@@ -22,32 +22,25 @@ impl Drop for Server {
 
 fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_crm-example"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--token",
-            "secret",
-            "--db",
-        ])
+    // Port 0 and the address the server prints: no race for a free port.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crm-example"))
+        .args(["--listen", "127.0.0.1:0", "--token", "secret", "--db"])
         .arg(dir.path().join("crm.db"))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "crm-example did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("crm-example did not start: {line:?}"));
     Server {
         child,
-        url: format!("http://127.0.0.1:{port}/crm/v3/objects/bookings"),
+        url: format!("{base}/crm/v3/objects/bookings"),
         _dir: dir,
     }
 }

@@ -4,10 +4,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -160,7 +159,6 @@ pub struct Crm {
 
 impl Crm {
     pub fn start(db: &Path) -> Self {
-        let port = free_port();
         let token = "test-token".to_string();
         let bin = target_dir().join("release/crm-example");
         assert!(
@@ -168,23 +166,28 @@ impl Crm {
             "{} is missing: run cargo build --release --workspace --bins",
             bin.display()
         );
-        let child = Command::new(bin)
+        // Port 0 and the address the server prints: no race for a port.
+        let mut child = Command::new(bin)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg("127.0.0.1:0")
             .arg("--db")
             .arg(db)
             .arg("--token")
             .arg(&token)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for_port(port);
-        Crm {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-        }
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("crm-example did not start: {line:?}"))
+            .to_string();
+        Crm { child, url, token }
     }
 
     /// Every object, through the paged list API.
@@ -234,14 +237,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-pub fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Events of `n` generated bookings, written as NDJSON into `dir`.
