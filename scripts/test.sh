@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: builds the plugin components and
-# the host, then runs every unit and integration test (real components, a
-# real CRM server, real Parquet files).
+# the host, starts a real Apache Kafka (scripts/kafka.sh), then runs every
+# unit and integration test (real components, a real CRM server, real
+# Parquet files, a real broker). Needs Java 17+ and Maven for the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,15 @@ if [ ! -x target/pyenv/bin/python ]; then
 fi
 target/pyenv/bin/pip install --quiet --disable-pip-version-check duckdb==2.0.1 pyarrow==26.0.1
 export PLUGBOARD_TEST_PYTHON=$PWD/target/pyenv/bin/python
+
+echo "==> starting Apache Kafka for the Kafka tests"
+started_kafka=0
+if ! scripts/kafka.sh status >/dev/null 2>&1; then
+  scripts/kafka.sh start
+  started_kafka=1
+fi
+trap '[ "$started_kafka" = 1 ] && scripts/kafka.sh stop' EXIT
+export PLUGBOARD_TEST_BROKERS=127.0.0.1:${KAFKA_PORT:-19092}
 
 echo "==> running the tests"
 cargo test --release --locked --workspace

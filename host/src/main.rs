@@ -24,15 +24,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs every plugin in the config's plugins folder over a source.
+    /// Runs every plugin in the config's plugins folder over a source: the
+    /// config's Kafka topic until SIGINT/SIGTERM, or an events file to its end.
     Run {
         /// The host config (TOML).
         #[arg(long, short)]
         config: PathBuf,
         /// Reads events from this NDJSON file (one BookingEvent per line, proto3
-        /// JSON), dispatches them all and exits.
+        /// JSON) instead of Kafka, dispatches them all and exits.
         #[arg(long)]
-        events: PathBuf,
+        events: Option<PathBuf>,
         /// Where dead-lettered events go (NDJSON). Default:
         /// `<events>.dead-letter.ndjson` beside the input.
         #[arg(long)]
@@ -40,6 +41,26 @@ enum Command {
         /// At exit, writes every metric here in the Prometheus text format.
         #[arg(long)]
         metrics_out: Option<PathBuf>,
+    },
+    /// Publishes booking events to a Kafka topic, as protobuf keyed by
+    /// booking id.
+    Produce {
+        /// Bootstrap servers.
+        #[arg(long, env = "PLUGBOARD_BROKERS", default_value = "127.0.0.1:19092")]
+        brokers: String,
+        /// The topic.
+        #[arg(long, env = "PLUGBOARD_TOPIC", default_value = "bookings")]
+        topic: String,
+        /// Publishes N generated booking lifecycles (2 to 4 events each).
+        #[arg(long, conflicts_with = "events", required_unless_present = "events")]
+        generate: Option<usize>,
+        /// Seed of the generated events: the same seed, the same events.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Publishes the lines of this NDJSON file; lines that are not valid
+        /// events go out as raw bytes.
+        #[arg(long)]
+        events: Option<PathBuf>,
     },
     /// Writes realistic booking lifecycles as NDJSON (proto3 JSON), the input
     /// format of `run --events`.
@@ -92,6 +113,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics_out,
         } => {
             let config = HostConfig::load(&config)?;
+            let Some(events) = events else {
+                let shutdown = plugboard::shutdown::Shutdown::on_signals()?;
+                plugboard::run::run_kafka(&config, &shutdown, metrics_out.as_deref())?;
+                return Ok(ExitCode::SUCCESS);
+            };
             let summary = run_file(
                 &config,
                 &FileRunOptions {
@@ -106,6 +132,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Produce {
+            brokers,
+            topic,
+            generate,
+            seed,
+            events,
+        } => {
+            let input = match (generate, events) {
+                (Some(bookings), _) => plugboard::produce::Input::Generate { bookings, seed },
+                (None, Some(path)) => plugboard::produce::Input::Events(path),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            let report = plugboard::produce::produce(&brokers, &topic, &input)?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Generate {
             bookings,

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::runtime::bindings::wit;
 use crate::runtime::convert::{self, Envelope};
 use crate::runtime::{Prepared, Runtime};
+use crate::shutdown::Shutdown;
 use crate::source::file;
 use crate::summary::{PluginReport, Summary};
 
@@ -56,36 +57,7 @@ pub fn run_file(config: &HostConfig, options: &FileRunOptions) -> Result<Summary
         );
     }
 
-    // Load every plugin; one that fails is reported, the others still run.
-    let mut reports = Vec::new();
-    let mut ready = Vec::new();
-    for spec in specs {
-        let name = spec.name.clone();
-        let loaded = runtime.prepare(spec).and_then(|p| {
-            let instance = p.instantiate()?;
-            Ok((p, instance))
-        });
-        match loaded {
-            Ok((prepared, instance)) => {
-                tracing::info!(
-                    plugin = name,
-                    sha256 = &prepared.sha256[..12],
-                    "plugin ready"
-                );
-                ready.push(Dispatcher::new(Arc::new(prepared), instance));
-            }
-            Err(err) => {
-                tracing::error!(plugin = name, "plugin failed to load: {err:#}");
-                reports.push(PluginReport {
-                    name,
-                    sha256: String::new(),
-                    stats: None,
-                    error: Some(format!("{err:#}")),
-                });
-            }
-        }
-    }
-
+    let (ready, mut reports) = load(&runtime, specs);
     let started = Instant::now();
     let lines = file::read_lines(&options.events)?;
     let source = file::source_name(&options.events);
@@ -127,6 +99,111 @@ pub fn run_file(config: &HostConfig, options: &FileRunOptions) -> Result<Summary
         write_metrics(path, &metrics)?;
     }
     Ok(summary)
+}
+
+/// Compiles and initialises every plugin. One that fails is reported (and
+/// logged); the others still run.
+fn load(
+    runtime: &Runtime,
+    specs: Vec<crate::config::PluginSpec>,
+) -> (Vec<Dispatcher>, Vec<PluginReport>) {
+    let mut reports = Vec::new();
+    let mut ready = Vec::new();
+    for spec in specs {
+        let name = spec.name.clone();
+        let loaded = runtime.prepare(spec).and_then(|p| {
+            let instance = p.instantiate()?;
+            Ok((p, instance))
+        });
+        match loaded {
+            Ok((prepared, instance)) => {
+                tracing::info!(
+                    plugin = name,
+                    sha256 = &prepared.sha256[..12],
+                    "plugin ready"
+                );
+                ready.push(Dispatcher::new(Arc::new(prepared), instance));
+            }
+            Err(err) => {
+                tracing::error!(plugin = name, "plugin failed to load: {err:#}");
+                reports.push(PluginReport {
+                    name,
+                    sha256: String::new(),
+                    stats: None,
+                    error: Some(format!("{err:#}")),
+                });
+            }
+        }
+    }
+    (ready, reports)
+}
+
+/// Runs every plugin on the Kafka source until `shutdown`: each in its own
+/// consumer group, on a thread of its own, so a slow plugin never holds back
+/// another. Returns when every consumer has committed and left its group.
+pub fn run_kafka(
+    config: &HostConfig,
+    shutdown: &Shutdown,
+    metrics_out: Option<&Path>,
+) -> Result<()> {
+    let kafka = config.kafka.as_ref().with_context(|| {
+        format!(
+            "{} has no [kafka] section: add one (brokers, topic), or read a file with --events",
+            config.file.display()
+        )
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let runtime = runtime_for(config, metrics.clone())?;
+    let (ready, failed) = load(&runtime, load_plugins(config)?);
+    if ready.is_empty() {
+        anyhow::bail!(
+            "no plugin could be started from {} ({} failed)",
+            config.plugins_dir.display(),
+            failed.len()
+        );
+    }
+    for d in &ready {
+        tracing::info!(
+            "{} -> {} (group {}{})",
+            kafka.topic.0,
+            d.prepared().name,
+            kafka.group_prefix,
+            d.prepared().name
+        );
+    }
+    // A stop must not hang on a plugin stuck in a long retry: past the
+    // deadline the process exits, and uncommitted events are redelivered.
+    let deadline = std::time::Duration::from_millis(kafka.shutdown_timeout_ms);
+    let watchdog = shutdown.clone();
+    std::thread::spawn(move || {
+        while watchdog.sleep(std::time::Duration::from_secs(3600)) {}
+        std::thread::sleep(deadline);
+        tracing::error!("shutdown took longer than {deadline:?}; exiting without a final commit");
+        std::process::exit(3);
+    });
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ready
+            .into_iter()
+            .map(|dispatcher| {
+                scope.spawn(move || {
+                    let result = crate::source::kafka::consume(kafka, dispatcher, shutdown);
+                    if result.is_err() {
+                        // A consumer that cannot go on stops the host.
+                        shutdown.request();
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a consumer thread panicked"))
+            .collect()
+    });
+    if let Some(path) = metrics_out {
+        write_metrics(path, &metrics)?;
+    }
+    results.into_iter().collect()
 }
 
 /// Decodes every line once for all plugins. Returns the events plugins get,

@@ -28,6 +28,57 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     /// Budgets every plugin gets unless its manifest says otherwise.
     pub limits: LimitsFile,
+    /// The Kafka source, if configured; `run` without `--events` needs it.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// The `[kafka]` table: where events come from and how they are consumed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: Text,
+    /// The topic of booking events.
+    pub topic: Text,
+    /// Each plugin consumes in its own group, `<group_prefix><plugin>`, so a
+    /// slow plugin never holds back another and a new one backfills alone.
+    #[serde(default = "default_group_prefix")]
+    pub group_prefix: String,
+    /// Where a new group starts: `earliest` (default: a plugin dropped in
+    /// later backfills history) or `latest`.
+    #[serde(default = "default_start")]
+    pub start_from: String,
+    /// Dead-letter topic per plugin; `{topic}` and `{plugin}` are replaced.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// How often stored offsets are committed; they are also committed on
+    /// revoke and on shutdown.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How long a graceful shutdown may take to finish the batch in flight
+    /// and commit.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// librdkafka settings passed through unchanged (security, SASL, TLS,
+    /// tuning), e.g. `"security.protocol" = "SASL_SSL"`.
+    #[serde(default)]
+    pub librdkafka: std::collections::BTreeMap<String, Text>,
+}
+
+fn default_group_prefix() -> String {
+    "plugboard.".into()
+}
+fn default_start() -> String {
+    "earliest".into()
+}
+fn default_dead_letter_topic() -> String {
+    "{topic}.dlq.{plugin}".into()
+}
+fn default_commit_interval_ms() -> u64 {
+    5_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
 }
 
 /// `plugboard.toml` as written.
@@ -42,6 +93,9 @@ struct HostFile {
     /// Default budgets for all plugins.
     #[serde(default)]
     limits: LimitsFile,
+    /// The Kafka source.
+    #[serde(default)]
+    kafka: Option<KafkaConfig>,
 }
 
 /// Budgets as written in a `[limits]` table; unset fields fall back to the
@@ -86,6 +140,7 @@ impl HostConfig {
             plugins_dir: resolve(base, &raw.plugins_dir.0),
             data_dir,
             limits: raw.limits,
+            kafka: raw.kafka,
         })
     }
 }

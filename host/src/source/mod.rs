@@ -2,3 +2,4 @@
 //! and dispatch are the same whatever the source.
 
 pub mod file;
+pub mod kafka;

@@ -4,6 +4,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+
+use arrow_array::{Array, Int64Array, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -249,4 +253,104 @@ pub fn generated_events(dir: &Path, bookings: usize, seed: u64) -> PathBuf {
             .collect();
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path
+}
+
+pub const STATES: [&str; 6] = [
+    "created",
+    "paid",
+    "upcoming",
+    "finalized",
+    "cancelled",
+    "refunded",
+];
+
+/// One line of the sample file, as this test reads it without the host's
+/// decoder.
+pub struct Line {
+    pub number: u64,
+    pub event_id: String,
+    pub booking_id: String,
+    pub version: u64,
+    pub state: String,
+    pub price: Option<(String, i64)>,
+}
+
+fn num(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// The lines a correct host must accept, and the numbers of those it must
+/// dead-letter.
+pub fn read_sample(path: &Path) -> (Vec<Line>, Vec<u64>) {
+    let (mut valid, mut invalid) = (Vec::new(), Vec::new());
+    for (i, text) in std::fs::read_to_string(path).unwrap().lines().enumerate() {
+        let number = i as u64 + 1;
+        let parsed = serde_json::from_str::<Value>(text).ok().and_then(|v| {
+            let state = v["state"]
+                .as_str()?
+                .strip_prefix("BOOKING_STATE_")?
+                .to_lowercase();
+            let line = Line {
+                number,
+                event_id: v["eventId"].as_str().filter(|s| !s.is_empty())?.to_string(),
+                booking_id: v["bookingId"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())?
+                    .to_string(),
+                version: num(&v["version"]).filter(|v| *v >= 1)? as u64,
+                state: STATES.contains(&state.as_str()).then_some(state)?,
+                price: v["price"]["currencyCode"]
+                    .as_str()
+                    .map(|c| (c.to_string(), num(&v["price"]["amountMinor"]).unwrap_or(0))),
+            };
+            Some(line)
+        });
+        match parsed {
+            Some(line) => valid.push(line),
+            None => invalid.push(number),
+        }
+    }
+    (valid, invalid)
+}
+
+/// Every Parquet file under `root`, by relative path, with its bytes, and
+/// every (event_id, offset) row in them.
+/// Parquet files by path relative to the lake, with their bytes.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+pub fn read_lake(root: &Path) -> (Files, Vec<(String, i64)>) {
+    let mut files = BTreeMap::new();
+    let mut rows = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            assert!(
+                rel.ends_with(".parquet"),
+                "unexpected file in the lake: {rel}"
+            );
+            files.insert(rel, std::fs::read(&path).unwrap());
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let ids = batch.column_by_name("event_id").unwrap();
+                let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+                let offsets = batch.column_by_name("offset").unwrap();
+                let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+                for i in 0..batch.num_rows() {
+                    rows.push((ids.value(i).to_string(), offsets.value(i)));
+                }
+            }
+        }
+    }
+    (files, rows)
 }

@@ -1,0 +1,269 @@
+//! The Kafka source against a real Apache Kafka (scripts/kafka.sh, started by
+//! scripts/test.sh, which sets PLUGBOARD_TEST_BROKERS): the sample file
+//! published to a fresh 6-partition topic reaches CRM, lake and metrics
+//! exactly as the file source delivers it; poison messages end in every
+//! plugin's dead-letter topic with the reason, and every offset is committed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Crm, STATES, Setup, read_lake, read_sample, sample_events};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+
+fn brokers() -> Option<String> {
+    let brokers = std::env::var("PLUGBOARD_TEST_BROKERS").ok();
+    if brokers.is_none() {
+        eprintln!(
+            "Kafka tests skipped: PLUGBOARD_TEST_BROKERS is not set (scripts/test.sh sets it)"
+        );
+    }
+    brokers
+}
+
+/// A fresh topic with a random name, so runs never collide.
+fn create_topic(brokers: &str, partitions: i32) -> String {
+    let name = format!("plugboard-test-{:016x}", rand::random::<u64>());
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+    name
+}
+
+fn produce(brokers: &str, topic: &str, events: &std::path::Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .args([
+            "produce",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--events",
+        ])
+        .arg(events)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Appends the `[kafka]` table to the setup's host config.
+fn kafka_config(
+    setup: &Setup,
+    brokers: &str,
+    topic: &str,
+    group_prefix: &str,
+) -> plugboard::config::KafkaConfig {
+    let table = format!(
+        "\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{group_prefix}\"\ncommit_interval_ms = 200\n"
+    );
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&table);
+    std::fs::write(&setup.config, text).unwrap();
+    plugboard::config::HostConfig::load(&setup.config)
+        .unwrap()
+        .kafka
+        .unwrap()
+}
+
+fn start_host(setup: &Setup) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .arg("run")
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("--metrics-out")
+        .arg(setup.path("metrics.prom"))
+        .env("PLUGBOARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until every plugin's group has committed every offset.
+fn wait_for_zero_lag(kafka: &plugboard::config::KafkaConfig, plugins: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let lags: Vec<i64> = plugins
+            .iter()
+            .map(|p| plugboard::source::kafka::group_lag(kafka, p).unwrap_or(i64::MAX))
+            .collect();
+        if lags.iter().all(|l| *l == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag did not reach 0: {plugins:?} {lags:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn stop(mut host: Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(host.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = host.wait().unwrap();
+    assert!(
+        status.success(),
+        "plugboard did not shut down cleanly: {status}"
+    );
+}
+
+/// Every message of a dead-letter topic, with its headers.
+fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<BTreeMap<String, String>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{:x}", rand::random::<u64>()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    headers.insert(
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            headers.insert(
+                "value".into(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            );
+            out.push(headers);
+        }
+    }
+    // Nothing more than expected arrives.
+    if consumer.poll(Duration::from_millis(500)).is_some() {
+        out.push(BTreeMap::new());
+    }
+    out
+}
+
+fn plugins(setup: &Setup, crm: &Crm, lake: &std::path::Path) {
+    setup
+        .plugin(
+            "crm-sync",
+            "crm-sync",
+            &format!(
+                "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
+                url = crm.url,
+                token = crm.token
+            ),
+        )
+        .plugin(
+            "data-lake",
+            "data-lake",
+            &format!(
+                "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
+                lake.display()
+            ),
+        )
+        .plugin("metrics", "metrics", "");
+}
+
+#[test]
+fn kafka_delivers_what_the_file_source_delivers_and_parks_poison() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 6);
+    produce(&brokers, &topic, &sample_events());
+
+    // The reference: the same events through the file source.
+    let reference = Setup::new();
+    let reference_crm = Crm::start(&reference.path("crm.db"));
+    plugins(&reference, &reference_crm, &reference.path("lake"));
+    assert!(reference.run(&sample_events()).status.success());
+
+    let setup = Setup::new();
+    let crm = Crm::start(&setup.path("crm.db"));
+    let lake = setup.path("lake");
+    plugins(&setup, &crm, &lake);
+    let prefix = format!("test-{:x}.", rand::random::<u32>());
+    let kafka = kafka_config(&setup, &brokers, &topic, &prefix);
+    let host = start_host(&setup);
+    wait_for_zero_lag(&kafka, &["crm-sync", "data-lake", "metrics"]);
+    stop(host);
+
+    // CRM: the same records (ids and timestamps aside).
+    let props = |crm: &Crm| -> BTreeMap<String, serde_json::Value> {
+        crm.all()
+            .into_iter()
+            .map(|(k, v)| (k, v["properties"].clone()))
+            .collect()
+    };
+    let want = props(&reference_crm);
+    assert!(!want.is_empty());
+    assert_eq!(props(&crm), want);
+
+    // Lake: the same events, once each per delivery.
+    let ids = |lake: &std::path::Path| {
+        let mut ids: Vec<String> = read_lake(&lake.join("bookings"))
+            .1
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&lake), ids(&reference.path("lake")));
+
+    // Metrics: the same gauges.
+    let (got, want) = (setup.metrics(), reference.metrics());
+    for state in STATES {
+        let labels = [("state", state), ("plugin", "metrics")];
+        assert_eq!(
+            got.get("bookings_current", &labels),
+            want.get("bookings_current", &labels),
+            "{state}"
+        );
+    }
+
+    // Poison: every malformed line is in every plugin's dead-letter topic,
+    // with the reason and where it came from.
+    let (_, invalid) = read_sample(&sample_events());
+    for plugin in ["crm-sync", "data-lake", "metrics"] {
+        let dead = read_topic(&brokers, &format!("{topic}.dlq.{plugin}"), invalid.len());
+        assert_eq!(dead.len(), invalid.len(), "{plugin}: {dead:?}");
+        let topics: BTreeSet<&str> = dead
+            .iter()
+            .map(|h| h["plugboard.original-topic"].as_str())
+            .collect();
+        assert_eq!(topics, BTreeSet::from([topic.as_str()]));
+        for h in &dead {
+            assert_eq!(h["plugboard.plugin"], plugin);
+            assert_eq!(h["plugboard.failure-class"], "decode");
+            assert!(!h["plugboard.reason"].is_empty());
+            assert!(h["plugboard.original-offset"].parse::<i64>().is_ok());
+        }
+    }
+}
