@@ -1,25 +1,31 @@
 //! data-lake: writes every event as one row of a Parquet file (snappy) in
 //! the granted folder, Hive-partitioned by event date:
-//! `<dir>/bookings/event_date=YYYY-MM-DD/<source>-<partition>-<first>-<last>.parquet`.
+//! `<dir>/bookings/event_date=YYYY-MM-DD/<source>-<partition>-<window>.parquet`.
 //!
-//! Replay-safe: a file's name derives from the source, partition and the
-//! first and last offsets it holds, and it is written to a temporary name and
-//! renamed, so replaying the same input rewrites the same files and never
-//! adds duplicate rows. Readable by DuckDB, pyarrow and Spark.
+//! Replay-safe whatever the batch boundaries: a file holds the rows of one
+//! window of offsets (`offsets_per_file`) of one partition, keyed by offset.
+//! A batch merges its rows into the window's file (rows already there are
+//! kept, not added again), written to a temporary name and renamed. So
+//! replaying, redelivering after a crash, or batching differently never adds
+//! a duplicate row. Readable by DuckDB, pyarrow and Spark.
 //!
-//! Config: `dir` (default `/data`, the folder granted in the manifest).
+//! Config: `dir` (default `/data`, the folder granted in the manifest),
+//! `offsets_per_file` (default 1000).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{
     ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt64Array,
+    UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_select::concat::concat_batches;
+use arrow_select::take::take_record_batch;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use plugboard_guest::metrics::counter_add;
@@ -28,19 +34,33 @@ use plugboard_guest::{BatchOutcome, Event, Failure, Guest, RetryInfo};
 /// Hive's name for a partition whose value is missing.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
+/// Offsets per file unless configured.
+const DEFAULT_WINDOW: i64 = 1000;
+
 thread_local! {
     static ROOT: RefCell<PathBuf> = RefCell::new(PathBuf::from("/data"));
+    static WINDOW: RefCell<i64> = const { RefCell::new(DEFAULT_WINDOW) };
 }
 
 struct DataLake;
 
 impl Guest for DataLake {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let dir = config
-            .into_iter()
-            .find(|(k, _)| k == "dir")
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| "/data".into());
+        let get = |key: &str| {
+            config
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let window =
+            match get("offsets_per_file") {
+                None => DEFAULT_WINDOW,
+                Some(v) => v.parse::<i64>().ok().filter(|w| *w > 0).ok_or_else(|| {
+                    format!("offsets_per_file must be a positive number, got `{v}`")
+                })?,
+            };
+        WINDOW.with(|w| *w.borrow_mut() = window);
+        let dir = get("dir").unwrap_or_else(|| "/data".into());
         let root = PathBuf::from(dir).join("bookings");
         std::fs::create_dir_all(&root).map_err(|e| {
             format!(
@@ -76,10 +96,11 @@ impl Guest for DataLake {
     }
 }
 
-/// One file's worth of rows: same date partition, source and partition.
-type Group<'a> = BTreeMap<(String, &'a str, i32), Vec<&'a Event>>;
+/// One file's worth of rows: same date, source, partition and offset window.
+type Group<'a> = BTreeMap<(String, &'a str, i32, i64), Vec<&'a Event>>;
 
-fn write_batch(root: &std::path::Path, batch: &[Event]) -> Result<usize, String> {
+fn write_batch(root: &Path, batch: &[Event]) -> Result<usize, String> {
+    let window = WINDOW.with(|w| *w.borrow());
     let mut groups: Group = BTreeMap::new();
     for event in batch {
         let date = event
@@ -93,30 +114,27 @@ fn write_batch(root: &std::path::Path, batch: &[Event]) -> Result<usize, String>
                 date,
                 event.envelope.source.as_str(),
                 event.envelope.partition,
+                event.envelope.offset.div_euclid(window) * window,
             ))
             .or_default()
             .push(event);
     }
     let schema = schema();
-    for ((date, source, partition), rows) in &groups {
+    let mut written = 0;
+    for ((date, source, partition, start), rows) in &groups {
         let dir = root.join(format!("event_date={date}"));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let first = rows
-            .iter()
-            .map(|e| e.envelope.offset)
-            .min()
-            .unwrap_or_default();
-        let last = rows
-            .iter()
-            .map(|e| e.envelope.offset)
-            .max()
-            .unwrap_or_default();
-        let name = format!(
-            "{}-{partition}-{first:012}-{last:012}.parquet",
-            safe(source)
-        );
+        let name = format!("{}-{partition}-{start:012}.parquet", safe(source));
         let path = dir.join(&name);
+        let fresh = record_batch(&schema, rows)?;
+        let rows = match read(&path, &schema)? {
+            None => fresh,
+            Some(existing) => match merge(&schema, existing, &fresh)? {
+                Some(merged) => merged,
+                None => continue, // every row is there already
+            },
+        };
         let tmp = dir.join(format!(".{name}.tmp"));
         let file = std::fs::File::create(&tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
@@ -126,15 +144,74 @@ fn write_batch(root: &std::path::Path, batch: &[Event]) -> Result<usize, String>
         let mut writer =
             ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
         writer
-            .write(&record_batch(&schema, rows)?)
+            .write(&rows)
             .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
         writer
             .close()
             .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, &path)
             .map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+        written += 1;
     }
-    Ok(groups.len())
+    Ok(written)
+}
+
+/// The rows of an existing window file, if there is one.
+fn read(path: &Path, schema: &Arc<Schema>) -> Result<Option<RecordBatch>, String> {
+    // Read whole: parquet's reader for files needs File::try_clone, which
+    // WASI does not offer. A window file is small.
+    let bytes = match std::fs::read(path) {
+        Ok(b) => bytes::Bytes::from(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut batches = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        // Same columns; the schema read back may differ in metadata only.
+        batches.push(
+            RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    concat_batches(schema, &batches)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn offsets(batch: &RecordBatch) -> &Int64Array {
+    batch
+        .column_by_name("offset")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .expect("the schema has an Int64 offset column")
+}
+
+/// `existing` plus the rows of `fresh` whose offsets it lacks, ordered by
+/// offset; `None` when `fresh` adds nothing.
+fn merge(
+    schema: &Arc<Schema>,
+    existing: RecordBatch,
+    fresh: &RecordBatch,
+) -> Result<Option<RecordBatch>, String> {
+    let have: HashSet<i64> = offsets(&existing).values().iter().copied().collect();
+    let new: Vec<u32> = (0..fresh.num_rows())
+        .filter(|&i| !have.contains(&offsets(fresh).value(i)))
+        .map(|i| i as u32)
+        .collect();
+    if new.is_empty() {
+        return Ok(None);
+    }
+    let fresh = take_record_batch(fresh, &UInt32Array::from(new)).map_err(|e| e.to_string())?;
+    let all = concat_batches(schema, [&existing, &fresh]).map_err(|e| e.to_string())?;
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    let column = offsets(&all);
+    order.sort_by_key(|&i| column.value(i as usize));
+    take_record_batch(&all, &UInt32Array::from(order))
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// File-name-safe form of a source name (`file:bookings.ndjson`).
