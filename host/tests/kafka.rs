@@ -89,12 +89,17 @@ fn kafka_config(
 }
 
 fn start_host(setup: &Setup) -> Child {
+    start_host_with_metrics(setup, "metrics.prom")
+}
+
+/// A host whose metrics are written to `metrics` (in the temp dir) at exit.
+fn start_host_with_metrics(setup: &Setup, metrics: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_plugboard"))
         .arg("run")
         .arg("--config")
         .arg(&setup.config)
         .arg("--metrics-out")
-        .arg(setup.path("metrics.prom"))
+        .arg(setup.path(metrics))
         .env("PLUGBOARD_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -338,4 +343,181 @@ fn a_host_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
         "duplicate or missing rows in the lake"
     );
     assert_eq!(ids, want);
+}
+
+fn prom(setup: &Setup, file: &str) -> common::Prom {
+    common::Prom(std::fs::read_to_string(setup.path(file)).unwrap())
+}
+
+fn handled(prom: &common::Prom, plugin: &str) -> f64 {
+    prom.get(
+        "plugboard_events_total",
+        &[("plugin", plugin), ("outcome", "handled")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn a_rejected_event_is_parked_and_the_partition_goes_on() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 6);
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 50, 21);
+    produce(&brokers, &topic, &events);
+    let (valid, _) = read_sample(&events);
+    let victim = valid[10].event_id.clone();
+    setup.plugin(
+        "picky",
+        "faulty",
+        &format!("[config]\nreject = \"{victim}\"\n"),
+    );
+    let kafka = kafka_config(
+        &setup,
+        &brokers,
+        &topic,
+        &format!("reject-{:x}.", rand::random::<u32>()),
+    );
+    let host = start_host(&setup);
+    // Lag 0: the offsets after the rejected event are committed too.
+    wait_for_zero_lag(&kafka, &["picky"]);
+    stop(host);
+    let dead = read_topic(&brokers, &format!("{topic}.dlq.picky"), 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["plugboard.failure-class"], "rejected");
+    assert_eq!(dead[0]["plugboard.attempts"], "1");
+    assert!(dead[0]["plugboard.reason"].contains(&victim));
+    assert_eq!(handled(&setup.metrics(), "picky"), valid.len() as f64 - 1.0);
+}
+
+#[test]
+fn a_plugin_dropped_in_later_backfills_in_its_own_group() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 6);
+    let setup = Setup::new();
+    let first = common::generated_events(setup.dir.path(), 60, 31);
+    let second = common::generated_events(setup.dir.path(), 30, 32);
+    let (first_n, second_n) = (read_sample(&first).0.len(), read_sample(&second).0.len());
+    produce(&brokers, &topic, &first);
+    setup.plugin("early", "faulty", "");
+    let kafka = kafka_config(
+        &setup,
+        &brokers,
+        &topic,
+        &format!("dropin-{:x}.", rand::random::<u32>()),
+    );
+    let host = start_host_with_metrics(&setup, "first.prom");
+    wait_for_zero_lag(&kafka, &["early"]);
+    stop(host);
+
+    // More events arrive, and a new plugin is dropped in.
+    produce(&brokers, &topic, &second);
+    setup.plugin("late", "faulty", "");
+    let host = start_host_with_metrics(&setup, "second.prom");
+    wait_for_zero_lag(&kafka, &["early", "late"]);
+    stop(host);
+
+    assert_eq!(
+        handled(&prom(&setup, "first.prom"), "early"),
+        first_n as f64
+    );
+    let second_run = prom(&setup, "second.prom");
+    assert_eq!(
+        handled(&second_run, "early"),
+        second_n as f64,
+        "early continues at the head"
+    );
+    assert_eq!(
+        handled(&second_run, "late"),
+        (first_n + second_n) as f64,
+        "late backfills everything"
+    );
+}
+
+#[test]
+fn a_slow_plugin_does_not_hold_back_the_others() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 6);
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 150, 41);
+    produce(&brokers, &topic, &events);
+    setup
+        .plugin("fast", "faulty", "[limits]\nbatch_size = 50\n")
+        .plugin(
+            "slow",
+            "faulty",
+            "[limits]\nbatch_size = 5\n[config]\nsleep_ms = \"200\"\n",
+        );
+    let kafka = kafka_config(
+        &setup,
+        &brokers,
+        &topic,
+        &format!("slow-{:x}.", rand::random::<u32>()),
+    );
+    let host = start_host(&setup);
+    wait_for_zero_lag(&kafka, &["fast"]);
+    let slow_lag = plugboard::source::kafka::group_lag(&kafka, "slow").unwrap();
+    stop(host);
+    assert!(
+        slow_lag > 0,
+        "the slow plugin should still be behind when the fast one is done"
+    );
+}
+
+#[test]
+fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 6);
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 300, 51);
+    produce(&brokers, &topic, &events);
+    let (valid, _) = read_sample(&events);
+    let lake = setup.path("lake");
+    setup.plugin(
+        "data-lake",
+        "data-lake",
+        &format!(
+            "[folder]\npath = \"{}\"\n[limits]\nbatch_size = 10\n",
+            lake.display()
+        ),
+    );
+    setup.plugin(
+        "pacer",
+        "faulty",
+        "[limits]\nbatch_size = 10\n[config]\nsleep_ms = \"30\"\n",
+    );
+    let kafka = kafka_config(
+        &setup,
+        &brokers,
+        &topic,
+        &format!("scale-{:x}.", rand::random::<u32>()),
+    );
+    let a = start_host_with_metrics(&setup, "a.prom");
+    let b = start_host_with_metrics(&setup, "b.prom");
+    // Let both work a while, then stop one: the other takes its partitions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while plugboard::source::kafka::group_lag(&kafka, "pacer").unwrap_or(i64::MAX)
+        > (valid.len() as i64) * 3 / 4
+    {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(b);
+    wait_for_zero_lag(&kafka, &["pacer", "data-lake"]);
+    stop(a);
+
+    let (a, b) = (prom(&setup, "a.prom"), prom(&setup, "b.prom"));
+    assert!(
+        handled(&a, "pacer") > 0.0 && handled(&b, "pacer") > 0.0,
+        "both hosts got partitions"
+    );
+    assert!(handled(&a, "pacer") + handled(&b, "pacer") >= valid.len() as f64);
+    let mut ids: Vec<String> = read_lake(&lake.join("bookings"))
+        .1
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = valid.iter().map(|l| l.event_id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want, "every event exactly once in the lake");
 }

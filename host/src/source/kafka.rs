@@ -118,9 +118,17 @@ pub fn consume(kafka: &KafkaConfig, mut dispatcher: Dispatcher, shutdown: &Shutd
                 break; // shutdown while a dead letter could not be written
             }
             let last = messages.last().expect("non-empty").offset();
-            consumer
-                .store_offset(&topic, partition, last)
-                .with_context(|| format!("cannot store offset {last} of {topic}/{partition}"))?;
+            // A partition revoked while this batch was settled cannot take
+            // the offset; its new owner redelivers from the last commit,
+            // which idempotent plugins absorb.
+            if let Err(e) = consumer.store_offset(&topic, partition, last) {
+                tracing::warn!(
+                    plugin,
+                    partition,
+                    offset = last,
+                    "offset not stored ({e}); the partition's new owner redelivers"
+                );
+            }
         }
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
