@@ -24,8 +24,10 @@
 //! - [`generate`]: realistic booking lifecycles for demos, tests, benchmarks.
 //! - [`produce`]: publishes booking events to Kafka (generated or from a file).
 //! - [`shutdown`]: the stop flag every loop checks.
+//! - [`admin`]: `/metrics`, `/healthz` and `/readyz` over HTTP.
 //! - [`check`]: explains whether a component file is a valid plugin.
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod dead_letter;

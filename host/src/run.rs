@@ -153,6 +153,13 @@ pub fn run_kafka(
         )
     })?;
     let metrics = Arc::new(Metrics::new());
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = config.admin_addr {
+        let bound = crate::admin::serve(addr, metrics.clone(), serving.clone())?;
+        tracing::info!("admin endpoint on http://{bound} (/metrics, /healthz, /readyz)");
+        // For scripts and tests that asked for port 0.
+        println!("admin listening on http://{bound}");
+    }
     let runtime = runtime_for(config, metrics.clone())?;
     let (ready, failed) = load(&runtime, load_plugins(config)?);
     if ready.is_empty() {
@@ -181,6 +188,7 @@ pub fn run_kafka(
         tracing::error!("shutdown took longer than {deadline:?}; exiting without a final commit");
         std::process::exit(3);
     });
+    serving.store(true, std::sync::atomic::Ordering::SeqCst);
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ready
             .into_iter()

@@ -521,3 +521,56 @@ fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
     want.sort();
     assert_eq!(ids, want, "every event exactly once in the lake");
 }
+
+#[test]
+fn the_admin_endpoint_serves_metrics_health_and_readiness() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 6);
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 20, 61);
+    produce(&brokers, &topic, &events);
+    let total = read_sample(&events).0.len();
+    setup.plugin("watched", "faulty", "");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+    let kafka = kafka_config(
+        &setup,
+        &brokers,
+        &topic,
+        &format!("admin-{:x}.", rand::random::<u32>()),
+    );
+
+    let mut host = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .arg("run")
+        .arg("--config")
+        .arg(&setup.config)
+        .env("PLUGBOARD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(host.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("admin listening on ")
+        .expect("the admin address is printed")
+        .to_string();
+    let get = |path: &str| reqwest::blocking::get(format!("{base}{path}")).unwrap();
+
+    let health = get("/healthz");
+    assert_eq!(health.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get("/readyz").status() != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_zero_lag(&kafka, &["watched"]);
+    let metrics = common::Prom(get("/metrics").text().unwrap());
+    assert_eq!(handled(&metrics, "watched"), total as f64);
+    stop(host);
+}

@@ -30,6 +30,9 @@ pub struct HostConfig {
     pub limits: LimitsFile,
     /// The Kafka source, if configured; `run` without `--events` needs it.
     pub kafka: Option<KafkaConfig>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served while
+    /// consuming Kafka; none if unset.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 /// The `[kafka]` table: where events come from and how they are consumed.
@@ -96,6 +99,9 @@ struct HostFile {
     /// The Kafka source.
     #[serde(default)]
     kafka: Option<KafkaConfig>,
+    /// `host:port` of the admin endpoint, e.g. `127.0.0.1:9464`.
+    #[serde(default)]
+    admin_addr: Option<Text>,
 }
 
 /// Budgets as written in a `[limits]` table; unset fields fall back to the
@@ -141,6 +147,16 @@ impl HostConfig {
             data_dir,
             limits: raw.limits,
             kafka: raw.kafka,
+            admin_addr: match raw.admin_addr {
+                None => None,
+                Some(addr) => Some(addr.0.parse().with_context(|| {
+                    format!(
+                        "{}: admin_addr `{}` is not an address: write host:port, e.g. 127.0.0.1:9464",
+                        file.display(),
+                        addr.0
+                    )
+                })?),
+            },
         })
     }
 }
