@@ -14,25 +14,7 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
     let setup = Setup::new();
     let crm = Crm::start(&setup.path("crm.db"));
     let lake = setup.path("lake");
-    setup
-        .plugin(
-            "crm-sync",
-            "crm-sync",
-            &format!(
-                "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
-                url = crm.url,
-                token = crm.token
-            ),
-        )
-        .plugin(
-            "data-lake",
-            "data-lake",
-            &format!(
-                "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
-                lake.display()
-            ),
-        )
-        .plugin("metrics", "metrics", "");
+    setup.demo_plugins(&crm, &lake);
 
     let out = setup.run(&sample_events());
     let stdout = String::from_utf8_lossy(&out.stdout);

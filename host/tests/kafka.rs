@@ -175,28 +175,6 @@ fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<BTreeMap<Strin
     out
 }
 
-fn plugins(setup: &Setup, crm: &Crm, lake: &std::path::Path) {
-    setup
-        .plugin(
-            "crm-sync",
-            "crm-sync",
-            &format!(
-                "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
-                url = crm.url,
-                token = crm.token
-            ),
-        )
-        .plugin(
-            "data-lake",
-            "data-lake",
-            &format!(
-                "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
-                lake.display()
-            ),
-        )
-        .plugin("metrics", "metrics", "");
-}
-
 #[test]
 fn kafka_delivers_what_the_file_source_delivers_and_parks_poison() {
     let Some(brokers) = brokers() else { return };
@@ -206,13 +184,13 @@ fn kafka_delivers_what_the_file_source_delivers_and_parks_poison() {
     // The reference: the same events through the file source.
     let reference = Setup::new();
     let reference_crm = Crm::start(&reference.path("crm.db"));
-    plugins(&reference, &reference_crm, &reference.path("lake"));
+    reference.demo_plugins(&reference_crm, &reference.path("lake"));
     assert!(reference.run(&sample_events()).status.success());
 
     let setup = Setup::new();
     let crm = Crm::start(&setup.path("crm.db"));
     let lake = setup.path("lake");
-    plugins(&setup, &crm, &lake);
+    setup.demo_plugins(&crm, &lake);
     let prefix = format!("test-{:x}.", rand::random::<u32>());
     let kafka = kafka_config(&setup, &brokers, &topic, &prefix);
     let host = start_host(&setup);
@@ -284,7 +262,7 @@ fn a_host_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
 
     let crm = Crm::start(&setup.path("crm.db"));
     let lake = setup.path("lake");
-    plugins(&setup, &crm, &lake);
+    setup.demo_plugins(&crm, &lake);
     // Small batches, so the kill lands mid-stream.
     for plugin in ["crm-sync", "data-lake"] {
         let manifest = setup.plugins.join(format!("{plugin}.toml"));

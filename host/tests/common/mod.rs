@@ -86,6 +86,29 @@ impl Setup {
         self
     }
 
+    /// The demo's three plugins: crm-sync against `crm`, data-lake writing
+    /// into `lake`, metrics.
+    pub fn demo_plugins(&self, crm: &Crm, lake: &Path) -> &Self {
+        self.plugin(
+            "crm-sync",
+            "crm-sync",
+            &format!(
+                "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
+                url = crm.url,
+                token = crm.token
+            ),
+        )
+        .plugin(
+            "data-lake",
+            "data-lake",
+            &format!(
+                "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
+                lake.display()
+            ),
+        )
+        .plugin("metrics", "metrics", "")
+    }
+
     /// Runs `plugboard run` over `events`; dead letters and metrics go to
     /// `dead-letter.ndjson` and `metrics.prom` in the temp dir.
     pub fn run(&self, events: &Path) -> Output {
