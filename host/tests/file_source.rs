@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use common::{Crm, Line, STATES, Setup, read_lake, read_sample, sample_events};
+use common::{Crm, STATES, Setup, read_lake, read_sample, sample_events};
 use serde_json::Value;
 
 #[test]
@@ -30,13 +30,7 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
     );
 
     // Newest version per booking, as the CRM and the gauges must see it.
-    let mut latest: HashMap<&str, &Line> = HashMap::new();
-    for line in &valid {
-        let slot = latest.entry(&line.booking_id).or_insert(line);
-        if line.version > slot.version {
-            *slot = line;
-        }
-    }
+    let latest = common::latest_per_booking(&valid);
 
     // CRM: every booking, at the state and version of its newest event.
     let crm_objects = crm.all();

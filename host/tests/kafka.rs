@@ -317,13 +317,7 @@ fn a_host_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     stop(host);
 
     // CRM: every booking at its newest version, as a clean run leaves it.
-    let mut latest: BTreeMap<&str, &common::Line> = BTreeMap::new();
-    for line in &valid {
-        let slot = latest.entry(&line.booking_id).or_insert(line);
-        if line.version > slot.version {
-            *slot = line;
-        }
-    }
+    let latest = common::latest_per_booking(&valid);
     let objects = crm.all();
     assert_eq!(objects.len(), latest.len());
     for (booking, line) in &latest {
@@ -556,25 +550,7 @@ fn the_admin_endpoint_serves_metrics_health_and_readiness() {
         &format!("admin-{:x}.", rand::random::<u32>()),
     );
 
-    let mut host = Command::new(env!("CARGO_BIN_EXE_plugboard"))
-        .arg("run")
-        .arg("--config")
-        .arg(&setup.config)
-        .env("PLUGBOARD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(host.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("admin listening on ")
-        .expect("the admin address is printed")
-        .to_string();
+    let (host, base) = start_host_with_admin(&setup, "metrics.prom");
     let get = |path: &str| reqwest::blocking::get(format!("{base}{path}")).unwrap();
 
     let health = get("/healthz");

@@ -377,3 +377,16 @@ pub fn read_lake(root: &Path) -> (Files, Vec<(String, i64)>) {
     }
     (files, rows)
 }
+
+/// The newest line (highest version) of every booking: what the CRM and the
+/// gauges must end up showing.
+pub fn latest_per_booking(lines: &[Line]) -> BTreeMap<&str, &Line> {
+    let mut latest: BTreeMap<&str, &Line> = BTreeMap::new();
+    for line in lines {
+        let slot = latest.entry(&line.booking_id).or_insert(line);
+        if line.version > slot.version {
+            *slot = line;
+        }
+    }
+    latest
+}
