@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
     };
     let prepared = Arc::new(runtime.prepare(spec).unwrap());
     let mut dispatcher = Dispatcher::new(prepared.clone(), prepared.instantiate().unwrap());
+    let never = plugboard::shutdown::Shutdown::new();
     let mut instance = prepared.instantiate().unwrap();
     let all = events(1000);
 
@@ -97,7 +98,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("wasm-noop/dispatcher", size),
             batch,
-            |b, batch| b.iter(|| dispatcher.deliver(black_box(batch))),
+            |b, batch| b.iter(|| dispatcher.deliver(black_box(batch), &never)),
         );
         group.bench_with_input(
             BenchmarkId::new("wasm-noop/handle", size),

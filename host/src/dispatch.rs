@@ -15,6 +15,7 @@ use rand::Rng;
 
 use crate::runtime::bindings::{Failure as PluginFailure, wit};
 use crate::runtime::{CallError, Instance, Prepared};
+use crate::shutdown::Shutdown;
 
 /// Why an event ends in the dead-letter path. The names are part of the
 /// dead-letter format.
@@ -72,6 +73,8 @@ pub struct Dispatcher {
     prepared: Arc<Prepared>,
     /// `None` after a trap: rebuilt lazily before the next call.
     instance: Option<Instance>,
+    /// Which share of the plugin's gauges its instances set.
+    slot: i32,
     pub stats: Stats,
 }
 
@@ -81,6 +84,18 @@ impl Dispatcher {
         Dispatcher {
             prepared,
             instance: Some(instance),
+            slot: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// A dispatcher for `slot` (a partition) whose instance is made on
+    /// first delivery, on the thread that delivers.
+    pub fn lazy(prepared: Arc<Prepared>, slot: i32) -> Self {
+        Dispatcher {
+            prepared,
+            instance: None,
+            slot,
             stats: Stats::default(),
         }
     }
@@ -89,8 +104,10 @@ impl Dispatcher {
         &self.prepared
     }
 
-    /// Delivers `batch` and returns one outcome per event, in order.
-    pub fn deliver(&mut self, batch: &[wit::Event]) -> Vec<Outcome> {
+    /// Delivers `batch` and returns one outcome per event, in order. If
+    /// `stop` is raised during a retry backoff, returns early with the
+    /// outcomes of the events settled so far: the rest are not settled.
+    pub fn deliver(&mut self, batch: &[wit::Event], stop: &Shutdown) -> Vec<Outcome> {
         let limits = self.prepared.spec.limits.clone();
         let plugin = self.prepared.name.clone();
         let metrics = self.prepared.metrics().clone();
@@ -184,7 +201,9 @@ impl Dispatcher {
             metrics.retries.with_label_values(&[&*plugin]).inc();
             let delay = retry_after.unwrap_or_else(|| backoff(&limits, attempts));
             tracing::debug!(plugin = &*plugin, ?delay, attempts, "retrying: {reason}");
-            std::thread::sleep(delay);
+            if !stop.sleep(delay) {
+                break;
+            }
         }
 
         for outcome in &outcomes {
@@ -214,7 +233,7 @@ impl Dispatcher {
 
     fn instance(&mut self) -> Result<&mut Instance, CallError> {
         if self.instance.is_none() {
-            self.instance = Some(self.prepared.instantiate()?);
+            self.instance = Some(self.prepared.instantiate_in(self.slot)?);
         }
         Ok(self.instance.as_mut().expect("just set"))
     }

@@ -4,7 +4,7 @@
 //! Rendered in the text exposition format, for `--metrics-out` (as
 //! node_exporter's textfile collector reads it) and the admin endpoint.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use prometheus::{
@@ -65,6 +65,9 @@ impl Family {
     }
 }
 
+/// A plugin series: family name and label values, `plugin` last.
+type SeriesKey = (String, Vec<String>);
+
 /// All metrics of one host process.
 pub struct Metrics {
     registry: Registry,
@@ -84,7 +87,12 @@ pub struct Metrics {
     pub plugin_log_lines: IntCounterVec,
     /// Outgoing requests refused by the egress policy.
     pub egress_denied: IntCounterVec,
+    /// Times a partition was paused because its plugin was behind.
+    pub partition_pauses: IntCounterVec,
     families: Mutex<HashMap<String, Family>>,
+    /// Each slot's share of every plugin gauge series, keyed by family name
+    /// and label values (`plugin` last).
+    gauge_shares: Mutex<HashMap<SeriesKey, BTreeMap<i32, f64>>>,
     /// Help and buckets a plugin gave with `describe`, used when the family
     /// is created.
     descriptions: Mutex<HashMap<String, (String, Vec<f64>)>>,
@@ -163,8 +171,15 @@ impl Metrics {
                 "Outgoing HTTP requests refused because the origin was not granted",
                 &["plugin", "origin"],
             ),
+            partition_pauses: counter(
+                &registry,
+                "plugboard_partition_pauses_total",
+                "Times a partition was paused because its plugin was behind",
+                &["plugin"],
+            ),
             registry,
             families: Mutex::default(),
+            gauge_shares: Mutex::default(),
             descriptions: Mutex::default(),
         }
     }
@@ -202,18 +217,45 @@ impl Metrics {
         })
     }
 
+    /// Sets `slot`'s share of a plugin gauge; the series shows the sum of
+    /// all shares. Each partition's instance knows only its partition's
+    /// bookings, so a gauge it computes is a share of the whole.
     pub fn plugin_gauge_set(
         &self,
         plugin: &str,
+        slot: i32,
         name: &str,
         labels: &[(String, String)],
         value: f64,
     ) -> Result<(), MetricError> {
         self.with_family(plugin, name, labels, "gauge", |family, values| {
             if let Family::Gauge(g, _) = family {
-                g.with_label_values(values).set(value);
+                let key = (
+                    name.to_string(),
+                    values.iter().map(|v| v.to_string()).collect(),
+                );
+                let mut shares = self.gauge_shares.lock().expect("metrics lock");
+                let parts = shares.entry(key).or_default();
+                parts.insert(slot, value);
+                g.with_label_values(values).set(parts.values().sum());
             }
         })
+    }
+
+    /// Drops `slot`'s shares of every gauge of `plugin`: its partition went
+    /// to another consumer, which reports it from now on.
+    pub fn forget_gauge_slot(&self, plugin: &str, slot: i32) {
+        let families = self.families.lock().expect("metrics lock");
+        let mut shares = self.gauge_shares.lock().expect("metrics lock");
+        for ((name, values), parts) in shares.iter_mut() {
+            if values.last().map(String::as_str) != Some(plugin) || parts.remove(&slot).is_none() {
+                continue;
+            }
+            if let Some(Family::Gauge(g, _)) = families.get(name) {
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                g.with_label_values(&values).set(parts.values().sum());
+            }
+        }
     }
 
     pub fn plugin_histogram_observe(
@@ -367,7 +409,7 @@ mod tests {
             vec![],
         )
         .unwrap();
-        m.plugin_gauge_set("metrics", "bookings_current", &l("state", "paid"), 3.0)
+        m.plugin_gauge_set("metrics", 0, "bookings_current", &l("state", "paid"), 3.0)
             .unwrap();
         m.plugin_counter_add("metrics", "x_total", &[], 2.0)
             .unwrap();
@@ -386,13 +428,42 @@ mod tests {
             Err(MetricError::KindMismatch { .. })
         ));
         assert!(matches!(
-            m.plugin_gauge_set("metrics", "bookings_current", &l("city", "x"), 1.0),
+            m.plugin_gauge_set("metrics", 0, "bookings_current", &l("city", "x"), 1.0),
             Err(MetricError::LabelMismatch { .. })
         ));
-        assert!(m.plugin_gauge_set("metrics", "bad-name", &[], 1.0).is_err());
         assert!(
-            m.plugin_gauge_set("metrics", "plugboard_events_total", &[], 1.0)
+            m.plugin_gauge_set("metrics", 0, "bad-name", &[], 1.0)
                 .is_err()
+        );
+        assert!(
+            m.plugin_gauge_set("metrics", 0, "plugboard_events_total", &[], 1.0)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_gauge_is_the_sum_of_the_partitions_shares_until_one_is_revoked() {
+        let m = Metrics::new();
+        let paid = vec![("state".to_string(), "paid".to_string())];
+        let series = r#"bookings_current{plugin="metrics",state="paid"}"#;
+        m.plugin_gauge_set("metrics", 0, "bookings_current", &paid, 3.0)
+            .unwrap();
+        m.plugin_gauge_set("metrics", 1, "bookings_current", &paid, 4.0)
+            .unwrap();
+        m.plugin_gauge_set("metrics", 1, "bookings_current", &paid, 5.0)
+            .unwrap();
+        assert!(
+            m.render().contains(&format!("{series} 8")),
+            "{}",
+            m.render()
+        );
+        m.forget_gauge_slot("other-plugin", 1);
+        assert!(m.render().contains(&format!("{series} 8")));
+        m.forget_gauge_slot("metrics", 1);
+        assert!(
+            m.render().contains(&format!("{series} 3")),
+            "{}",
+            m.render()
         );
     }
 }

@@ -193,8 +193,9 @@ pub fn run_kafka(
         let handles: Vec<_> = ready
             .into_iter()
             .map(|dispatcher| {
+                let prepared = dispatcher.prepared().clone();
                 scope.spawn(move || {
-                    let result = crate::source::kafka::consume(kafka, dispatcher, shutdown);
+                    let result = crate::source::kafka::consume(kafka, prepared, shutdown);
                     if result.is_err() {
                         // A consumer that cannot go on stops the host.
                         shutdown.request();
@@ -266,8 +267,10 @@ fn dispatch_all(
     let prepared: Arc<Prepared> = dispatcher.prepared().clone();
     let batch_size = prepared.spec.limits.batch_size;
     let mut records = Vec::new();
+    // A file run always finishes: nothing raises this.
+    let never = Shutdown::new();
     for (chunk_no, chunk) in events.chunks(batch_size).enumerate() {
-        let outcomes = dispatcher.deliver(chunk);
+        let outcomes = dispatcher.deliver(chunk, &never);
         for (i, outcome) in outcomes.into_iter().enumerate() {
             if let Outcome::DeadLetter(failure) = outcome {
                 let line = originals[chunk_no * batch_size + i];

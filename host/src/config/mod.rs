@@ -58,6 +58,19 @@ pub struct KafkaConfig {
     /// revoke and on shutdown.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// A stable name for this host process, e.g. `${HOSTNAME}` in a
+    /// StatefulSet: static group membership (`group.instance.id`), so a
+    /// restarted host gets its partitions back at once instead of waiting
+    /// out the session timeout (45 s by default) of its previous life. Two
+    /// live hosts must never share one.
+    #[serde(default)]
+    pub instance_id: Option<Text>,
+    /// Messages fetched ahead of each partition's plugin, beyond the batch
+    /// it is working on. Past this the partition is paused until the plugin
+    /// is down to half, so a slow plugin bounds memory instead of piling up
+    /// fetched messages.
+    #[serde(default = "default_partition_buffer")]
+    pub partition_buffer: usize,
     /// How long a graceful shutdown may take to finish the batch in flight
     /// and commit.
     #[serde(default = "default_shutdown_timeout_ms")]
@@ -79,6 +92,9 @@ fn default_dead_letter_topic() -> String {
 }
 fn default_commit_interval_ms() -> u64 {
     5_000
+}
+fn default_partition_buffer() -> usize {
+    2_000
 }
 fn default_shutdown_timeout_ms() -> u64 {
     30_000

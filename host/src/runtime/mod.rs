@@ -189,6 +189,13 @@ impl Prepared {
     /// Makes a fresh sandboxed instance and runs `init` with the manifest's
     /// config.
     pub fn instantiate(&self) -> Result<Instance, CallError> {
+        self.instantiate_in(0)
+    }
+
+    /// Like [`Prepared::instantiate`], for the instance that serves `slot`
+    /// (the Kafka partition): its gauges are that slot's share of the
+    /// plugin's gauges, which the host sums.
+    pub fn instantiate_in(&self, slot: i32) -> Result<Instance, CallError> {
         let spec = &self.spec;
         let output = GuestOutput::new(self.name.clone());
         let mut wasi = WasiCtxBuilder::new();
@@ -222,6 +229,7 @@ impl Prepared {
                 metrics: self.metrics.clone(),
             },
             metrics: self.metrics.clone(),
+            slot,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -23,6 +23,8 @@ pub struct PluginState {
     pub(super) limits: StoreLimits,
     pub(super) egress: Egress,
     pub(super) metrics: Arc<Metrics>,
+    /// The share of the plugin's gauges this instance sets: its partition.
+    pub(super) slot: i32,
 }
 
 impl WasiView for PluginState {
@@ -84,9 +86,9 @@ impl wit_metrics::Host for PluginState {
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
-        let r = self
-            .metrics
-            .plugin_gauge_set(&self.plugin, &name, &pairs(labels), value);
+        let r =
+            self.metrics
+                .plugin_gauge_set(&self.plugin, self.slot, &name, &pairs(labels), value);
         self.report(r);
     }
 

@@ -1,0 +1,237 @@
+//! The partitions a consumer owns right now, each with its worker.
+//!
+//! The poll loop routes every message to its partition's worker. When a
+//! worker has `capacity` messages unsettled the partition is paused (other
+//! partitions keep flowing) and further messages already fetched are held;
+//! it is resumed once the worker is down to half, so the refetch overlaps
+//! with the work left rather than stalling the plugin.
+//! On revoke the workers of the revoked partitions are stopped and what they
+//! settled is stored and committed before the partitions go, so their next
+//! owner starts right after the last settled event.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::worker::{Settled, Worker, WorkerSetup};
+
+/// One owned partition.
+struct Owned {
+    worker: Worker,
+    /// Messages polled while the worker was full, in order.
+    held: VecDeque<OwnedMessage>,
+    paused: bool,
+}
+
+/// The consumer context: it owns the workers, so rebalance callbacks (which
+/// librdkafka runs inside `poll`) can stop them and commit.
+pub struct Partitions {
+    topic: String,
+    setup: WorkerSetup,
+    capacity: usize,
+    owned: Mutex<BTreeMap<i32, Owned>>,
+    settled: Mutex<Receiver<Settled>>,
+    /// Set at shutdown: the revoke that leaving the group brings keeps the
+    /// gauges, which the final metrics still report.
+    closing: AtomicBool,
+}
+
+pub type GroupConsumer = BaseConsumer<Partitions>;
+
+impl Partitions {
+    pub fn new(
+        topic: &str,
+        setup: WorkerSetup,
+        settled: Receiver<Settled>,
+        capacity: usize,
+    ) -> Self {
+        Partitions {
+            topic: topic.to_string(),
+            setup,
+            capacity,
+            owned: Mutex::new(BTreeMap::new()),
+            settled: Mutex::new(settled),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Hands a polled message to its partition's worker, starting the
+    /// worker on the partition's first message.
+    pub fn route(&self, consumer: &GroupConsumer, message: OwnedMessage) {
+        let partition = message.partition();
+        let mut owned = self.owned.lock().expect("partitions lock");
+        let entry = owned.entry(partition).or_insert_with(|| Owned {
+            worker: Worker::spawn(self.setup.clone(), partition),
+            held: VecDeque::new(),
+            paused: false,
+        });
+        if entry.held.is_empty() && entry.worker.queued() < self.capacity {
+            entry.worker.send(message);
+            return;
+        }
+        entry.held.push_back(message);
+        if !entry.paused {
+            entry.paused = self.pause(consumer, partition, true);
+        }
+    }
+
+    /// Moves held messages on to workers that have room again, and resumes
+    /// a paused partition once nothing is held and its worker is down to
+    /// half its capacity.
+    pub fn drain_held(&self, consumer: &GroupConsumer) {
+        let mut owned = self.owned.lock().expect("partitions lock");
+        for (&partition, entry) in owned.iter_mut() {
+            while !entry.held.is_empty() && entry.worker.queued() < self.capacity {
+                let message = entry.held.pop_front().expect("not empty");
+                entry.worker.send(message);
+            }
+            if entry.paused && entry.held.is_empty() && entry.worker.queued() <= self.capacity / 2 {
+                entry.paused = !self.pause(consumer, partition, false);
+            }
+        }
+    }
+
+    /// Whether some partition waits for its worker; the poll loop then
+    /// polls briefly, so a resume is not late by a whole poll timeout.
+    pub fn any_paused(&self) -> bool {
+        self.owned
+            .lock()
+            .expect("partitions lock")
+            .values()
+            .any(|o| o.paused)
+    }
+
+    /// Stores the offsets workers have settled; librdkafka commits stored
+    /// offsets every `commit_interval_ms`.
+    pub fn store_settled(&self, consumer: &GroupConsumer) {
+        let settled = self.settled.lock().expect("settled lock");
+        while let Ok(Settled { partition, offset }) = settled.try_recv() {
+            if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
+                tracing::warn!(
+                    plugin = &*self.setup.prepared.name,
+                    partition,
+                    offset,
+                    "offset not stored ({e}); the partition's next owner redelivers"
+                );
+            }
+        }
+    }
+
+    /// Stops the workers of `partitions` (all if `None`), stores what they
+    /// settled and commits it.
+    pub fn release(&self, consumer: &GroupConsumer, partitions: Option<&[i32]>) {
+        let stopped: Vec<(i32, Owned)> = {
+            let mut owned = self.owned.lock().expect("partitions lock");
+            match partitions {
+                None => std::mem::take(&mut *owned).into_iter().collect(),
+                Some(list) => list
+                    .iter()
+                    .filter_map(|p| owned.remove(p).map(|o| (*p, o)))
+                    .collect(),
+            }
+        };
+        if stopped.is_empty() {
+            return;
+        }
+        // A paused partition stays paused across a reassignment in
+        // librdkafka: resume it while it is still ours.
+        for (partition, _) in stopped.iter().filter(|(_, o)| o.paused) {
+            self.pause(consumer, *partition, false);
+        }
+        // Stop them all first, then wait: their in-flight batches finish
+        // side by side.
+        let workers: Vec<Worker> = stopped.into_iter().map(|(_, o)| o.worker).collect();
+        for worker in &workers {
+            worker.request_stop();
+        }
+        for worker in workers {
+            worker.stop();
+        }
+        self.store_settled(consumer);
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(e) => tracing::warn!(
+                plugin = &*self.setup.prepared.name,
+                "commit failed: {e}; uncommitted events are delivered again"
+            ),
+        }
+    }
+
+    /// Stops every worker and commits, before the consumer leaves its group.
+    pub fn close(&self, consumer: &GroupConsumer) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.release(consumer, None);
+    }
+
+    /// Pauses (or resumes) `partition`; true if that took effect.
+    fn pause(&self, consumer: &GroupConsumer, partition: i32, pause: bool) -> bool {
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(&self.topic, partition, Offset::Invalid)
+            .is_err()
+        {
+            return false;
+        }
+        let result = if pause {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        let plugin = &*self.setup.prepared.name;
+        match result {
+            Ok(()) if pause => {
+                tracing::debug!(plugin, partition, "plugin behind: partition paused");
+                self.setup
+                    .prepared
+                    .metrics()
+                    .partition_pauses
+                    .with_label_values(&[plugin])
+                    .inc();
+                true
+            }
+            Ok(()) => {
+                tracing::debug!(plugin, partition, "partition resumed");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(plugin, partition, "cannot pause/resume: {e}");
+                false
+            }
+        }
+    }
+}
+
+impl ClientContext for Partitions {}
+
+impl ConsumerContext for Partitions {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(
+                plugin = &*self.setup.prepared.name,
+                ?partitions,
+                "partitions revoked; finishing their batches and committing"
+            );
+            self.release(consumer, Some(&partitions));
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            // Their new owner reports their share of the plugin's gauges.
+            let prepared = &self.setup.prepared;
+            for partition in partitions {
+                prepared
+                    .metrics()
+                    .forget_gauge_slot(&prepared.name, partition);
+            }
+        }
+    }
+}
