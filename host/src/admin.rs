@@ -1,6 +1,7 @@
-//! The admin HTTP endpoint (loopback by default): `/metrics` in the
-//! Prometheus text format, `/healthz` (the process serves), `/readyz` (every
-//! consumer is running).
+//! The admin HTTP endpoint (loopback by default): `/plugins` (what each
+//! plugin serves, its versions, last error, counts and lag), `/metrics` in
+//! the Prometheus text format, `/healthz` (the process serves), `/readyz`
+//! (the consumers are running).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,21 +14,24 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::catalog::{Catalog, PluginState};
+use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 
+/// What the endpoint reports on.
 #[derive(Clone)]
-struct Admin {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    /// What `/readyz` reports.
+    pub ready: Arc<AtomicBool>,
+    pub catalog: Catalog,
+    /// For each plugin group's lag in `/plugins`.
+    pub kafka: Option<KafkaConfig>,
 }
 
 /// Starts serving on `addr` from a thread of its own and returns the address
-/// bound (port 0 picks one). `ready` is what `/readyz` reports.
-pub fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> Result<SocketAddr> {
+/// bound (port 0 picks one).
+pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
     listener.set_nonblocking(true)?;
@@ -36,7 +40,8 @@ pub fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Admin { metrics, ready });
+        .route("/plugins", get(plugins))
+        .with_state(admin);
     std::thread::Builder::new()
         .name("plugboard-admin".into())
         .spawn(move || {
@@ -67,4 +72,30 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
+}
+
+/// Every plugin the host knows, as JSON. Lag is asked of the broker, so the
+/// answer takes a round trip per running plugin.
+async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut statuses = admin.catalog.snapshot();
+        for status in &mut statuses {
+            let count = |outcome: &str| {
+                admin
+                    .metrics
+                    .events
+                    .with_label_values(&[status.name.as_str(), outcome])
+                    .get()
+            };
+            status.handled = count("handled");
+            status.dead_lettered = count("dead_lettered");
+            if let (Some(kafka), PluginState::Running) = (&admin.kafka, status.state) {
+                status.lag = crate::source::kafka::group_lag(kafka, &status.name).ok();
+            }
+        }
+        statuses
+    })
+    .await
+    .unwrap_or_default();
+    axum::Json(serde_json::json!({ "plugins": statuses }))
 }

@@ -104,6 +104,16 @@ impl Dispatcher {
         &self.prepared
     }
 
+    /// Moves to `current` if it is another version than the one in use:
+    /// the next batch goes to a fresh instance of it. Called between
+    /// batches, so no batch is split across versions.
+    pub fn follow(&mut self, current: &Arc<Prepared>) {
+        if !Arc::ptr_eq(&self.prepared, current) {
+            self.prepared = current.clone();
+            self.instance = None;
+        }
+    }
+
     /// Delivers `batch` and returns one outcome per event, in order. If
     /// `stop` is raised during a retry backoff, returns early with the
     /// outcomes of the events settled so far: the rest are not settled.
@@ -210,6 +220,9 @@ impl Dispatcher {
             match outcome {
                 Outcome::Handled => {
                     self.stats.handled += 1;
+                    self.prepared
+                        .handled
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     metrics
                         .events
                         .with_label_values(&[&*plugin, "handled"])

@@ -24,10 +24,13 @@
 //! - [`generate`]: realistic booking lifecycles for demos, tests, benchmarks.
 //! - [`produce`]: publishes booking events to Kafka (generated or from a file).
 //! - [`shutdown`]: the stop flag every loop checks.
-//! - [`admin`]: `/metrics`, `/healthz` and `/readyz` over HTTP.
+//! - [`reload`]: watches the plugins folder and starts, swaps or stops
+//!   plugins to match it; [`catalog`] holds what each serves for `/plugins`.
+//! - [`admin`]: `/plugins`, `/metrics`, `/healthz` and `/readyz` over HTTP.
 //! - [`check`]: explains whether a component file is a valid plugin.
 
 pub mod admin;
+pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod dead_letter;
@@ -37,6 +40,7 @@ pub mod event;
 pub mod generate;
 pub mod metrics;
 pub mod produce;
+pub mod reload;
 pub mod run;
 pub mod runtime;
 pub mod shutdown;

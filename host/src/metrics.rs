@@ -89,6 +89,8 @@ pub struct Metrics {
     pub egress_denied: IntCounterVec,
     /// Times a partition was paused because its plugin was behind.
     pub partition_pauses: IntCounterVec,
+    /// Plugin versions loaded or rejected by a (re)load.
+    pub plugin_loads: IntCounterVec,
     families: Mutex<HashMap<String, Family>>,
     /// Each slot's share of every plugin gauge series, keyed by family name
     /// and label values (`plugin` last).
@@ -176,6 +178,12 @@ impl Metrics {
                 "plugboard_partition_pauses_total",
                 "Times a partition was paused because its plugin was behind",
                 &["plugin"],
+            ),
+            plugin_loads: counter(
+                &registry,
+                "plugboard_plugin_loads_total",
+                "Plugin versions loaded (result=loaded) or rejected (result=failed), at start and by hot reload",
+                &["plugin", "result"],
             ),
             registry,
             families: Mutex::default(),

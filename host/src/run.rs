@@ -4,16 +4,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use prost::Message;
 
+use crate::catalog::Catalog;
 use crate::config::{HostConfig, load_plugins};
 use crate::dead_letter::{self, FileRecord};
 use crate::decode;
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::runtime::bindings::wit;
 use crate::runtime::convert::{self, Envelope};
 use crate::runtime::{Prepared, Runtime};
@@ -139,8 +141,10 @@ fn load(
 }
 
 /// Runs every plugin on the Kafka source until `shutdown`: each in its own
-/// consumer group, on a thread of its own, so a slow plugin never holds back
-/// another. Returns when every consumer has committed and left its group.
+/// consumer group, so a slow plugin never holds back another, and the
+/// plugins folder watched, so plugins are added, replaced and removed
+/// without a restart. Returns when every consumer has committed and left
+/// its group.
 pub fn run_kafka(
     config: &HostConfig,
     shutdown: &Shutdown,
@@ -154,65 +158,67 @@ pub fn run_kafka(
     })?;
     let metrics = Arc::new(Metrics::new());
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let catalog = Catalog::default();
     if let Some(addr) = config.admin_addr {
-        let bound = crate::admin::serve(addr, metrics.clone(), serving.clone())?;
-        tracing::info!("admin endpoint on http://{bound} (/metrics, /healthz, /readyz)");
+        let bound = crate::admin::serve(
+            addr,
+            crate::admin::Admin {
+                metrics: metrics.clone(),
+                ready: serving.clone(),
+                catalog: catalog.clone(),
+                kafka: Some(kafka.clone()),
+            },
+        )?;
+        tracing::info!("admin endpoint on http://{bound} (/plugins, /metrics, /healthz, /readyz)");
         // For scripts and tests that asked for port 0.
         println!("admin listening on http://{bound}");
     }
     let runtime = runtime_for(config, metrics.clone())?;
-    let (ready, failed) = load(&runtime, load_plugins(config)?);
-    if ready.is_empty() {
+    let (changed_tx, changed) = std::sync::mpsc::channel();
+    let _watcher = crate::reload::watch(&config.plugins_dir, changed_tx)?;
+    let mut reloader = Reloader::new(config, kafka, runtime, catalog, shutdown.clone());
+    reloader.reconcile()?;
+    if reloader.running() == 0 && reloader.has_failures() {
         anyhow::bail!(
-            "no plugin could be started from {} ({} failed)",
-            config.plugins_dir.display(),
-            failed.len()
+            "no plugin could be started from {}",
+            config.plugins_dir.display()
         );
     }
-    for d in &ready {
-        tracing::info!(
-            "{} -> {} (group {}{})",
-            kafka.topic.0,
-            d.prepared().name,
-            kafka.group_prefix,
-            d.prepared().name
+    if reloader.running() == 0 {
+        tracing::warn!(
+            "no plugins in {} yet: waiting for one to be dropped in",
+            config.plugins_dir.display()
         );
     }
     // A stop must not hang on a plugin stuck in a long retry: past the
     // deadline the process exits, and uncommitted events are redelivered.
-    let deadline = std::time::Duration::from_millis(kafka.shutdown_timeout_ms);
+    let deadline = Duration::from_millis(kafka.shutdown_timeout_ms);
     let watchdog = shutdown.clone();
     std::thread::spawn(move || {
-        while watchdog.sleep(std::time::Duration::from_secs(3600)) {}
+        while watchdog.sleep(Duration::from_secs(3600)) {}
         std::thread::sleep(deadline);
         tracing::error!("shutdown took longer than {deadline:?}; exiting without a final commit");
         std::process::exit(3);
     });
     serving.store(true, std::sync::atomic::Ordering::SeqCst);
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ready
-            .into_iter()
-            .map(|dispatcher| {
-                let prepared = dispatcher.prepared().clone();
-                scope.spawn(move || {
-                    let result = crate::source::kafka::consume(kafka, prepared, shutdown);
-                    if result.is_err() {
-                        // A consumer that cannot go on stops the host.
-                        shutdown.request();
-                    }
-                    result
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a consumer thread panicked"))
-            .collect()
-    });
+    while !shutdown.is_requested() {
+        // A failed load is looked at again now and then, in case the write
+        // that completes it raised no event.
+        let wait = if reloader.has_failures() { 2_000 } else { 200 };
+        match changed.recv_timeout(Duration::from_millis(wait)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if reloader.has_failures() => {}
+            Err(_) => continue,
+        }
+        if let Err(e) = reloader.reconcile() {
+            tracing::error!("cannot rescan the plugins folder: {e:#}");
+        }
+    }
+    let result = reloader.stop_all();
     if let Some(path) = metrics_out {
         write_metrics(path, &metrics)?;
     }
-    results.into_iter().collect()
+    result
 }
 
 /// Decodes every line once for all plugins. Returns the events plugins get,

@@ -602,3 +602,158 @@ fn the_admin_endpoint_serves_metrics_health_and_readiness() {
     assert_eq!(handled(&metrics, "watched"), total as f64);
     stop(host);
 }
+
+/// `component` with a custom section appended: the same plugin, other
+/// bytes, so another version to the host.
+fn version_of(component: &[u8], version: u32) -> Vec<u8> {
+    let name = b"plugboard-test-version";
+    let payload = version.to_le_bytes();
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    out.push((1 + name.len() + payload.len()) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn plugin_status(admin: &str, plugin: &str) -> serde_json::Value {
+    let all: serde_json::Value = reqwest::blocking::get(format!("{admin}/plugins"))
+        .unwrap()
+        .json()
+        .unwrap();
+    all["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == plugin)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn plugins_are_replaced_under_load_and_a_broken_file_leaves_the_last_good_serving() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 1);
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 300, 77);
+    produce(&brokers, &topic, &events);
+    let (valid, _) = read_sample(&events);
+    // 50 ms per batch of 5: the stream lasts ~11 s, through every reload.
+    setup.plugin(
+        "probe",
+        "faulty",
+        "[limits]\nbatch_size = 5\n[config]\nsleep_ms = \"50\"\n",
+    );
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+    let kafka = kafka_config(
+        &setup,
+        &brokers,
+        &topic,
+        &format!("reload-{:x}.", rand::random::<u32>()),
+    );
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    wait_for("the first version serves", || {
+        plugin_status(&admin, "probe")["state"] == "running"
+    });
+
+    let original = std::fs::read(setup.plugins.join("probe.wasm")).unwrap();
+    let target = setup.plugins.join("probe.wasm");
+    let mut latencies = Vec::new();
+    for version in 1..=10u32 {
+        let bytes = version_of(&original, version);
+        let sha = sha256_hex(&bytes);
+        let written = Instant::now();
+        if version % 2 == 0 {
+            // temp file + rename, as deploy tools do
+            let tmp = setup.plugins.join(".probe.wasm.tmp");
+            std::fs::write(&tmp, &bytes).unwrap();
+            std::fs::rename(&tmp, &target).unwrap();
+        } else {
+            // a plain copy over the file
+            std::fs::write(&target, &bytes).unwrap();
+        }
+        wait_for("the new version serves", || {
+            plugin_status(&admin, "probe")["sha256"] == sha.as_str()
+        });
+        latencies.push(written.elapsed());
+    }
+    let last_good = sha256_hex(&version_of(&original, 10));
+    let before = plugin_status(&admin, "probe");
+    assert!(
+        before["lag"].as_i64().unwrap() > 0,
+        "the reloads should happen under load: {before}"
+    );
+
+    // A broken file: rejected, and the last good version keeps serving.
+    let tmp = setup.plugins.join(".probe.wasm.tmp");
+    std::fs::write(&tmp, b"\0asm this is not a component").unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    let failed_before = before["failed_loads"].as_u64().unwrap();
+    wait_for("the broken file is rejected", || {
+        plugin_status(&admin, "probe")["failed_loads"].as_u64() > Some(failed_before)
+    });
+    let after = plugin_status(&admin, "probe");
+    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(after["sha256"], last_good.as_str(), "{after}");
+    assert!(
+        after["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a valid component")),
+        "{after}"
+    );
+
+    wait_for_zero_lag(&kafka, &["probe"]);
+    let done = plugin_status(&admin, "probe");
+    let versions = done["versions"].as_array().unwrap();
+    assert_eq!(
+        versions.len(),
+        11,
+        "the original and 10 replacements: {done}"
+    );
+    let handled: u64 = versions
+        .iter()
+        .map(|v| v["handled"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        handled,
+        valid.len() as u64,
+        "every event handled exactly once, by a fully loaded version: {done}"
+    );
+    assert!(
+        versions
+            .iter()
+            .all(|v| v["sha256"] != sha256_hex(b"\0asm this is not a component").as_str()),
+        "{done}"
+    );
+
+    // Removing the plugin drains and stops it.
+    std::fs::remove_file(&target).unwrap();
+    std::fs::remove_file(setup.plugins.join("probe.toml")).unwrap();
+    wait_for("the removed plugin stops", || {
+        plugin_status(&admin, "probe")["state"] == "stopped"
+    });
+    stop(host);
+
+    latencies.sort();
+    eprintln!(
+        "reload latency, file written -> new version serving (10 reloads): p50 {:.0?}, max {:.0?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+}

@@ -251,6 +251,12 @@ pub fn normalise_origin(origin: &str) -> Result<String> {
 /// Finds every plugin in the host's plugins folder: each `<name>.toml`, and
 /// each `<name>.wasm` without a manifest. Sorted by name.
 pub fn load_plugins(host: &HostConfig) -> Result<Vec<PluginSpec>> {
+    scan_plugins(host)?.into_values().collect()
+}
+
+/// Every plugin in the folder, each with its own result: one bad manifest
+/// does not hide the others (a running host keeps serving them).
+pub fn scan_plugins(host: &HostConfig) -> Result<BTreeMap<String, Result<PluginSpec>>> {
     let dir = &host.plugins_dir;
     let entries = std::fs::read_dir(dir).with_context(|| {
         format!(
@@ -278,16 +284,18 @@ pub fn load_plugins(host: &HostConfig) -> Result<Vec<PluginSpec>> {
             _ => {}
         }
     }
-    let mut specs = Vec::new();
+    let mut specs = BTreeMap::new();
     for (name, (has_manifest, _)) in names.into_iter().filter(|(_, (m, w))| *m || *w) {
-        check_name(&name, dir)?;
         let manifest = has_manifest.then(|| dir.join(format!("{name}.toml")));
-        specs.push(parse_manifest(
-            &name,
-            &dir.join(format!("{name}.wasm")),
-            manifest.as_deref(),
-            &host.limits,
-        )?);
+        let spec = check_name(&name, dir).and_then(|()| {
+            parse_manifest(
+                &name,
+                &dir.join(format!("{name}.wasm")),
+                manifest.as_deref(),
+                &host.limits,
+            )
+        });
+        specs.insert(name, spec);
     }
     Ok(specs)
 }

@@ -146,6 +146,7 @@ impl Runtime {
             pre,
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
+            handled: Arc::default(),
         })
     }
 }
@@ -179,6 +180,8 @@ pub struct Prepared {
     pre: PluginPre<PluginState>,
     engine: Engine,
     metrics: Arc<Metrics>,
+    /// Events this version handled, for `/plugins` during a rollout.
+    pub handled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Prepared {

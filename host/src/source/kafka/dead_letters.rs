@@ -19,14 +19,13 @@ pub struct DeadLetters {
     producer: FutureProducer,
     pub topic: String,
     plugin: String,
-    sha256: String,
     /// Drives the producer's futures; every partition worker of the plugin
     /// blocks on it, so it is multi-threaded.
     runtime: tokio::runtime::Runtime,
 }
 
 impl DeadLetters {
-    pub fn new(kafka: &KafkaConfig, plugin: &str, sha256: &str) -> Result<Self> {
+    pub fn new(kafka: &KafkaConfig, plugin: &str) -> Result<Self> {
         let producer: FutureProducer = client_config(kafka)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -37,7 +36,6 @@ impl DeadLetters {
             producer,
             topic: dead_letter_topic(kafka, plugin),
             plugin: plugin.to_string(),
-            sha256: sha256.to_string(),
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -46,9 +44,15 @@ impl DeadLetters {
     }
 
     /// Writes the original message with the failure in `plugboard.*`
-    /// headers, retrying until the broker acknowledges it. Returns false if
-    /// shutdown came first.
-    pub fn write(&self, original: &OwnedMessage, failure: &Failure, shutdown: &Shutdown) -> bool {
+    /// headers (`sha256`: the plugin version that failed), retrying until
+    /// the broker acknowledges it. Returns false if shutdown came first.
+    pub fn write(
+        &self,
+        original: &OwnedMessage,
+        failure: &Failure,
+        sha256: &str,
+        shutdown: &Shutdown,
+    ) -> bool {
         let mut headers = OwnedHeaders::new();
         if let Some(h) = original.headers() {
             for h in h.iter() {
@@ -63,7 +67,7 @@ impl DeadLetters {
         let attempts = failure.attempts.to_string();
         for (key, value) in [
             ("plugboard.plugin", self.plugin.as_str()),
-            ("plugboard.component-sha256", self.sha256.as_str()),
+            ("plugboard.component-sha256", sha256),
             ("plugboard.failure-class", failure.class.as_str()),
             ("plugboard.reason", failure.reason.as_str()),
             ("plugboard.attempts", attempts.as_str()),

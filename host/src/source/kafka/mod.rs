@@ -25,8 +25,8 @@ use anyhow::{Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::catalog::LivePlugin;
 use crate::config::KafkaConfig;
-use crate::runtime::Prepared;
 use crate::shutdown::Shutdown;
 use dead_letters::DeadLetters;
 use partitions::{GroupConsumer, Partitions};
@@ -57,12 +57,14 @@ pub fn dead_letter_topic(kafka: &KafkaConfig, plugin: &str) -> String {
         .replace("{plugin}", plugin)
 }
 
-/// Consumes the topic for one plugin until `shutdown`.
-pub fn consume(kafka: &KafkaConfig, prepared: Arc<Prepared>, shutdown: &Shutdown) -> Result<()> {
+/// Consumes the topic for one plugin until `shutdown`, each batch with the
+/// version `live` holds at that moment.
+pub fn consume(kafka: &KafkaConfig, live: Arc<LivePlugin>, shutdown: &Shutdown) -> Result<()> {
+    let prepared = live.current();
     let plugin = prepared.name.to_string();
     let group = format!("{}{}", kafka.group_prefix, plugin);
     let topic = kafka.topic.0.clone();
-    let dead_letters = Arc::new(DeadLetters::new(kafka, &plugin, &prepared.sha256)?);
+    let dead_letters = Arc::new(DeadLetters::new(kafka, &plugin)?);
     tracing::info!(
         plugin,
         group,
@@ -73,7 +75,7 @@ pub fn consume(kafka: &KafkaConfig, prepared: Arc<Prepared>, shutdown: &Shutdown
     let (settled_tx, settled_rx) = std::sync::mpsc::channel();
     let capacity = kafka.partition_buffer + prepared.spec.limits.batch_size;
     let setup = WorkerSetup {
-        prepared,
+        live,
         dead_letters,
         settled: settled_tx,
     };

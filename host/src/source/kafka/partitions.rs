@@ -114,7 +114,7 @@ impl Partitions {
         while let Ok(Settled { partition, offset }) = settled.try_recv() {
             if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
                 tracing::warn!(
-                    plugin = &*self.setup.prepared.name,
+                    plugin = &*self.setup.live.current().name,
                     partition,
                     offset,
                     "offset not stored ({e}); the partition's next owner redelivers"
@@ -160,7 +160,7 @@ impl Partitions {
                 rdkafka::types::RDKafkaErrorCode::NoOffset,
             )) => {}
             Err(e) => tracing::warn!(
-                plugin = &*self.setup.prepared.name,
+                plugin = &*self.setup.live.current().name,
                 "commit failed: {e}; uncommitted events are delivered again"
             ),
         }
@@ -186,12 +186,12 @@ impl Partitions {
         } else {
             consumer.resume(&tpl)
         };
-        let plugin = &*self.setup.prepared.name;
+        let current = self.setup.live.current();
+        let plugin = &*current.name;
         match result {
             Ok(()) if pause => {
                 tracing::debug!(plugin, partition, "plugin behind: partition paused");
-                self.setup
-                    .prepared
+                current
                     .metrics()
                     .partition_pauses
                     .with_label_values(&[plugin])
@@ -217,7 +217,7 @@ impl ConsumerContext for Partitions {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(
-                plugin = &*self.setup.prepared.name,
+                plugin = &*self.setup.live.current().name,
                 ?partitions,
                 "partitions revoked; finishing their batches and committing"
             );
@@ -226,7 +226,7 @@ impl ConsumerContext for Partitions {
                 return;
             }
             // Their new owner reports their share of the plugin's gauges.
-            let prepared = &self.setup.prepared;
+            let prepared = self.setup.live.current();
             for partition in partitions {
                 prepared
                     .metrics()

@@ -13,9 +13,9 @@ use std::time::Duration;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::dead_letters::DeadLetters;
+use crate::catalog::LivePlugin;
 use crate::decode;
 use crate::dispatch::{Dispatcher, Failure, FailureClass, Outcome};
-use crate::runtime::Prepared;
 use crate::runtime::convert::{self, Envelope};
 use crate::shutdown::Shutdown;
 
@@ -29,7 +29,8 @@ pub struct Settled {
 /// What a worker needs besides its partition.
 #[derive(Clone)]
 pub struct WorkerSetup {
-    pub prepared: Arc<Prepared>,
+    /// The plugin version to serve, read again before every batch.
+    pub live: Arc<LivePlugin>,
     pub dead_letters: Arc<DeadLetters>,
     pub settled: Sender<Settled>,
 }
@@ -52,7 +53,7 @@ impl Worker {
         let thread = {
             let (stop, queued) = (stop.clone(), queued.clone());
             std::thread::Builder::new()
-                .name(format!("{}-p{partition}", setup.prepared.name))
+                .name(format!("{}-p{partition}", setup.live.current().name))
                 .spawn(move || run(setup, partition, messages, queued, stop))
                 .expect("cannot start a partition worker thread")
         };
@@ -103,14 +104,16 @@ fn run(
     stop: Shutdown,
 ) {
     let WorkerSetup {
-        prepared,
+        live,
         dead_letters,
         settled,
     } = setup;
-    let batch_size = prepared.spec.limits.batch_size;
-    let mut dispatcher = Dispatcher::lazy(prepared, partition);
-    let mut batch = Vec::with_capacity(batch_size);
+    let mut dispatcher = Dispatcher::lazy(live.current(), partition);
+    let mut batch = Vec::new();
     while !stop.is_requested() {
+        // A reload swaps the version between batches, never within one.
+        dispatcher.follow(&live.current());
+        let batch_size = dispatcher.prepared().spec.limits.batch_size;
         match messages.recv_timeout(Duration::from_millis(200)) {
             Ok(first) => batch.push(first),
             Err(RecvTimeoutError::Timeout) => continue,
@@ -175,9 +178,10 @@ fn settle(
         }
     }
     failed.sort_by_key(|(i, _)| *i);
+    let sha256 = &dispatcher.prepared().sha256;
     failed
         .iter()
-        .all(|(i, failure)| dead_letters.write(&messages[*i], failure, stop))
+        .all(|(i, failure)| dead_letters.write(&messages[*i], failure, sha256, stop))
 }
 
 fn envelope(message: &OwnedMessage) -> Envelope {

@@ -1,0 +1,153 @@
+//! The plugins a running host knows: the version each one serves now, the
+//! versions it served before, and why a load failed. Workers read the
+//! current version between batches; `/plugins` shows the rest.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::runtime::Prepared;
+
+/// The version of one plugin that its workers serve; swapped by a reload.
+pub struct LivePlugin {
+    current: RwLock<Arc<Prepared>>,
+}
+
+impl LivePlugin {
+    pub fn new(prepared: Arc<Prepared>) -> Self {
+        LivePlugin {
+            current: RwLock::new(prepared),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Prepared> {
+        self.current.read().expect("live plugin lock").clone()
+    }
+
+    /// Makes `next` the version the next batches go to.
+    pub fn swap(&self, next: Arc<Prepared>) {
+        *self.current.write().expect("live plugin lock") = next;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// Serving events.
+    Running,
+    /// The last load failed and no version of it serves.
+    Failed,
+    /// Removed from the folder; drained and stopped.
+    Stopped,
+}
+
+/// One version a plugin served (or serves).
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionStatus {
+    pub sha256: String,
+    pub loaded_at: String,
+    #[serde(serialize_with = "load_counter")]
+    pub handled: Arc<AtomicU64>,
+}
+
+fn load_counter<S: serde::Serializer>(c: &Arc<AtomicU64>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(c.load(Ordering::Relaxed))
+}
+
+/// What `/plugins` says of one plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub state: PluginState,
+    /// The version serving now, if any.
+    pub sha256: Option<String>,
+    pub loaded_at: Option<String>,
+    /// Why the last load or reload failed; a failed reload leaves the
+    /// previous version serving.
+    pub last_error: Option<String>,
+    pub reloads: u64,
+    pub failed_loads: u64,
+    /// Every version loaded since the host started, oldest first.
+    pub versions: Vec<VersionStatus>,
+    /// Filled in by the admin endpoint.
+    pub handled: u64,
+    pub dead_lettered: u64,
+    pub lag: Option<i64>,
+}
+
+/// Every plugin's status, shared by the reloader and the admin endpoint.
+#[derive(Default, Clone)]
+pub struct Catalog(Arc<Mutex<BTreeMap<String, PluginStatus>>>);
+
+impl Catalog {
+    fn update(&self, name: &str, f: impl FnOnce(&mut PluginStatus)) {
+        let mut all = self.0.lock().expect("catalog lock");
+        let status = all.entry(name.to_string()).or_insert_with(|| PluginStatus {
+            name: name.to_string(),
+            state: PluginState::Failed,
+            sha256: None,
+            loaded_at: None,
+            last_error: None,
+            reloads: 0,
+            failed_loads: 0,
+            versions: Vec::new(),
+            handled: 0,
+            dead_lettered: 0,
+            lag: None,
+        });
+        f(status);
+    }
+
+    /// `prepared` serves `name` from now on.
+    pub fn loaded(&self, prepared: &Prepared) {
+        let loaded_at = now();
+        self.update(&prepared.name, |s| {
+            if s.sha256.is_some() {
+                s.reloads += 1;
+            }
+            s.state = PluginState::Running;
+            s.sha256 = Some(prepared.sha256.clone());
+            s.loaded_at = Some(loaded_at.clone());
+            s.last_error = None;
+            s.versions.push(VersionStatus {
+                sha256: prepared.sha256.clone(),
+                loaded_at,
+                handled: prepared.handled.clone(),
+            });
+        });
+    }
+
+    /// A load of `name` failed; what served before (if anything) goes on.
+    pub fn failed(&self, name: &str, error: &str) {
+        self.update(name, |s| {
+            s.failed_loads += 1;
+            s.last_error = Some(error.to_string());
+            if s.state != PluginState::Running {
+                s.state = PluginState::Failed;
+            }
+        });
+    }
+
+    pub fn stopped(&self, name: &str) {
+        self.update(name, |s| {
+            s.state = PluginState::Stopped;
+            s.sha256 = None;
+        });
+    }
+
+    pub fn snapshot(&self) -> Vec<PluginStatus> {
+        self.0
+            .lock()
+            .expect("catalog lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+fn now() -> String {
+    prost_types::Timestamp::from(SystemTime::now()).to_string()
+}

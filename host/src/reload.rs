@@ -1,0 +1,320 @@
+//! Hot reload: the plugins folder is watched, and the running set of
+//! plugins is made to match it without a restart.
+//!
+//! - a new `<name>.wasm` starts consuming in its own group;
+//! - a changed component or manifest is compiled, checked against the
+//!   world, instantiated and `init`-ed off the hot path, then swapped in
+//!   between batches; if any step fails the old version keeps serving and
+//!   the failure is logged, counted and shown by `/plugins`;
+//! - a removed plugin finishes its batches, commits and stops.
+//!
+//! A half-written file fails to compile and is retried when it changes
+//! again (a plain `cp` ends with a close-after-write event; a rename is one
+//! event), so both ways of deploying work.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{Catalog, LivePlugin};
+use crate::config::{HostConfig, KafkaConfig, PluginSpec, scan_plugins};
+use crate::runtime::{Prepared, Runtime};
+use crate::shutdown::Shutdown;
+
+/// Quiet time after the last file event before the folder is rescanned:
+/// a copy of a large component raises many events.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// What identifies a plugin version: its component and its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    component: String,
+    manifest: Option<String>,
+}
+
+fn fingerprint(spec: &PluginSpec) -> Result<Fingerprint> {
+    let hash = |path: &Path| -> Result<String> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(hex::encode(Sha256::digest(&bytes)))
+    };
+    Ok(Fingerprint {
+        component: hash(&spec.component)?,
+        manifest: spec.manifest.as_deref().map(hash).transpose()?,
+    })
+}
+
+/// A plugin consuming on a thread of its own.
+struct Running {
+    live: Arc<LivePlugin>,
+    fingerprint: Fingerprint,
+    stop: Shutdown,
+    thread: JoinHandle<Result<()>>,
+}
+
+/// Keeps the running plugins in step with the folder.
+pub struct Reloader {
+    config: HostConfig,
+    kafka: KafkaConfig,
+    runtime: Runtime,
+    catalog: Catalog,
+    /// Raised when a consumer fails for good: the host stops.
+    host_shutdown: Shutdown,
+    running: BTreeMap<String, Running>,
+    /// Versions that failed to load, so unchanged bytes are not retried.
+    failed: BTreeMap<String, Fingerprint>,
+}
+
+impl Reloader {
+    pub fn new(
+        config: &HostConfig,
+        kafka: &KafkaConfig,
+        runtime: Runtime,
+        catalog: Catalog,
+        host_shutdown: Shutdown,
+    ) -> Self {
+        Reloader {
+            config: config.clone(),
+            kafka: kafka.clone(),
+            runtime,
+            catalog,
+            host_shutdown,
+            running: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn has_failures(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// Rescans the folder and starts, swaps or stops plugins to match it.
+    pub fn reconcile(&mut self) -> Result<()> {
+        let scanned = scan_plugins(&self.config)?;
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|name| !scanned.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.stop(&name);
+        }
+        self.failed.retain(|name, _| scanned.contains_key(name));
+        for (name, spec) in scanned {
+            let spec = match spec {
+                Ok(spec) => spec,
+                Err(err) => {
+                    self.fail(&name, None, &format!("{err:#}"));
+                    continue;
+                }
+            };
+            let fingerprint = match fingerprint(&spec) {
+                Ok(f) => f,
+                Err(err) => {
+                    self.fail(&name, None, &format!("{err:#}"));
+                    continue;
+                }
+            };
+            if self.running.get(&name).map(|r| &r.fingerprint) == Some(&fingerprint)
+                || self.failed.get(&name) == Some(&fingerprint)
+            {
+                continue;
+            }
+            let began = Instant::now();
+            match load(&self.runtime, spec) {
+                Ok(prepared) => {
+                    self.failed.remove(&name);
+                    self.catalog.loaded(&prepared);
+                    tracing::info!(
+                        plugin = name,
+                        sha256 = &prepared.sha256[..12],
+                        "version loaded in {:.0?}",
+                        began.elapsed()
+                    );
+                    self.runtime
+                        .metrics()
+                        .plugin_loads
+                        .with_label_values(&[&name, "loaded"])
+                        .inc();
+                    let prepared = Arc::new(prepared);
+                    match self.running.get_mut(&name) {
+                        Some(running) => {
+                            running.live.swap(prepared);
+                            running.fingerprint = fingerprint;
+                        }
+                        None => self.start(name, prepared, fingerprint),
+                    }
+                }
+                Err(err) => self.fail(&name, Some(fingerprint), &format!("{err:#}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, name: &str, fingerprint: Option<Fingerprint>, error: &str) {
+        let serving = self.running.contains_key(name);
+        if serving {
+            tracing::error!(
+                plugin = name,
+                "new version rejected, the previous one keeps serving: {error}"
+            );
+        } else {
+            tracing::error!(plugin = name, "cannot load: {error}");
+        }
+        if let Some(f) = fingerprint {
+            self.failed.insert(name.to_string(), f);
+        }
+        self.catalog.failed(name, error);
+        self.runtime
+            .metrics()
+            .plugin_loads
+            .with_label_values(&[name, "failed"])
+            .inc();
+    }
+
+    fn start(&mut self, name: String, prepared: Arc<Prepared>, fingerprint: Fingerprint) {
+        tracing::info!(
+            "{} -> {name} (group {}{name})",
+            self.kafka.topic.0,
+            self.kafka.group_prefix
+        );
+        let live = Arc::new(LivePlugin::new(prepared));
+        let stop = Shutdown::new();
+        let thread = {
+            let (kafka, live, stop) = (self.kafka.clone(), live.clone(), stop.clone());
+            let host_shutdown = self.host_shutdown.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-poll"))
+                .spawn(move || {
+                    let result = crate::source::kafka::consume(&kafka, live, &stop);
+                    if result.is_err() {
+                        // A consumer that cannot go on stops the host.
+                        host_shutdown.request();
+                    }
+                    result
+                })
+                .expect("cannot start a consumer thread")
+        };
+        self.running.insert(
+            name,
+            Running {
+                live,
+                fingerprint,
+                stop,
+                thread,
+            },
+        );
+    }
+
+    /// Drains and stops one plugin: its batches finish and it commits.
+    fn stop(&mut self, name: &str) {
+        if let Some(running) = self.running.remove(name) {
+            tracing::info!(plugin = name, "removed from the folder; draining");
+            running.stop.request();
+            join(name, running.thread);
+            self.catalog.stopped(name);
+            tracing::info!(plugin = name, "stopped");
+        }
+    }
+
+    /// Stops every plugin; returns the first consumer error.
+    pub fn stop_all(&mut self) -> Result<()> {
+        for running in self.running.values() {
+            running.stop.request();
+        }
+        let mut result = Ok(());
+        for (name, running) in std::mem::take(&mut self.running) {
+            if let Err(e) = running.thread.join().expect("a consumer thread panicked") {
+                tracing::error!(plugin = name, "consumer failed: {e:#}");
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+fn join(name: &str, thread: JoinHandle<Result<()>>) {
+    match thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(plugin = name, "consumer failed: {e:#}"),
+        Err(_) => tracing::error!(plugin = name, "consumer thread panicked"),
+    }
+}
+
+/// Compiles and checks a version, and proves that an instance of it
+/// initialises with its config, before anything is swapped.
+pub fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Prepared> {
+    let prepared = runtime.prepare(spec)?;
+    prepared.instantiate()?;
+    Ok(prepared)
+}
+
+/// Watches `dir` and sends a unit on `changed` after each burst of changes
+/// to it, once it has been quiet for [`DEBOUNCE`]. The watcher lives as
+/// long as the returned value.
+pub fn watch(dir: &Path, changed: Sender<()>) -> Result<notify::RecommendedWatcher> {
+    let (events_tx, events) = std::sync::mpsc::channel::<notify::Event>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let _ = events_tx.send(event);
+        }
+    })
+    .context("cannot start watching the plugins folder")?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch the plugins folder {}", dir.display()))?;
+    std::thread::Builder::new()
+        .name("plugboard-watch".into())
+        .spawn(move || debounce(events, changed))?;
+    Ok(watcher)
+}
+
+/// Only events that mean "the content may have changed": the host's own
+/// reads of the files raise open/close-read events, which must not loop.
+fn relevant(event: &notify::Event) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Modify(ModifyKind::Data(_))
+            | EventKind::Remove(_)
+    )
+}
+
+fn debounce(events: Receiver<notify::Event>, changed: Sender<()>) {
+    loop {
+        // Wait for the first relevant event of a burst...
+        match events.recv() {
+            Ok(event) if relevant(&event) => {}
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+        // ...then for quiet.
+        loop {
+            match events.recv_timeout(DEBOUNCE) {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        if changed.send(()).is_err() {
+            return;
+        }
+    }
+}
