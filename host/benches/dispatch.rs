@@ -82,9 +82,9 @@ fn bench(c: &mut Criterion) {
         config: Default::default(),
     };
     let prepared = Arc::new(runtime.prepare(spec).unwrap());
-    let mut dispatcher = Dispatcher::new(prepared.clone(), prepared.instantiate().unwrap());
+    let mut dispatcher = Dispatcher::new(prepared.clone(), prepared.instantiate(Some(0)).unwrap());
     let never = plugboard::shutdown::Shutdown::new();
-    let mut instance = prepared.instantiate().unwrap();
+    let mut instance = prepared.instantiate(Some(0)).unwrap();
     let all = events(1000);
 
     let mut group = c.benchmark_group("dispatch");

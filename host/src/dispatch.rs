@@ -244,9 +244,20 @@ impl Dispatcher {
         outcomes
     }
 
+    /// Makes the instance now rather than at the first delivery, so it
+    /// can report its state (gauges) before any event arrives.
+    pub fn warm(&mut self) {
+        if let Err(e) = self.instance() {
+            tracing::warn!(
+                plugin = &*self.prepared.name,
+                "{e}; retried at the first event"
+            );
+        }
+    }
+
     fn instance(&mut self) -> Result<&mut Instance, CallError> {
         if self.instance.is_none() {
-            self.instance = Some(self.prepared.instantiate_in(self.slot)?);
+            self.instance = Some(self.prepared.instantiate(Some(self.slot))?);
         }
         Ok(self.instance.as_mut().expect("just set"))
     }

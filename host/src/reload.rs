@@ -260,7 +260,7 @@ fn join(name: &str, thread: JoinHandle<Result<()>>) {
 /// initialises with its config, before anything is swapped.
 pub fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Prepared> {
     let prepared = runtime.prepare(spec)?;
-    prepared.instantiate()?;
+    prepared.instantiate(None)?;
     Ok(prepared)
 }
 

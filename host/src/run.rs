@@ -42,9 +42,10 @@ pub fn default_dead_letter(events: &Path) -> PathBuf {
 }
 
 /// Builds the runtime for `config`: one engine, with the compiled-component
-/// cache in the host's data folder.
+/// cache and the plugins' state in the host's data folder.
 pub fn runtime_for(config: &HostConfig, metrics: Arc<Metrics>) -> Result<Runtime> {
-    Runtime::new(Some(&config.data_dir.join("component-cache")), metrics)
+    let state = crate::runtime::kv::StateDb::open(&config.data_dir.join("state.sqlite"))?;
+    Ok(Runtime::new(Some(&config.cache_dir), metrics)?.with_state(state))
 }
 
 /// Runs every plugin over the events file to its end.
@@ -114,7 +115,7 @@ fn load(
     for spec in specs {
         let name = spec.name.clone();
         let loaded = runtime.prepare(spec).and_then(|p| {
-            let instance = p.instantiate()?;
+            let instance = p.instantiate(Some(0))?;
             Ok((p, instance))
         });
         match loaded {

@@ -23,9 +23,11 @@ pub struct HostConfig {
     pub file: PathBuf,
     /// Where plugins are dropped in: `<name>.wasm` plus `<name>.toml`.
     pub plugins_dir: PathBuf,
-    /// Where the host keeps what must outlive a run (the compiled-component
-    /// cache); created on start.
+    /// Where the host keeps what must outlive a run (plugin state); created
+    /// on start.
     pub data_dir: PathBuf,
+    /// The compiled-component cache; hosts on one machine may share it.
+    pub cache_dir: PathBuf,
     /// Budgets every plugin gets unless its manifest says otherwise.
     pub limits: LimitsFile,
     /// The Kafka source, if configured; `run` without `--events` needs it.
@@ -109,6 +111,10 @@ struct HostFile {
     /// The host's state folder; default `.plugboard` beside the config file.
     #[serde(default)]
     data_dir: Option<Text>,
+    /// The compiled-component cache; default `component-cache` in the data
+    /// folder.
+    #[serde(default)]
+    cache_dir: Option<Text>,
     /// Default budgets for all plugins.
     #[serde(default)]
     limits: LimitsFile,
@@ -157,10 +163,15 @@ impl HostConfig {
             Some(dir) => resolve(base, &dir.0),
             None => base.join(".plugboard"),
         };
+        let cache_dir = match raw.cache_dir {
+            Some(dir) => resolve(base, &dir.0),
+            None => data_dir.join("component-cache"),
+        };
         Ok(HostConfig {
             file: file.to_path_buf(),
             plugins_dir: resolve(base, &raw.plugins_dir.0),
             data_dir,
+            cache_dir,
             limits: raw.limits,
             kafka: raw.kafka,
             admin_addr: match raw.admin_addr {

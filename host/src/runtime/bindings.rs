@@ -4,6 +4,9 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugboard:plugin/plugin",
+    with: {
+        "wasi:keyvalue/store.bucket": super::kv::Bucket,
+    },
 });
 
 pub use self::plugboard::plugin::types as wit;

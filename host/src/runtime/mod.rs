@@ -10,6 +10,7 @@
 pub mod bindings;
 pub mod convert;
 mod egress;
+pub mod kv;
 mod output;
 mod state;
 
@@ -27,6 +28,9 @@ use bindings::{BatchOutcome, Plugin, PluginPre, wit};
 use egress::Egress;
 use output::GuestOutput;
 pub use state::PluginState;
+
+/// The gauge share of an instance made only to check a version.
+const PROBE_SLOT: i32 = -1;
 
 /// How often the epoch ticks; deadlines are whole ticks, so a call runs at
 /// most its timeout plus one tick past it.
@@ -49,6 +53,10 @@ pub enum CallError {
     /// The plugin returned an outcome that breaks the contract.
     #[error("plugin broke the handler contract: {0}")]
     Contract(String),
+    /// What the call wrote to its state could not be saved; the call's
+    /// outcome is void and the batch is delivered again.
+    #[error("plugin state could not be saved: {0}")]
+    State(String),
 }
 
 /// The process-wide engine and linker. Cheap to clone.
@@ -57,6 +65,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<PluginState>>,
     metrics: Arc<Metrics>,
+    /// Where plugins' `wasi:keyvalue` state lives; none: they have none.
+    state: Option<Arc<kv::StateDb>>,
 }
 
 impl Runtime {
@@ -85,7 +95,14 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             metrics,
+            state: None,
         })
+    }
+
+    /// Keeps plugins' state in `db`.
+    pub fn with_state(mut self, db: Arc<kv::StateDb>) -> Self {
+        self.state = Some(db);
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -146,6 +163,7 @@ impl Runtime {
             pre,
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
+            state: self.state.clone(),
             handled: Arc::default(),
         })
     }
@@ -180,6 +198,7 @@ pub struct Prepared {
     pre: PluginPre<PluginState>,
     engine: Engine,
     metrics: Arc<Metrics>,
+    state: Option<Arc<kv::StateDb>>,
     /// Events this version handled, for `/plugins` during a rollout.
     pub handled: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -190,15 +209,19 @@ impl Prepared {
     }
 
     /// Makes a fresh sandboxed instance and runs `init` with the manifest's
-    /// config.
-    pub fn instantiate(&self) -> Result<Instance, CallError> {
-        self.instantiate_in(0)
+    /// config. The instance serves `partition` (it gets the number as
+    /// `plugboard.partition`, and its gauges are that partition's share of
+    /// the plugin's gauges, which the host sums); `None` makes one only to
+    /// check that the version initialises, whose gauges are dropped.
+    pub fn instantiate(&self, partition: Option<i32>) -> Result<Instance, CallError> {
+        let instance = self.instantiate_in(partition.unwrap_or(PROBE_SLOT), partition);
+        if partition.is_none() {
+            self.metrics.forget_gauge_slot(&self.name, PROBE_SLOT);
+        }
+        instance
     }
 
-    /// Like [`Prepared::instantiate`], for the instance that serves `slot`
-    /// (the Kafka partition): its gauges are that slot's share of the
-    /// plugin's gauges, which the host sums.
-    pub fn instantiate_in(&self, slot: i32) -> Result<Instance, CallError> {
+    fn instantiate_in(&self, slot: i32, partition: Option<i32>) -> Result<Instance, CallError> {
         let spec = &self.spec;
         let output = GuestOutput::new(self.name.clone());
         let mut wasi = WasiCtxBuilder::new();
@@ -233,6 +256,7 @@ impl Prepared {
             },
             metrics: self.metrics.clone(),
             slot,
+            kv: kv::KvState::new(self.state.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -243,16 +267,23 @@ impl Prepared {
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, timeout, &output))?;
-        let config: Vec<(String, String)> = spec
+        let mut config: Vec<(String, String)> = spec
             .config
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if let Some(p) = partition {
+            config.push(("plugboard.partition".into(), p.to_string()));
+        }
         plugin
             .plugboard_plugin_handler()
             .call_init(&mut store, &config)
             .map_err(|e| classify(e, timeout, &output))?
             .map_err(CallError::Init)?;
+        let data = store.data_mut();
+        data.kv
+            .commit(&data.plugin)
+            .map_err(|e| CallError::State(format!("{e:#}")))?;
         Ok(Instance {
             store,
             plugin,
@@ -280,11 +311,21 @@ impl Instance {
         self.store.set_epoch_deadline(self.ticks);
         // Only what this call prints may explain its trap.
         self.output.take_tail();
-        let outcome = self
+        let outcome = match self
             .plugin
             .plugboard_plugin_handler()
             .call_handle(&mut self.store, batch)
-            .map_err(|e| classify(e, self.timeout, &self.output))?;
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.store.data_mut().kv.discard();
+                return Err(classify(e, self.timeout, &self.output));
+            }
+        };
+        let data = self.store.data_mut();
+        data.kv
+            .commit(&data.plugin)
+            .map_err(|e| CallError::State(format!("{e:#}")))?;
         let handled = outcome.handled as usize;
         if handled > batch.len() {
             return Err(CallError::Contract(format!(

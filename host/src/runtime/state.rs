@@ -25,6 +25,8 @@ pub struct PluginState {
     pub(super) metrics: Arc<Metrics>,
     /// The share of the plugin's gauges this instance sets: its partition.
     pub(super) slot: i32,
+    /// `wasi:keyvalue` state, with this call's writes pending.
+    pub(super) kv: super::kv::KvState,
 }
 
 impl WasiView for PluginState {

@@ -54,12 +54,13 @@ impl Setup {
         std::fs::create_dir_all(&plugins).unwrap();
         let config = dir.path().join("plugboard.toml");
         // The compiled-component cache is shared by all tests, so each
-        // component is compiled once per test run, not once per test.
-        let cache = target_dir().join("test-state");
+        // component is compiled once per test run, not once per test; plugin
+        // state stays in the test's own data folder.
+        let cache = target_dir().join("test-state/component-cache");
         std::fs::write(
             &config,
             format!(
-                "plugins_dir = \"plugins\"\ndata_dir = \"{}\"\n",
+                "plugins_dir = \"plugins\"\ncache_dir = \"{}\"\n",
                 cache.display()
             ),
         )

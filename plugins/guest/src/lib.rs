@@ -21,12 +21,16 @@ wit_bindgen::generate!({
     pub_export_macro: true,
     export_macro_name: "export_plugin",
     default_bindings_module: "plugboard_guest",
+    generate_all,
 });
 
 pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
 pub use plugboard::plugin::log::{self, Level};
 pub use plugboard::plugin::metrics;
 pub use plugboard::plugin::types::*;
+/// Durable state the host keeps for this plugin (`wasi:keyvalue`): what a
+/// call writes is saved when it returns and dropped if it traps.
+pub use wasi::keyvalue::{atomics, batch, store};
 
 impl BookingState {
     /// The lowercase name used in CRM fields, metric labels and columns.

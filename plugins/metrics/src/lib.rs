@@ -8,16 +8,24 @@
 //! - `booking_minutes_to_pay`: minutes from created to paid, once per booking.
 //!
 //! Replay-safe: the latest version per booking decides (an older version
-//! arriving late changes nothing) and events are counted once per event id,
-//! so duplicates and out-of-order delivery do not skew anything. The state
-//! is kept in memory, so a restarted host rebuilds it from the events it
-//! reads.
+//! arriving late changes nothing) and each version of a booking is counted
+//! once, so duplicates and out-of-order delivery do not skew anything.
+//!
+//! State is durable, in the host's key-value store: one record per booking
+//! (bucket `bookings`) and the totals of each partition (bucket `totals`),
+//! written with the batch that changed them. So after a restart the gauges
+//! are right at the first event, without replaying the topic. A partition's
+//! events all go to one instance, which reports that partition's share of
+//! each gauge; the host adds the shares up.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use plugboard_guest::metrics::{self as m, Label};
-use plugboard_guest::{BatchOutcome, BookingState, Event, Guest};
+use plugboard_guest::store::{self, Bucket};
+use plugboard_guest::{BatchOutcome, BookingState, Event, Guest, RetryInfo};
+use serde::{Deserialize, Serialize};
 
 const STATES: [BookingState; 6] = [
     BookingState::Created,
@@ -28,37 +36,55 @@ const STATES: [BookingState; 6] = [
     BookingState::Refunded,
 ];
 
-fn earns(s: BookingState) -> bool {
-    matches!(
-        s,
-        BookingState::Paid | BookingState::Upcoming | BookingState::Finalized
-    )
+fn earns(state: &str) -> bool {
+    matches!(state, "paid" | "upcoming" | "finalized")
 }
 
-/// The latest known version of one booking.
-struct Latest {
-    version: u64,
-    state: BookingState,
-    /// (currency, amount in minor units)
-    price: Option<(String, i64)>,
-}
+/// The latest version of a booking: number, state, and price (currency,
+/// minor units).
+type Latest = (u64, String, Option<(String, i64)>);
 
-#[derive(Default)]
+/// What is kept of one booking.
+#[derive(Default, Serialize, Deserialize)]
 struct Booking {
     latest: Option<Latest>,
     created_at: Option<i64>,
     paid_at: Option<i64>,
     observed_time_to_pay: bool,
+    /// Versions already counted, so a redelivery is not counted again.
+    seen: Vec<u64>,
 }
 
-#[derive(Default)]
-struct State {
-    bookings: HashMap<String, Booking>,
-    seen_events: HashSet<String>,
+/// A partition's share of the gauges.
+#[derive(Default, Serialize, Deserialize)]
+struct Totals {
+    by_state: BTreeMap<String, i64>,
+    /// Every currency ever seen keeps a series, so one whose bookings were
+    /// all refunded drops to 0 instead of keeping a stale value.
+    revenue: BTreeMap<String, i64>,
+}
+
+impl Totals {
+    fn add(&mut self, latest: &Latest, sign: i64) {
+        *self.by_state.entry(latest.1.clone()).or_default() += sign;
+        if let Some((currency, amount)) = &latest.2 {
+            let total = self.revenue.entry(currency.clone()).or_default();
+            if earns(&latest.1) {
+                *total += sign * amount;
+            }
+        }
+    }
+}
+
+struct Buckets {
+    bookings: Bucket,
+    totals: Bucket,
 }
 
 thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State::default());
+    static BUCKETS: RefCell<Option<Buckets>> = const { RefCell::new(None) };
+    /// Totals of the partitions this instance has seen, loaded once.
+    static TOTALS: RefCell<HashMap<i32, Totals>> = RefCell::new(HashMap::new());
 }
 
 fn label(name: &str, value: &str) -> Vec<Label> {
@@ -68,10 +94,32 @@ fn label(name: &str, value: &str) -> Vec<Label> {
     }]
 }
 
+fn get<T: for<'de> Deserialize<'de> + Default>(bucket: &Bucket, key: &str) -> Result<T, String> {
+    match bucket.get(key).map_err(|e| format!("reading {key}: {e}"))? {
+        None => Ok(T::default()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("reading {key}: {e}")),
+    }
+}
+
+fn set<T: Serialize>(bucket: &Bucket, key: &str, value: &T) -> Result<(), String> {
+    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    bucket
+        .set(key, &bytes)
+        .map_err(|e| format!("saving {key}: {e}"))
+}
+
 struct Metrics;
 
 impl Guest for Metrics {
-    fn init(_config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        let open = |name: &str| {
+            store::open(name).map_err(|e| format!("cannot open state bucket {name}: {e}"))
+        };
+        let buckets = Buckets {
+            bookings: open("bookings")?,
+            totals: open("totals")?,
+        };
+        BUCKETS.with(|b| *b.borrow_mut() = Some(buckets));
         m::describe(
             "bookings_current",
             "Bookings whose latest version is in this state",
@@ -92,34 +140,75 @@ impl Guest for Metrics {
             "Minutes from a booking's creation to its payment",
             &[1.0, 5.0, 15.0, 60.0, 240.0, 1440.0, 10080.0],
         );
+        // The partition this instance serves: report its totals now, so the
+        // gauges are right after a restart even before new events come.
+        let partition = config
+            .iter()
+            .find(|(k, _)| k == "plugboard.partition")
+            .and_then(|(_, v)| v.parse::<i32>().ok());
+        if let Some(partition) = partition {
+            BUCKETS.with(|b| {
+                let buckets = b.borrow();
+                let buckets = buckets.as_ref().expect("just opened");
+                let totals: Totals = get(&buckets.totals, &partition.to_string())?;
+                TOTALS.with(|t| {
+                    let mut t = t.borrow_mut();
+                    t.insert(partition, totals);
+                    publish(&t);
+                });
+                Ok::<(), String>(())
+            })?;
+        }
         Ok(())
     }
 
     fn handle(batch: Vec<Event>) -> BatchOutcome {
-        STATE.with(|state| {
-            let mut state = state.borrow_mut();
-            for event in &batch {
-                state.apply(event);
-            }
-            state.publish();
+        let result = BUCKETS.with(|b| {
+            let buckets = b.borrow();
+            let buckets = buckets.as_ref().expect("init opened the buckets");
+            TOTALS.with(|t| apply(buckets, &mut t.borrow_mut(), &batch))
         });
-        BatchOutcome::all(&batch)
+        match result {
+            Ok(()) => BatchOutcome::all(&batch),
+            // The host saves nothing of a call that does not finish, but
+            // this one returns: say the state could not be read or written.
+            Err(reason) => BatchOutcome {
+                handled: 0,
+                failure: Some(plugboard_guest::Failure::Retry(RetryInfo {
+                    reason,
+                    after_ms: None,
+                })),
+            },
+        }
     }
 }
 
-impl State {
-    fn apply(&mut self, event: &Event) {
-        let b = &event.booking;
-        if !self.seen_events.insert(b.event_id.clone()) {
-            return; // a duplicate delivery
+fn apply(
+    buckets: &Buckets,
+    totals: &mut HashMap<i32, Totals>,
+    batch: &[Event],
+) -> Result<(), String> {
+    let mut touched = Vec::new();
+    for event in batch {
+        let partition = event.envelope.partition;
+        let share = match totals.entry(partition) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(get(&buckets.totals, &partition.to_string())?),
+        };
+        if !touched.contains(&partition) {
+            touched.push(partition);
         }
+        let b = &event.booking;
+        let mut booking: Booking = get(&buckets.bookings, &b.booking_id)?;
+        if booking.seen.contains(&b.version) {
+            continue; // a duplicate delivery
+        }
+        booking.seen.push(b.version);
         m::counter_add(
             "booking_events_total",
             &label("state", b.state.as_str()),
             1.0,
         );
-
-        let booking = self.bookings.entry(b.booking_id.clone()).or_default();
         let at = b.occurred_at.map(|t| t.seconds);
         match b.state {
             BookingState::Created => booking.created_at = booking.created_at.or(at),
@@ -145,48 +234,51 @@ impl State {
                 (paid - created).max(0) as f64 / 60.0,
             );
         }
-        if booking
-            .latest
-            .as_ref()
-            .is_none_or(|l| b.version > l.version)
-        {
-            booking.latest = Some(Latest {
-                version: b.version,
-                state: b.state,
-                price: b
-                    .price
+        if booking.latest.as_ref().is_none_or(|l| b.version > l.0) {
+            if let Some(old) = &booking.latest {
+                share.add(old, -1);
+            }
+            let latest = (
+                b.version,
+                b.state.as_str().to_string(),
+                b.price
                     .as_ref()
                     .map(|p| (p.currency_code.clone(), p.amount_minor)),
-            });
+            );
+            share.add(&latest, 1);
+            booking.latest = Some(latest);
+        }
+        set(&buckets.bookings, &b.booking_id, &booking)?;
+    }
+    for partition in touched {
+        set(&buckets.totals, &partition.to_string(), &totals[&partition])?;
+    }
+    publish(totals);
+    Ok(())
+}
+
+/// Sets every gauge from this instance's totals, so a gauge is always the
+/// truth and never drifts by a missed increment.
+fn publish(totals: &HashMap<i32, Totals>) {
+    let mut by_state: BTreeMap<&str, i64> = STATES.iter().map(|s| (s.as_str(), 0)).collect();
+    let mut revenue: BTreeMap<&str, i64> = BTreeMap::new();
+    for share in totals.values() {
+        for (state, n) in &share.by_state {
+            *by_state.entry(state.as_str()).or_default() += n;
+        }
+        for (currency, amount) in &share.revenue {
+            *revenue.entry(currency.as_str()).or_default() += amount;
         }
     }
-
-    /// Sets every gauge from the full state, so a gauge is always the truth
-    /// and never drifts by a missed increment.
-    fn publish(&self) {
-        let mut by_state: BTreeMap<&str, u64> = STATES.iter().map(|s| (s.as_str(), 0)).collect();
-        let mut revenue: BTreeMap<&str, i64> = BTreeMap::new();
-        for latest in self.bookings.values().filter_map(|b| b.latest.as_ref()) {
-            *by_state.entry(latest.state.as_str()).or_default() += 1;
-            // Every currency ever seen gets a series, so one whose bookings
-            // were all refunded drops to 0 instead of keeping a stale value.
-            if let Some((currency, amount)) = &latest.price {
-                let total = revenue.entry(currency.as_str()).or_default();
-                if earns(latest.state) {
-                    *total += amount;
-                }
-            }
-        }
-        for (state, count) in by_state {
-            m::gauge_set("bookings_current", &label("state", state), count as f64);
-        }
-        for (currency, amount) in revenue {
-            m::gauge_set(
-                "bookings_revenue_minor",
-                &label("currency", currency),
-                amount as f64,
-            );
-        }
+    for (state, count) in by_state {
+        m::gauge_set("bookings_current", &label("state", state), count as f64);
+    }
+    for (currency, amount) in revenue {
+        m::gauge_set(
+            "bookings_revenue_minor",
+            &label("currency", currency),
+            amount as f64,
+        );
     }
 }
 

@@ -66,11 +66,7 @@ impl Partitions {
     pub fn route(&self, consumer: &GroupConsumer, message: OwnedMessage) {
         let partition = message.partition();
         let mut owned = self.owned.lock().expect("partitions lock");
-        let entry = owned.entry(partition).or_insert_with(|| Owned {
-            worker: Worker::spawn(self.setup.clone(), partition),
-            held: VecDeque::new(),
-            paused: false,
-        });
+        let entry = self.own(&mut owned, partition);
         if entry.held.is_empty() && entry.worker.queued() < self.capacity {
             entry.worker.send(message);
             return;
@@ -79,6 +75,15 @@ impl Partitions {
         if !entry.paused {
             entry.paused = self.pause(consumer, partition, true);
         }
+    }
+
+    /// The entry of `partition`, with a worker started if it had none.
+    fn own<'a>(&self, owned: &'a mut BTreeMap<i32, Owned>, partition: i32) -> &'a mut Owned {
+        owned.entry(partition).or_insert_with(|| Owned {
+            worker: Worker::spawn(self.setup.clone(), partition),
+            held: VecDeque::new(),
+            paused: false,
+        })
     }
 
     /// Moves held messages on to workers that have room again, and resumes
@@ -213,6 +218,17 @@ impl Partitions {
 impl ClientContext for Partitions {}
 
 impl ConsumerContext for Partitions {
+    /// Starts a worker for every partition assigned, so each plugin
+    /// instance reports its partition's state even before new events come.
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let mut owned = self.owned.lock().expect("partitions lock");
+            for element in list.elements() {
+                self.own(&mut owned, element.partition());
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();

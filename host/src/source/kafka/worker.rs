@@ -109,6 +109,7 @@ fn run(
         settled,
     } = setup;
     let mut dispatcher = Dispatcher::lazy(live.current(), partition);
+    dispatcher.warm();
     let mut batch = Vec::new();
     while !stop.is_requested() {
         // A reload swaps the version between batches, never within one.
