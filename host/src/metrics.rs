@@ -91,6 +91,8 @@ pub struct Metrics {
     pub partition_pauses: IntCounterVec,
     /// Plugin versions loaded or rejected by a (re)load.
     pub plugin_loads: IntCounterVec,
+    /// Plugin log and output lines dropped over the plugin's budget.
+    pub plugin_log_dropped: IntCounterVec,
     families: Mutex<HashMap<String, Family>>,
     /// Each slot's share of every plugin gauge series, keyed by family name
     /// and label values (`plugin` last).
@@ -177,6 +179,12 @@ impl Metrics {
                 &registry,
                 "plugboard_partition_pauses_total",
                 "Times a partition was paused because its plugin was behind",
+                &["plugin"],
+            ),
+            plugin_log_dropped: counter(
+                &registry,
+                "plugboard_plugin_log_dropped_total",
+                "Plugin log and output lines dropped because the plugin wrote more than its budget",
                 &["plugin"],
             ),
             plugin_loads: counter(

@@ -49,6 +49,7 @@ pub struct Limits {
     pub backoff_max: Duration,
     pub memory_limit_bytes: usize,
     pub timeout: Duration,
+    pub log_lines_per_second: u32,
 }
 
 impl Limits {
@@ -60,6 +61,10 @@ impl Limits {
     pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
     pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 256;
     pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+    /// Log and output lines a plugin may write per second (bursts of as
+    /// many); the rest are dropped and counted, so a log flood cannot
+    /// drown the host's log or its disk.
+    pub const DEFAULT_LOG_LINES_PER_SECOND: u64 = 100;
 
     /// Applies `plugin`'s values over `host`'s over the defaults.
     pub fn resolve(host: &LimitsFile, plugin: &LimitsFile) -> Self {
@@ -96,6 +101,12 @@ impl Limits {
                 host.timeout_ms,
                 Self::DEFAULT_TIMEOUT_MS,
             )),
+            log_lines_per_second: pick(
+                plugin.log_lines_per_second,
+                host.log_lines_per_second,
+                Self::DEFAULT_LOG_LINES_PER_SECOND,
+            )
+            .min(u32::MAX as u64) as u32,
         }
     }
 }

@@ -144,6 +144,9 @@ pub struct LimitsFile {
     /// Wall time one `handle` (or `init`) call may take before it is
     /// interrupted.
     pub timeout_ms: Option<u64>,
+    /// Log and output lines a plugin may write per second; more are
+    /// dropped and counted.
+    pub log_lines_per_second: Option<u64>,
 }
 
 impl HostConfig {

@@ -11,6 +11,7 @@ pub mod bindings;
 pub mod convert;
 mod egress;
 pub mod kv;
+mod log_budget;
 mod output;
 mod state;
 
@@ -154,6 +155,11 @@ impl Runtime {
             })?;
         }
         let name: Arc<str> = Arc::from(spec.name.as_str());
+        let log_budget = Arc::new(log_budget::LogBudget::new(
+            name.clone(),
+            spec.limits.log_lines_per_second,
+            self.metrics.clone(),
+        ));
         let allowed: Arc<[String]> = spec.allow_hosts.clone().into();
         Ok(Prepared {
             name,
@@ -164,6 +170,7 @@ impl Runtime {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
+            log_budget,
             handled: Arc::default(),
         })
     }
@@ -199,6 +206,7 @@ pub struct Prepared {
     engine: Engine,
     metrics: Arc<Metrics>,
     state: Option<Arc<kv::StateDb>>,
+    log_budget: Arc<log_budget::LogBudget>,
     /// Events this version handled, for `/plugins` during a rollout.
     pub handled: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -223,7 +231,7 @@ impl Prepared {
 
     fn instantiate_in(&self, slot: i32, partition: Option<i32>) -> Result<Instance, CallError> {
         let spec = &self.spec;
-        let output = GuestOutput::new(self.name.clone());
+        let output = GuestOutput::new(self.name.clone(), self.log_budget.clone());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(output.clone()).stderr(output.clone());
         if let Some(folder) = &spec.folder {
@@ -257,6 +265,7 @@ impl Prepared {
             metrics: self.metrics.clone(),
             slot,
             kv: kv::KvState::new(self.state.clone()),
+            log_budget: self.log_budget.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

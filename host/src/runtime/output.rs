@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use super::log_budget::LogBudget;
+
 /// How many of the latest lines are kept for trap reports.
 const TAIL_LINES: usize = 4;
 /// A line longer than this is cut, so a plugin cannot grow host memory.
@@ -21,13 +23,15 @@ const MAX_LINE: usize = 2048;
 pub struct GuestOutput {
     plugin: Arc<str>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    budget: Arc<LogBudget>,
 }
 
 impl GuestOutput {
-    pub fn new(plugin: Arc<str>) -> Self {
+    pub fn new(plugin: Arc<str>, budget: Arc<LogBudget>) -> Self {
         GuestOutput {
             plugin,
             tail: Arc::default(),
+            budget,
         }
     }
 
@@ -64,7 +68,10 @@ impl LineWriter {
         if text.is_empty() {
             return;
         }
-        tracing::info!(target: "plugin", plugin = &*self.output.plugin, "output: {text}");
+        // The tail is kept whatever the budget: it explains a trap.
+        if self.output.budget.admit() {
+            tracing::info!(target: "plugin", plugin = &*self.output.plugin, "output: {text}");
+        }
         let mut tail = self.output.tail.lock().expect("output lock");
         if tail.len() == TAIL_LINES {
             tail.pop_front();

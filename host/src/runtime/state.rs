@@ -27,6 +27,7 @@ pub struct PluginState {
     pub(super) slot: i32,
     /// `wasi:keyvalue` state, with this call's writes pending.
     pub(super) kv: super::kv::KvState,
+    pub(super) log_budget: Arc<super::log_budget::LogBudget>,
 }
 
 impl WasiView for PluginState {
@@ -65,6 +66,9 @@ impl log::Host for PluginState {
             .plugin_log_lines
             .with_label_values(&[plugin, level_name])
             .inc();
+        if !self.log_budget.admit() {
+            return;
+        }
         match level {
             log::Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
             log::Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
