@@ -1,5 +1,8 @@
 //! Per-event cost of dispatching into a no-op WASM plugin, against a native
-//! Rust handler given the same batch, for batches of 1, 100 and 1000 events.
+//! Rust handler given the same batch, for batches of 1, 100 and 1000 events;
+//! the cost of the time and memory budgets, measured on a plugin that does
+//! some work per event (formats and logs a line) with the budgets enforced
+//! and not; and the memory one more instance takes.
 //!
 //!     scripts/build-plugins.sh && cargo bench -p plugboard --bench dispatch
 //!
@@ -63,25 +66,64 @@ fn native_copy(batch: &[wit::Event]) -> BatchOutcome {
     }
 }
 
+fn spec(name: &str) -> PluginSpec {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let component = repo.join(format!("target/plugins/{name}.wasm"));
+    assert!(component.exists(), "run scripts/build-plugins.sh first");
+    let mut limits = Limits::resolve(&Default::default(), &Default::default());
+    // The logging plugin writes a line per event: measure the call, not
+    // the log budget's drops.
+    limits.log_lines_per_second = u32::MAX;
+    PluginSpec {
+        name: name.into(),
+        component,
+        manifest: None,
+        allow_hosts: vec![],
+        folder: None,
+        limits,
+        config: Default::default(),
+    }
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Memory one more initialised instance takes, averaged over 200.
+fn memory_per_instance(prepared: &plugboard::runtime::Prepared) {
+    let before = rss();
+    let instances: Vec<_> = (0..200)
+        .map(|_| prepared.instantiate(Some(0)).unwrap())
+        .collect();
+    let after = rss();
+    println!(
+        "memory per {} instance: {:.0} KiB (200 instances, resident set)",
+        prepared.name,
+        (after.saturating_sub(before)) as f64 / 200.0 / 1024.0
+    );
+    drop(instances);
+}
+
 fn bench(c: &mut Criterion) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let component = repo.join("target/plugins/noop.wasm");
-    assert!(component.exists(), "run scripts/build-plugins.sh first");
     let runtime = Runtime::new(
         Some(&repo.join("target/bench-state")),
         Arc::new(Metrics::new()),
     )
     .unwrap();
-    let spec = PluginSpec {
-        name: "noop".into(),
-        component,
-        manifest: None,
-        allow_hosts: vec![],
-        folder: None,
-        limits: Limits::resolve(&Default::default(), &Default::default()),
-        config: Default::default(),
-    };
-    let prepared = Arc::new(runtime.prepare(spec).unwrap());
+    let prepared = Arc::new(runtime.prepare(spec("noop")).unwrap());
+    let unbudgeted = Runtime::without_budgets(Arc::new(Metrics::new())).unwrap();
+    let worker = runtime.prepare(spec("faulty")).unwrap();
+    let worker_unbudgeted = unbudgeted.prepare(spec("faulty")).unwrap();
+    memory_per_instance(&prepared);
+    memory_per_instance(&worker);
     let mut dispatcher = Dispatcher::new(prepared.clone(), prepared.instantiate(Some(0)).unwrap());
     let never = plugboard::shutdown::Shutdown::new();
     let mut instance = prepared.instantiate(Some(0)).unwrap();
@@ -92,6 +134,19 @@ fn bench(c: &mut Criterion) {
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
+    let mut budgeted = worker.instantiate(Some(0)).unwrap();
+    let mut free = worker_unbudgeted.instantiate(Some(0)).unwrap();
+    group.throughput(Throughput::Elements(100));
+    group.bench_with_input(
+        BenchmarkId::new("wasm-logging/budgets-enforced", 100),
+        &all[..100],
+        |b, batch| b.iter(|| budgeted.handle(black_box(batch)).unwrap()),
+    );
+    group.bench_with_input(
+        BenchmarkId::new("wasm-logging/no-budgets", 100),
+        &all[..100],
+        |b, batch| b.iter(|| free.handle(black_box(batch)).unwrap()),
+    );
     for size in [1usize, 100, 1000] {
         let batch = &all[..size];
         group.throughput(Throughput::Elements(size as u64));

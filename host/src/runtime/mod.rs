@@ -68,6 +68,9 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     /// Where plugins' `wasi:keyvalue` state lives; none: they have none.
     state: Option<Arc<kv::StateDb>>,
+    /// Whether time and memory budgets are enforced (always, but in the
+    /// benchmark that measures their cost).
+    budgets: bool,
 }
 
 impl Runtime {
@@ -75,8 +78,19 @@ impl Runtime {
     /// given, wasmtime's compiled-code cache there (a warm hit loads in
     /// about a millisecond instead of compiling for seconds).
     pub fn new(cache_dir: Option<&Path>, metrics: Arc<Metrics>) -> Result<Self> {
+        Self::build(cache_dir, metrics, true)
+    }
+
+    /// A runtime that enforces no time or memory budget, only to measure
+    /// what the budgets cost (`cargo bench --bench dispatch`). Plugins are
+    /// never run on it.
+    pub fn without_budgets(metrics: Arc<Metrics>) -> Result<Self> {
+        Self::build(None, metrics, false)
+    }
+
+    fn build(cache_dir: Option<&Path>, metrics: Arc<Metrics>, budgets: bool) -> Result<Self> {
         let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
+        config.epoch_interruption(budgets);
         config.wasm_component_model(true);
         if let Some(dir) = cache_dir {
             std::fs::create_dir_all(dir)
@@ -97,6 +111,7 @@ impl Runtime {
             linker: Arc::new(linker),
             metrics,
             state: None,
+            budgets,
         })
     }
 
@@ -170,6 +185,7 @@ impl Runtime {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
+            budgets: self.budgets,
             log_budget,
             handled: Arc::default(),
         })
@@ -206,6 +222,7 @@ pub struct Prepared {
     engine: Engine,
     metrics: Arc<Metrics>,
     state: Option<Arc<kv::StateDb>>,
+    budgets: bool,
     log_budget: Arc<log_budget::LogBudget>,
     /// Events this version handled, for `/plugins` during a rollout.
     pub handled: Arc<std::sync::atomic::AtomicU64>,
@@ -268,7 +285,9 @@ impl Prepared {
             log_budget: self.log_budget.clone(),
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        if self.budgets {
+            store.limiter(|s| &mut s.limits);
+        }
         let timeout = spec.limits.timeout;
         let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
