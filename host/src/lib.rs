@@ -28,6 +28,8 @@
 //!   plugins to match it; [`catalog`] holds what each serves for `/plugins`.
 //! - [`admin`]: `/plugins`, `/metrics`, `/healthz` and `/readyz` over HTTP.
 //! - [`check`]: explains whether a component file is a valid plugin.
+//! - [`replay`]: runs one plugin over an events file and prints what it did,
+//!   with outgoing HTTP captured: the plugin author's loop.
 
 pub mod admin;
 pub mod catalog;
@@ -41,6 +43,7 @@ pub mod generate;
 pub mod metrics;
 pub mod produce;
 pub mod reload;
+pub mod replay;
 pub mod run;
 pub mod runtime;
 pub mod shutdown;

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-pub use manifest::{FolderGrant, Limits, PluginSpec, load_plugins, parse_manifest, scan_plugins};
+pub use manifest::{
+    FolderGrant, Limits, PluginSpec, load_plugins, normalise_origin, parse_manifest, scan_plugins,
+};
 use template::Text;
 
 /// The host's settings, resolved.

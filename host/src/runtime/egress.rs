@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::journal::{EgressMode, Journal};
 use crate::metrics::Metrics;
 
 /// Per-instance egress policy, consulted by wasi-http before every request.
@@ -14,6 +15,9 @@ pub struct Egress {
     /// Normalised origins (`scheme://host:port`); empty grants nothing.
     pub(super) allowed: Arc<[String]>,
     pub(super) metrics: Arc<Metrics>,
+    /// Set by `plugboard replay`: requests are recorded, and answered by a
+    /// stub unless sending is allowed.
+    pub(super) journal: Option<Journal>,
 }
 
 type ResponseFuture = Box<
@@ -48,7 +52,13 @@ impl WasiHttpHooks for Egress {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> ResponseFuture {
         let origin = Self::origin_of(&request);
+        let line = format!("http {} {}", request.method(), request.uri());
         if !self.allowed.contains(&origin) {
+            if let Some(journal) = &self.journal {
+                journal.record(format!(
+                    "{line} -> denied: {origin} is not granted (allow_hosts, or --allow-host)"
+                ));
+            }
             tracing::warn!(
                 plugin = &*self.plugin,
                 %origin,
@@ -61,6 +71,14 @@ impl WasiHttpHooks for Egress {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         _ = fut;
+        if let Some(journal) = self.journal.clone() {
+            match journal.egress.clone() {
+                EgressMode::Capture(stubs) => {
+                    return Box::new(capture(request, line, journal, stubs.answer(&origin)));
+                }
+                EgressMode::Send => journal.record(format!("{line} (sent)")),
+            }
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -70,4 +88,44 @@ impl WasiHttpHooks for Egress {
             ))
         })
     }
+}
+
+/// Records a request with its body and answers it with the stub, sending
+/// nothing.
+async fn capture(
+    request: http::Request<WasiBody>,
+    line: String,
+    journal: Journal,
+    (status, body): (u16, String),
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    use http_body_util::BodyExt;
+    let sent = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    journal.record(format!("{line} -> {status} (stub, not sent)"));
+    if !sent.is_empty() {
+        journal.record(format!("  body: {}", String::from_utf8_lossy(&sent)));
+    }
+    let response = http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|e| Error::InternalError(Some(e.to_string())))?;
+    Ok((
+        response,
+        Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ))
 }

@@ -10,6 +10,7 @@
 pub mod bindings;
 pub mod convert;
 mod egress;
+pub mod journal;
 pub mod kv;
 mod log_budget;
 mod output;
@@ -71,6 +72,8 @@ pub struct Runtime {
     /// Whether time and memory budgets are enforced (always, but in the
     /// benchmark that measures their cost).
     budgets: bool,
+    /// Set by `plugboard replay`: record what plugins do, capture egress.
+    journal: Option<journal::Journal>,
 }
 
 impl Runtime {
@@ -112,7 +115,14 @@ impl Runtime {
             metrics,
             state: None,
             budgets,
+            journal: None,
         })
+    }
+
+    /// Records what plugins do in `journal` (for `plugboard replay`).
+    pub fn with_journal(mut self, journal: journal::Journal) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Keeps plugins' state in `db`.
@@ -186,6 +196,7 @@ impl Runtime {
             metrics: self.metrics.clone(),
             state: self.state.clone(),
             budgets: self.budgets,
+            journal: self.journal.clone(),
             log_budget,
             handled: Arc::default(),
         })
@@ -223,6 +234,7 @@ pub struct Prepared {
     metrics: Arc<Metrics>,
     state: Option<Arc<kv::StateDb>>,
     budgets: bool,
+    journal: Option<journal::Journal>,
     log_budget: Arc<log_budget::LogBudget>,
     /// Events this version handled, for `/plugins` during a rollout.
     pub handled: Arc<std::sync::atomic::AtomicU64>,
@@ -248,7 +260,11 @@ impl Prepared {
 
     fn instantiate_in(&self, slot: i32, partition: Option<i32>) -> Result<Instance, CallError> {
         let spec = &self.spec;
-        let output = GuestOutput::new(self.name.clone(), self.log_budget.clone());
+        let output = GuestOutput::new(
+            self.name.clone(),
+            self.log_budget.clone(),
+            self.journal.clone(),
+        );
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(output.clone()).stderr(output.clone());
         if let Some(folder) = &spec.folder {
@@ -278,11 +294,13 @@ impl Prepared {
                 plugin: self.name.clone(),
                 allowed: self.allowed.clone(),
                 metrics: self.metrics.clone(),
+                journal: self.journal.clone(),
             },
             metrics: self.metrics.clone(),
             slot,
             kv: kv::KvState::new(self.state.clone()),
             log_budget: self.log_budget.clone(),
+            journal: self.journal.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         if self.budgets {

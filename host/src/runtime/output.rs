@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use super::journal::Journal;
 use super::log_budget::LogBudget;
 
 /// How many of the latest lines are kept for trap reports.
@@ -24,14 +25,16 @@ pub struct GuestOutput {
     plugin: Arc<str>,
     tail: Arc<Mutex<VecDeque<String>>>,
     budget: Arc<LogBudget>,
+    journal: Option<Journal>,
 }
 
 impl GuestOutput {
-    pub fn new(plugin: Arc<str>, budget: Arc<LogBudget>) -> Self {
+    pub fn new(plugin: Arc<str>, budget: Arc<LogBudget>, journal: Option<Journal>) -> Self {
         GuestOutput {
             plugin,
             tail: Arc::default(),
             budget,
+            journal,
         }
     }
 
@@ -69,7 +72,9 @@ impl LineWriter {
             return;
         }
         // The tail is kept whatever the budget: it explains a trap.
-        if self.output.budget.admit() {
+        if let Some(journal) = &self.output.journal {
+            journal.record(format!("output: {text}"));
+        } else if self.output.budget.admit() {
             tracing::info!(target: "plugin", plugin = &*self.output.plugin, "output: {text}");
         }
         let mut tail = self.output.tail.lock().expect("output lock");

@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::plugboard::plugin::{log, metrics as wit_metrics, types};
 use super::egress::Egress;
+use super::journal::{Journal, series};
 use crate::metrics::Metrics;
 
 /// Per-instance host state. One per Store; never shared between plugins.
@@ -28,6 +29,8 @@ pub struct PluginState {
     /// `wasi:keyvalue` state, with this call's writes pending.
     pub(super) kv: super::kv::KvState,
     pub(super) log_budget: Arc<super::log_budget::LogBudget>,
+    /// Set by `plugboard replay`: log lines and metrics are recorded there.
+    pub(super) journal: Option<Journal>,
 }
 
 impl WasiView for PluginState {
@@ -66,6 +69,10 @@ impl log::Host for PluginState {
             .plugin_log_lines
             .with_label_values(&[plugin, level_name])
             .inc();
+        if let Some(journal) = &self.journal {
+            journal.record(format!("log {level_name}: {message}"));
+            return;
+        }
         if !self.log_budget.admit() {
             return;
         }
@@ -85,23 +92,35 @@ impl wit_metrics::Host for PluginState {
     }
 
     fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
+        let labels = pairs(labels);
+        if let Some(journal) = &self.journal {
+            journal.record(format!("metric {} += {delta}", series(&name, &labels)));
+        }
         let r = self
             .metrics
-            .plugin_counter_add(&self.plugin, &name, &pairs(labels), delta);
+            .plugin_counter_add(&self.plugin, &name, &labels, delta);
         self.report(r);
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
-        let r =
-            self.metrics
-                .plugin_gauge_set(&self.plugin, self.slot, &name, &pairs(labels), value);
+        let labels = pairs(labels);
+        if let Some(journal) = &self.journal {
+            journal.record(format!("metric {} = {value}", series(&name, &labels)));
+        }
+        let r = self
+            .metrics
+            .plugin_gauge_set(&self.plugin, self.slot, &name, &labels, value);
         self.report(r);
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
+        let labels = pairs(labels);
+        if let Some(journal) = &self.journal {
+            journal.record(format!("metric {} observe {value}", series(&name, &labels)));
+        }
         let r = self
             .metrics
-            .plugin_histogram_observe(&self.plugin, &name, &pairs(labels), value);
+            .plugin_histogram_observe(&self.plugin, &name, &labels, value);
         self.report(r);
     }
 }

@@ -1,0 +1,287 @@
+//! `plugboard replay`: the plugin author's loop. Runs one plugin alone, in
+//! the same runtime as `run`, over an events file, and prints per event what
+//! it answered, what it logged, the metrics it emitted and the requests it
+//! made. Outgoing HTTP is captured (answered by a stub, never sent) unless
+//! sending is allowed; a granted folder is replaced by a fresh temporary
+//! one whose files are listed at the end; state starts empty. The printout
+//! is deterministic, so it can be kept as a golden file and compared with
+//! `--expect` in the plugin's own CI.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use prost::Message;
+
+use crate::config::{LimitsFile, PluginSpec, normalise_origin, parse_manifest};
+use crate::decode;
+use crate::metrics::Metrics;
+use crate::runtime::bindings::Failure;
+use crate::runtime::convert::{self, Envelope};
+use crate::runtime::journal::{EgressMode, Journal, Stubs};
+use crate::runtime::kv::StateDb;
+use crate::runtime::{CallError, Runtime};
+use crate::source::file;
+
+/// What `plugboard replay` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub plugin: PathBuf,
+    pub events: PathBuf,
+    /// Grants, limits and config; default `<plugin>.toml` beside the
+    /// component, if there is one.
+    pub manifest: Option<PathBuf>,
+    /// Config values over the manifest's.
+    pub config: Vec<(String, String)>,
+    /// Origins granted on top of the manifest's.
+    pub allow_hosts: Vec<String>,
+    /// Send requests to granted origins for real instead of stubbing them.
+    pub allow_egress: bool,
+    /// `ORIGIN=STATUS[:BODY]`: the stub's answer for an origin.
+    pub stubs: Vec<String>,
+    /// Compiled-component cache.
+    pub cache_dir: PathBuf,
+}
+
+/// The printout, and where the plugin's files went.
+pub struct Replay {
+    pub text: String,
+    pub folder: Option<PathBuf>,
+    /// Events whose outcome was not ok.
+    pub not_ok: usize,
+}
+
+fn parse_stub(stub: &str) -> Result<(String, (u16, String))> {
+    let (origin, answer) = stub.split_once('=').with_context(|| {
+        format!("--stub `{stub}`: write ORIGIN=STATUS[:BODY], e.g. http://127.0.0.1:8088=503")
+    })?;
+    let (status, body) = answer.split_once(':').unwrap_or((answer, "{}"));
+    let status: u16 = status
+        .parse()
+        .ok()
+        .filter(|s| (100..600).contains(s))
+        .with_context(|| format!("--stub `{stub}`: `{status}` is not an HTTP status"))?;
+    Ok((normalise_origin(origin)?, (status, body.to_string())))
+}
+
+fn spec_for(options: &ReplayOptions) -> Result<PluginSpec> {
+    let name = options
+        .plugin
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .with_context(|| format!("{} has no file name", options.plugin.display()))?
+        .to_string();
+    let beside = options.plugin.with_extension("toml");
+    let manifest = options
+        .manifest
+        .clone()
+        .or_else(|| beside.exists().then_some(beside));
+    let mut spec = parse_manifest(
+        &name,
+        &options.plugin,
+        manifest.as_deref(),
+        &LimitsFile::default(),
+    )?;
+    // The component is the one asked for, whatever the manifest names.
+    spec.component = options.plugin.clone();
+    for (key, value) in &options.config {
+        spec.config.insert(key.clone(), value.clone());
+    }
+    for origin in &options.allow_hosts {
+        spec.allow_hosts.push(normalise_origin(origin)?);
+    }
+    Ok(spec)
+}
+
+/// Runs the replay; the caller prints [`Replay::text`].
+pub fn replay(options: &ReplayOptions) -> Result<Replay> {
+    let mut spec = spec_for(options)?;
+    let scratch = std::env::temp_dir().join(format!(
+        "plugboard-replay-{}-{}",
+        spec.name,
+        std::process::id()
+    ));
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)?;
+    }
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let folder = spec.folder.as_mut().map(|f| {
+        f.host_path = scratch.join("folder");
+        f.host_path.clone()
+    });
+
+    let egress = if options.allow_egress {
+        EgressMode::Send
+    } else {
+        let mut stubs = Stubs::default();
+        for stub in &options.stubs {
+            let (origin, answer) = parse_stub(stub)?;
+            stubs.by_origin.insert(origin, answer);
+        }
+        EgressMode::Capture(Arc::new(stubs))
+    };
+    let journal = Journal::new(egress);
+    let runtime = Runtime::new(Some(&options.cache_dir), Arc::new(Metrics::new()))?
+        .with_state(StateDb::open(&scratch.join("state.sqlite"))?)
+        .with_journal(journal.clone());
+    let prepared = runtime.prepare(spec)?;
+
+    let mut out = String::new();
+    let mut instance = match prepared.instantiate(Some(0)) {
+        Ok(instance) => {
+            writeln!(out, "init: ok")?;
+            instance
+        }
+        Err(e) => {
+            writeln!(out, "init: {e}")?;
+            print_journal(&mut out, &journal);
+            bail!("{}\nthe plugin did not initialise: {e}", out.trim_end());
+        }
+    };
+    print_journal(&mut out, &journal);
+
+    let source = file::source_name(&options.events);
+    let mut not_ok = 0;
+    let mut counts = [0usize; 5];
+    for line in file::read_lines(&options.events)? {
+        let event = match decode::from_json(&line.text) {
+            Ok(event) => event,
+            Err(e) => {
+                writeln!(out, "line {}: not a valid event: {e}", line.number)?;
+                counts[4] += 1;
+                continue;
+            }
+        };
+        let payload = event.encode_to_vec();
+        let envelope = Envelope {
+            source: source.clone(),
+            partition: 0,
+            offset: line.number as i64,
+            key: Some(event.booking_id.clone().into_bytes()),
+            timestamp_ms: None,
+            headers: Vec::new(),
+        };
+        let wit_event = convert::to_wit(&event, envelope, payload);
+        let outcome = match instance.handle(std::slice::from_ref(&wit_event)) {
+            Ok(o) if o.handled == 1 => {
+                counts[0] += 1;
+                "ok".to_string()
+            }
+            Ok(o) => match o.failure {
+                Some(Failure::Retry(info)) => {
+                    counts[1] += 1;
+                    match info.after_ms {
+                        Some(ms) => format!("retry after {ms} ms: {}", info.reason),
+                        None => format!("retry: {}", info.reason),
+                    }
+                }
+                Some(Failure::Reject(reason)) => {
+                    counts[2] += 1;
+                    format!("reject: {reason}")
+                }
+                None => {
+                    counts[2] += 1;
+                    "not handled, and no reason given (breaks the contract)".into()
+                }
+            },
+            Err(e) => {
+                counts[3] += 1;
+                let text = e.to_string();
+                if matches!(e, CallError::Trap(_) | CallError::Timeout(_)) {
+                    instance = prepared
+                        .instantiate(Some(0))
+                        .with_context(|| format!("after: {text}"))?;
+                }
+                text
+            }
+        };
+        if outcome != "ok" {
+            not_ok += 1;
+        }
+        writeln!(
+            out,
+            "line {} {} {} v{} {}: {outcome}",
+            line.number,
+            event.event_id,
+            event.booking_id,
+            event.version,
+            state_name(event.state),
+        )?;
+        print_journal(&mut out, &journal);
+    }
+    writeln!(
+        out,
+        "{} ok, {} retry, {} reject, {} trap or timeout, {} invalid lines",
+        counts[0], counts[1], counts[2], counts[3], counts[4]
+    )?;
+    if let Some(folder) = &folder {
+        writeln!(out, "files written:")?;
+        for (path, size) in list_files(folder)? {
+            writeln!(out, "  {path} ({size} bytes)")?;
+        }
+    }
+    Ok(Replay {
+        text: out,
+        folder,
+        not_ok,
+    })
+}
+
+/// `created`, `paid`, ... as the plugins name states.
+fn state_name(state: i32) -> String {
+    crate::event::BookingState::try_from(state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("BOOKING_STATE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| state.to_string())
+}
+
+fn print_journal(out: &mut String, journal: &Journal) {
+    for line in journal.take() {
+        let _ = writeln!(out, "    {line}");
+    }
+}
+
+/// Every file under `dir`, relative, sorted, with its size.
+fn list_files(dir: &Path) -> Result<Vec<(String, u64)>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap_or(&path);
+                files.push((rel.display().to_string(), entry.metadata()?.len()));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The first difference between a golden printout and this one, if any.
+pub fn compare(expected: &str, got: &str) -> Option<String> {
+    let (e, g): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), got.lines().collect());
+    for i in 0..e.len().max(g.len()) {
+        let (want, have) = (e.get(i), g.get(i));
+        if want != have {
+            return Some(format!(
+                "line {}:\n  expected: {}\n  got:      {}",
+                i + 1,
+                want.unwrap_or(&"<end of file>"),
+                have.unwrap_or(&"<end of output>")
+            ));
+        }
+    }
+    None
+}
