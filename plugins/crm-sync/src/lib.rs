@@ -11,16 +11,14 @@
 //! Config: `base_url` (required), `token` (a bearer token, optional),
 //! `object_type` (default `bookings`).
 
-mod http;
-
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
+use plugboard_guest::http::{self, Method};
 use plugboard_guest::log::log;
 use plugboard_guest::metrics::counter_add;
 use plugboard_guest::{BatchOutcome, BookingEvent, Event, Failure, Guest, Level, RetryInfo};
 use serde_json::{Value, json};
-use wasip2::http::types::Method;
 
 /// HubSpot accepts at most 100 inputs per batch call.
 const BATCH_LIMIT: usize = 100;

@@ -24,6 +24,8 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+pub mod http;
+
 pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
 pub use plugboard::plugin::log::{self, Level};
 pub use plugboard::plugin::metrics;

@@ -1,9 +1,10 @@
-//! A small blocking HTTP client over `wasi:http/outgoing-handler`.
+//! A small blocking HTTP client over `wasi:http/outgoing-handler`, for
+//! plugins built on the `plugin-with-http` world. Requests go only to the
+//! origins granted in the plugin's manifest (`allow_hosts`).
 
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
-};
+pub use wasip2::http::types::Method;
+use wasip2::http::types::{ErrorCode, Fields, IncomingBody, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
 /// Where requests go: parsed once from the configured base URL.
@@ -141,7 +142,7 @@ pub fn send(
 fn describe(e: ErrorCode) -> TransportError {
     TransportError(match e {
         ErrorCode::HttpRequestDenied => {
-            "HTTP request denied by the host: grant the CRM's origin in allow_hosts".to_string()
+            "HTTP request denied by the host: grant the origin in allow_hosts".to_string()
         }
         ErrorCode::ConnectionRefused => "connection refused".to_string(),
         other => format!("{other:?}"),
