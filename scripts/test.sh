@@ -9,12 +9,17 @@ cd "$(dirname "$0")/.."
 scripts/build-plugins.sh
 echo "==> building the host and the example CRM"
 cargo build --release --locked --workspace --bins
-echo "==> preparing DuckDB and pyarrow, to read the lake as analysts do"
+echo "==> preparing DuckDB and pyarrow (to read the lake as analysts do) and componentize-py"
 if [ ! -x target/pyenv/bin/python ]; then
   python3 -m venv target/pyenv
 fi
-target/pyenv/bin/pip install --quiet --disable-pip-version-check duckdb==2.0.1 pyarrow==26.0.1
+target/pyenv/bin/pip install --quiet --disable-pip-version-check \
+  duckdb==2.0.1 pyarrow==26.0.1 componentize-py==0.25.1
 export PLUGBOARD_TEST_PYTHON=$PWD/target/pyenv/bin/python
+# `plugboard new` + `build` + `replay` is tested for these languages; the
+# Python template builds with the componentize-py installed above.
+export PLUGBOARD_TEST_LANGS=rust,js,python
+export PATH=$PWD/target/pyenv/bin:$PATH
 
 echo "==> starting Apache Kafka for the Kafka tests"
 started_kafka=0

@@ -28,6 +28,8 @@
 //!   plugins to match it; [`catalog`] holds what each serves for `/plugins`.
 //! - [`admin`]: `/plugins`, `/metrics`, `/healthz` and `/readyz` over HTTP.
 //! - [`check`]: explains whether a component file is a valid plugin.
+//! - [`scaffold`]: `plugboard new` and `plugboard build`, from the
+//!   templates in `templates/`.
 //! - [`replay`]: runs one plugin over an events file and prints what it did,
 //!   with outgoing HTTP captured: the plugin author's loop.
 
@@ -46,6 +48,7 @@ pub mod reload;
 pub mod replay;
 pub mod run;
 pub mod runtime;
+pub mod scaffold;
 pub mod shutdown;
 pub mod source;
 pub mod summary;

@@ -84,6 +84,27 @@ enum Command {
         /// The component file.
         plugin: PathBuf,
     },
+    /// Makes a plugin project: bindings set up against the plugin WIT, a
+    /// handler that logs and returns ok, sample events, a manifest, a
+    /// README and the build recipe (`plugin.toml`).
+    New {
+        /// The language of the project.
+        #[arg(long, value_enum)]
+        lang: plugboard::scaffold::Lang,
+        /// The plugin's name: a-z, 0-9, `-`, `_`.
+        name: String,
+        /// Where to make it. Default: a folder named after the plugin.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Builds the plugin project in DIR with the command its `plugin.toml`
+    /// names, and prints the path of the component. A missing tool is
+    /// reported with the command that installs it.
+    Build {
+        /// The project folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Runs one plugin over an events file and prints, per event, its
     /// answer, log lines, metrics and requests. Outgoing HTTP is answered by
     /// a stub and never sent, unless --allow-egress.
@@ -119,6 +140,11 @@ enum Command {
         #[arg(long, env = "PLUGBOARD_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
+}
+
+/// The project folder of `new`: `--dir`, or the name in the current folder.
+fn project_dir(name: &str, dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -263,6 +289,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::New { lang, name, dir } => {
+            let dir = project_dir(&name, dir);
+            let files = plugboard::scaffold::new_plugin(lang, &name, &dir)?;
+            println!(
+                "{} files in {}; next: cd {} && plugboard build",
+                files.len(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { dir } => {
+            let component = plugboard::scaffold::build(&dir)?;
+            println!("{}", component.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check { plugin } => {
             let runtime = Runtime::new(None, Arc::new(Metrics::new()))?;
