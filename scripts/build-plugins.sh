@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds every plugin component into target/plugins/: the Rust plugins and
-# test fixtures (wasm32-wasip2), and the JavaScript example plugin. Copies the
-# three demo plugins beside their manifests in examples/demo/plugins/.
+# test fixtures (wasm32-wasip2), the JavaScript example plugins, and the
+# Python one when componentize-py is on PATH (scripts/test.sh provides it).
+# Copies the three demo plugins beside their manifests in
+# examples/demo/plugins/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,18 @@ done
 cp target/plugins/{crm-sync,metrics,data-lake}.wasm examples/demo/plugins/
 
 if [ "${PLUGBOARD_SKIP_JS:-0}" != 1 ]; then
-  echo "==> building the JavaScript plugin (examples/plugins/audit-log-js)"
-  (cd examples/plugins/audit-log-js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
-  cp examples/plugins/audit-log-js/dist/audit-log-js.wasm target/plugins/
+  for plugin in audit-log-js garage-notifier-js; do
+    echo "==> building the JavaScript plugin examples/plugins/$plugin"
+    (cd "examples/plugins/$plugin" && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+    cp "examples/plugins/$plugin/dist/$plugin.wasm" target/plugins/
+  done
+fi
+
+if command -v componentize-py >/dev/null; then
+  echo "==> building the Python plugin examples/plugins/garage-notifier-py"
+  examples/plugins/garage-notifier-py/build.sh
+  cp examples/plugins/garage-notifier-py/dist/garage-notifier-py.wasm target/plugins/
+else
+  echo "==> skipping the Python plugin: componentize-py is missing (pip install componentize-py==0.25.1)"
 fi
 ls -l target/plugins

@@ -6,9 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/build-plugins.sh
-echo "==> building the host and the example CRM"
-cargo build --release --locked --workspace --bins
 echo "==> preparing DuckDB and pyarrow (to read the lake as analysts do) and componentize-py"
 if [ ! -x target/pyenv/bin/python ]; then
   python3 -m venv target/pyenv
@@ -21,6 +18,9 @@ export PLUGBOARD_TEST_PYTHON=$PWD/target/pyenv/bin/python
 export PLUGBOARD_TEST_LANGS=rust,js,python
 export PATH=$PWD/target/pyenv/bin:$PATH
 
+scripts/build-plugins.sh
+echo "==> building the host and the example CRM"
+cargo build --release --locked --workspace --bins
 echo "==> starting Apache Kafka for the Kafka tests"
 started_kafka=0
 if ! scripts/kafka.sh status >/dev/null 2>&1; then

@@ -1,0 +1,148 @@
+//! garage-notifier in each language (Rust, JavaScript, Python; Go is not
+//! there yet) over the same events, each posting to a real local HTTP
+//! server: the requests must be identical, and exactly the reminders the
+//! events call for. Languages come from PLUGBOARD_TEST_LANGS, like the
+//! template test; Rust always runs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use common::{Setup, sample_events};
+use serde_json::Value;
+
+/// One request the webhook received.
+#[derive(Debug, Clone, PartialEq)]
+struct Received {
+    method: String,
+    content_type: String,
+    idempotency_key: String,
+    body: Value,
+}
+
+/// A real HTTP server that records every request by path and answers 200.
+struct Webhook {
+    url: String,
+    received: Arc<Mutex<BTreeMap<String, Vec<Received>>>>,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        use axum::extract::Request;
+        let received: Arc<Mutex<BTreeMap<String, Vec<Received>>>> = Arc::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let store = received.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let app = axum::Router::new().fallback(move |request: Request| {
+                    let store = store.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                        let header = |name: &str| {
+                            parts
+                                .headers
+                                .get(name)
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default()
+                        };
+                        store
+                            .lock()
+                            .unwrap()
+                            .entry(parts.uri.path().to_string())
+                            .or_default()
+                            .push(Received {
+                                method: parts.method.to_string(),
+                                content_type: header("content-type"),
+                                idempotency_key: header("idempotency-key"),
+                                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                            });
+                        "{}"
+                    }
+                });
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Webhook { url, received }
+    }
+}
+
+#[test]
+fn the_notifier_sends_identical_requests_in_every_language() {
+    let mut languages = vec![("rust", "garage-notifier")];
+    let listed = std::env::var("PLUGBOARD_TEST_LANGS").unwrap_or_default();
+    for (lang, component) in [
+        ("js", "garage-notifier-js"),
+        ("python", "garage-notifier-py"),
+    ] {
+        if listed.split(',').any(|l| l == lang) {
+            languages.push((lang, component));
+        } else {
+            eprintln!("{lang} notifier skipped: not in PLUGBOARD_TEST_LANGS");
+        }
+    }
+    let webhook = Webhook::start();
+    let setup = Setup::new();
+    for (lang, component) in &languages {
+        setup.plugin(
+            &format!("notifier-{lang}"),
+            component,
+            &format!(
+                "allow_hosts = [\"{url}\"]\n[config]\nwebhook_url = \"{url}/hooks/{lang}\"\n",
+                url = webhook.url
+            ),
+        );
+    }
+    let out = setup.run(&sample_events());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // What the events call for: one reminder per upcoming event (a
+    // replayed duplicate is sent again, with the same idempotency key).
+    let text = std::fs::read_to_string(sample_events()).unwrap();
+    let (valid, _) = common::read_sample(&sample_events());
+    let upcoming: Vec<&common::Line> = valid.iter().filter(|l| l.state == "upcoming").collect();
+    assert!(upcoming.len() > 10, "the sample has upcoming bookings");
+    let lines: Vec<&str> = text.lines().collect();
+
+    let received = webhook.received.lock().unwrap().clone();
+    let reference = &received[&format!("/hooks/{}", languages[0].0)];
+    assert_eq!(
+        reference.len(),
+        upcoming.len(),
+        "one request per upcoming event"
+    );
+    for (got, line) in reference.iter().zip(&upcoming) {
+        let event: Value = serde_json::from_str(lines[line.number as usize - 1]).unwrap();
+        assert_eq!(got.method, "POST");
+        assert_eq!(got.content_type, "application/json");
+        assert_eq!(got.idempotency_key, line.event_id);
+        assert_eq!(got.body["booking_id"], event["bookingId"]);
+        assert_eq!(got.body["garage_id"], event["garage"]["garageId"]);
+        assert_eq!(got.body["customer_name"], event["customer"]["name"]);
+        let start = event["appointmentStart"].as_str().unwrap();
+        // The file says +00:00; the reminder says Z, in whole seconds.
+        assert_eq!(
+            got.body["appointment_start"].as_str().unwrap(),
+            format!("{}Z", &start[..19]),
+        );
+    }
+    for (lang, _) in &languages[1..] {
+        assert_eq!(
+            &received[&format!("/hooks/{lang}")],
+            reference,
+            "{lang} sends what Rust sends"
+        );
+    }
+}
