@@ -42,6 +42,9 @@ fn capability(name: &str) -> &'static str {
             "files: grant one folder with `[folder]` in the manifest"
         }
         i if i.starts_with("wasi:sockets/") => "raw sockets: always denied (use wasi:http)",
+        i if i.starts_with("wasi:keyvalue/") => {
+            "durable state: provided, private to the plugin (data_dir/state.sqlite)"
+        }
         "plugboard:plugin/log" => "logging: provided",
         "plugboard:plugin/metrics" => "metrics: provided",
         "plugboard:plugin/types" => "event types: provided",
