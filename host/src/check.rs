@@ -189,10 +189,8 @@ pub fn check(runtime: &Runtime, path: &Path) -> Result<Report> {
                             Some(_) => {}
                         }
                     }
-                    if why.is_empty() {
-                        if let Some(err) = pre_error {
-                            why.push(format!("its types differ from this host's ({err:#})"));
-                        }
+                    if let (true, Some(err)) = (why.is_empty(), pre_error) {
+                        why.push(format!("its types differ from this host's ({err:#})"));
                     }
                     (!why.is_empty()).then(|| {
                         format!(
