@@ -109,57 +109,18 @@ enum Command {
     /// answer, log lines, metrics and requests. Outgoing HTTP is answered by
     /// a stub and never sent, unless --allow-egress.
     Replay {
-        /// The component file.
-        #[arg(long)]
-        plugin: PathBuf,
-        /// Events, one per line (proto3 JSON), as `run --events` reads them.
-        #[arg(long)]
-        events: PathBuf,
-        /// The plugin's manifest (grants, limits, config). Default:
-        /// `<plugin>.toml` beside the component, if present.
-        #[arg(long)]
-        manifest: Option<PathBuf>,
-        /// A config value for `init`, over the manifest's; repeatable.
-        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
-        config: Vec<(String, String)>,
-        /// Grants an HTTP origin (`scheme://host[:port]`); repeatable.
-        #[arg(long = "allow-host", value_name = "ORIGIN")]
-        allow_hosts: Vec<String>,
-        /// Sends requests to granted origins for real.
-        #[arg(long)]
-        allow_egress: bool,
-        /// How the stub answers an origin; repeatable. Default for every
-        /// origin: 200 with `{}`.
-        #[arg(long = "stub", value_name = "ORIGIN=STATUS[:BODY]")]
-        stubs: Vec<String>,
+        #[command(flatten)]
+        options: plugboard::replay::ReplayOptions,
         /// Compares the printout with this golden file; exits 1 on a
         /// difference. Make one with `plugboard replay ... > FILE`.
         #[arg(long)]
         expect: Option<PathBuf>,
-        /// The compiled-component cache.
-        #[arg(long, env = "PLUGBOARD_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
     },
 }
 
 /// The project folder of `new`: `--dir`, or the name in the current folder.
 fn project_dir(name: &str, dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(|| PathBuf::from(name))
-}
-
-fn key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("`{text}`: write KEY=VALUE"))
-}
-
-/// Where compiled components are cached when no host config says.
-fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("plugboard/component-cache")
 }
 
 fn main() -> ExitCode {
@@ -248,27 +209,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay {
-            plugin,
-            events,
-            manifest,
-            config,
-            allow_hosts,
-            allow_egress,
-            stubs,
-            expect,
-            cache_dir,
-        } => {
-            let options = plugboard::replay::ReplayOptions {
-                plugin,
-                events,
-                manifest,
-                config,
-                allow_hosts,
-                allow_egress,
-                stubs,
-                cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
-            };
+        Command::Replay { options, expect } => {
             let replay = plugboard::replay::replay(&options)?;
             print!("{}", replay.text);
             if let Some(folder) = &replay.folder {

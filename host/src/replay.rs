@@ -24,24 +24,51 @@ use crate::runtime::kv::StateDb;
 use crate::runtime::{CallError, Runtime};
 use crate::source::file;
 
-/// What `plugboard replay` was asked to do.
-#[derive(Debug, Clone, Default)]
+/// What `plugboard replay` was asked to do (its command-line flags).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ReplayOptions {
+    /// The component file.
+    #[arg(long)]
     pub plugin: PathBuf,
+    /// Events, one per line (proto3 JSON), as `run --events` reads them.
+    #[arg(long)]
     pub events: PathBuf,
-    /// Grants, limits and config; default `<plugin>.toml` beside the
-    /// component, if there is one.
+    /// The plugin's manifest (grants, limits, config). Default:
+    /// `<plugin>.toml` beside the component, if present.
+    #[arg(long)]
     pub manifest: Option<PathBuf>,
-    /// Config values over the manifest's.
+    /// A config value for `init`, over the manifest's; repeatable.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
     pub config: Vec<(String, String)>,
-    /// Origins granted on top of the manifest's.
+    /// Grants an HTTP origin (`scheme://host[:port]`); repeatable.
+    #[arg(long = "allow-host", value_name = "ORIGIN")]
     pub allow_hosts: Vec<String>,
-    /// Send requests to granted origins for real instead of stubbing them.
+    /// Sends requests to granted origins for real.
+    #[arg(long)]
     pub allow_egress: bool,
-    /// `ORIGIN=STATUS[:BODY]`: the stub's answer for an origin.
+    /// How the stub answers an origin; repeatable. Default for every
+    /// origin: 200 with `{}`.
+    #[arg(long = "stub", value_name = "ORIGIN=STATUS[:BODY]")]
     pub stubs: Vec<String>,
-    /// Compiled-component cache.
-    pub cache_dir: PathBuf,
+    /// The compiled-component cache. Default: plugboard/component-cache in
+    /// the user's cache folder.
+    #[arg(long, env = "PLUGBOARD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}`: write KEY=VALUE"))
+}
+
+/// Where compiled components are cached when no host config says.
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("plugboard/component-cache")
 }
 
 /// The printout, and where the plugin's files went.
@@ -123,7 +150,8 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
         EgressMode::Capture(Arc::new(stubs))
     };
     let journal = Journal::new(egress);
-    let runtime = Runtime::new(Some(&options.cache_dir), Arc::new(Metrics::new()))?
+    let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let runtime = Runtime::new(Some(&cache_dir), Arc::new(Metrics::new()))?
         .with_state(StateDb::open(&scratch.join("state.sqlite"))?)
         .with_journal(journal.clone());
     let prepared = runtime.prepare(spec)?;

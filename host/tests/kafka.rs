@@ -79,13 +79,26 @@ fn kafka_config(
     let table = format!(
         "\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{group_prefix}\"\ncommit_interval_ms = 200\n"
     );
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str(&table);
-    std::fs::write(&setup.config, text).unwrap();
+    append_config(setup, &table);
     plugboard::config::HostConfig::load(&setup.config)
         .unwrap()
         .kafka
         .unwrap()
+}
+
+/// Serves the admin endpoint on a free port (see [`start_host_with_admin`]).
+fn enable_admin(setup: &Setup) {
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+}
+
+/// Adds lines at the end of the host config (into `[kafka]` once
+/// [`kafka_config`] has run).
+fn append_config(setup: &Setup, lines: &str) {
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(lines);
+    std::fs::write(&setup.config, text).unwrap();
 }
 
 fn start_host(setup: &Setup) -> Child {
@@ -305,9 +318,7 @@ fn a_host_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let kafka = kafka_config(&setup, &brokers, &topic, &prefix);
     // Static membership: the restarted host takes its partitions back
     // without waiting for the killed one's session to time out.
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str("instance_id = \"crash-test-host\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    append_config(&setup, "instance_id = \"crash-test-host\"\n");
 
     let mut host = start_host(&setup);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -501,9 +512,7 @@ fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
         "faulty",
         "[limits]\nbatch_size = 1\n[config]\nsleep_ms = \"100\"\n",
     );
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    enable_admin(&setup);
     let kafka = kafka_config(
         &setup,
         &brokers,
@@ -512,9 +521,10 @@ fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
     );
     // A small buffer, so the pacer's partitions get paused and resumed; a
     // killed member is noticed after the session timeout: keep it short.
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str("partition_buffer = 20\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    append_config(
+        &setup,
+        "partition_buffer = 20\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    );
 
     let (a, a_admin) = start_host_with_admin(&setup, "a.prom");
     let (mut b, b_admin) = start_host_with_admin(&setup, "b.prom");
@@ -577,9 +587,7 @@ fn the_admin_endpoint_serves_metrics_health_and_readiness() {
     produce(&brokers, &topic, &events);
     let total = read_sample(&events).0.len();
     setup.plugin("watched", "faulty", "");
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    enable_admin(&setup);
     let kafka = kafka_config(
         &setup,
         &brokers,
@@ -658,9 +666,7 @@ fn plugins_are_replaced_under_load_and_a_broken_file_leaves_the_last_good_servin
         "faulty",
         "[limits]\nbatch_size = 5\n[config]\nsleep_ms = \"50\"\n",
     );
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    enable_admin(&setup);
     let kafka = kafka_config(
         &setup,
         &brokers,
@@ -805,9 +811,7 @@ fn metrics_gauges_are_right_after_a_restart_without_replaying() {
     std::fs::write(&everything, lines.join("\n") + "\n").unwrap();
 
     setup.plugin("metrics", "metrics", "[limits]\nbatch_size = 10\n");
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
-    std::fs::write(&setup.config, text).unwrap();
+    enable_admin(&setup);
     let kafka = kafka_config(
         &setup,
         &brokers,
