@@ -49,6 +49,22 @@ fn create_topic(brokers: &str, partitions: i32) -> String {
     name
 }
 
+/// A fresh topic of `partitions` holding `bookings` generated lifecycles,
+/// and a setup to consume it; returns the topic, the setup and the events
+/// file.
+fn stream(
+    brokers: &str,
+    partitions: i32,
+    bookings: usize,
+    seed: u64,
+) -> (String, Setup, std::path::PathBuf) {
+    let topic = create_topic(brokers, partitions);
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), bookings, seed);
+    produce(brokers, &topic, &events);
+    (topic, setup, events)
+}
+
 fn produce(brokers: &str, topic: &str, events: &std::path::Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
         .args([
@@ -69,13 +85,15 @@ fn produce(brokers: &str, topic: &str, events: &std::path::Path) {
     );
 }
 
-/// Appends the `[kafka]` table to the setup's host config.
+/// Appends the `[kafka]` table to the setup's host config, with groups named
+/// `<label>-<random>.<plugin>` so runs never share a group.
 fn kafka_config(
     setup: &Setup,
     brokers: &str,
     topic: &str,
-    group_prefix: &str,
+    label: &str,
 ) -> plugboard::config::KafkaConfig {
+    let group_prefix = format!("{label}-{:x}.", rand::random::<u32>());
     let table = format!(
         "\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{group_prefix}\"\ncommit_interval_ms = 200\n"
     );
@@ -231,8 +249,7 @@ fn kafka_delivers_what_the_file_source_delivers_and_parks_poison() {
     let crm = Crm::start(&setup.path("crm.db"));
     let lake = setup.path("lake");
     setup.demo_plugins(&crm, &lake);
-    let prefix = format!("test-{:x}.", rand::random::<u32>());
-    let kafka = kafka_config(&setup, &brokers, &topic, &prefix);
+    let kafka = kafka_config(&setup, &brokers, &topic, "test");
     let started = Instant::now();
     let host = start_host(&setup);
     wait_for_zero_lag(&kafka, &["crm-sync", "data-lake", "metrics"]);
@@ -299,10 +316,7 @@ fn kafka_delivers_what_the_file_source_delivers_and_parks_poison() {
 #[test]
 fn a_host_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let Some(brokers) = brokers() else { return };
-    let topic = create_topic(&brokers, 6);
-    let setup = Setup::new();
-    let events = common::generated_events(setup.dir.path(), 1500, 11);
-    produce(&brokers, &topic, &events);
+    let (topic, setup, events) = stream(&brokers, 6, 1500, 11);
     let (valid, _) = read_sample(&events);
 
     let crm = Crm::start(&setup.path("crm.db"));
@@ -314,8 +328,7 @@ fn a_host_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
         let text = std::fs::read_to_string(&manifest).unwrap();
         std::fs::write(&manifest, format!("{text}\n[limits]\nbatch_size = 20\n")).unwrap();
     }
-    let prefix = format!("crash-{:x}.", rand::random::<u32>());
-    let kafka = kafka_config(&setup, &brokers, &topic, &prefix);
+    let kafka = kafka_config(&setup, &brokers, &topic, "crash");
     // Static membership: the restarted host takes its partitions back
     // without waiting for the killed one's session to time out.
     append_config(&setup, "instance_id = \"crash-test-host\"\n");
@@ -385,10 +398,7 @@ fn handled(prom: &common::Prom, plugin: &str) -> f64 {
 #[test]
 fn a_rejected_event_is_parked_and_the_partition_goes_on() {
     let Some(brokers) = brokers() else { return };
-    let topic = create_topic(&brokers, 6);
-    let setup = Setup::new();
-    let events = common::generated_events(setup.dir.path(), 50, 21);
-    produce(&brokers, &topic, &events);
+    let (topic, setup, events) = stream(&brokers, 6, 50, 21);
     let (valid, _) = read_sample(&events);
     let victim = valid[10].event_id.clone();
     setup.plugin(
@@ -396,12 +406,7 @@ fn a_rejected_event_is_parked_and_the_partition_goes_on() {
         "faulty",
         &format!("[config]\nreject = \"{victim}\"\n"),
     );
-    let kafka = kafka_config(
-        &setup,
-        &brokers,
-        &topic,
-        &format!("reject-{:x}.", rand::random::<u32>()),
-    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "reject");
     let host = start_host(&setup);
     // Lag 0: the offsets after the rejected event are committed too.
     wait_for_zero_lag(&kafka, &["picky"]);
@@ -424,12 +429,7 @@ fn a_plugin_dropped_in_later_backfills_in_its_own_group() {
     let (first_n, second_n) = (read_sample(&first).0.len(), read_sample(&second).0.len());
     produce(&brokers, &topic, &first);
     setup.plugin("early", "faulty", "");
-    let kafka = kafka_config(
-        &setup,
-        &brokers,
-        &topic,
-        &format!("dropin-{:x}.", rand::random::<u32>()),
-    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "dropin");
     let host = start_host_with_metrics(&setup, "first.prom");
     wait_for_zero_lag(&kafka, &["early"]);
     stop(host);
@@ -461,10 +461,7 @@ fn a_plugin_dropped_in_later_backfills_in_its_own_group() {
 #[test]
 fn a_slow_plugin_does_not_hold_back_the_others() {
     let Some(brokers) = brokers() else { return };
-    let topic = create_topic(&brokers, 6);
-    let setup = Setup::new();
-    let events = common::generated_events(setup.dir.path(), 150, 41);
-    produce(&brokers, &topic, &events);
+    let (topic, setup, _) = stream(&brokers, 6, 150, 41);
     setup
         .plugin("fast", "faulty", "[limits]\nbatch_size = 50\n")
         .plugin(
@@ -472,12 +469,7 @@ fn a_slow_plugin_does_not_hold_back_the_others() {
             "faulty",
             "[limits]\nbatch_size = 5\n[config]\nsleep_ms = \"200\"\n",
         );
-    let kafka = kafka_config(
-        &setup,
-        &brokers,
-        &topic,
-        &format!("slow-{:x}.", rand::random::<u32>()),
-    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "slow");
     let host = start_host(&setup);
     wait_for_zero_lag(&kafka, &["fast"]);
     let slow_lag = plugboard::source::kafka::group_lag(&kafka, "slow").unwrap();
@@ -491,10 +483,7 @@ fn a_slow_plugin_does_not_hold_back_the_others() {
 #[test]
 fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
     let Some(brokers) = brokers() else { return };
-    let topic = create_topic(&brokers, 6);
-    let setup = Setup::new();
-    let events = common::generated_events(setup.dir.path(), 300, 51);
-    produce(&brokers, &topic, &events);
+    let (topic, setup, events) = stream(&brokers, 6, 300, 51);
     let (valid, _) = read_sample(&events);
     let lake = setup.path("lake");
     setup.plugin(
@@ -513,12 +502,7 @@ fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
         "[limits]\nbatch_size = 1\n[config]\nsleep_ms = \"100\"\n",
     );
     enable_admin(&setup);
-    let kafka = kafka_config(
-        &setup,
-        &brokers,
-        &topic,
-        &format!("scale-{:x}.", rand::random::<u32>()),
-    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "scale");
     // A small buffer, so the pacer's partitions get paused and resumed; a
     // killed member is noticed after the session timeout: keep it short.
     append_config(
@@ -581,19 +565,11 @@ fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
 #[test]
 fn the_admin_endpoint_serves_metrics_health_and_readiness() {
     let Some(brokers) = brokers() else { return };
-    let topic = create_topic(&brokers, 6);
-    let setup = Setup::new();
-    let events = common::generated_events(setup.dir.path(), 20, 61);
-    produce(&brokers, &topic, &events);
+    let (topic, setup, events) = stream(&brokers, 6, 20, 61);
     let total = read_sample(&events).0.len();
     setup.plugin("watched", "faulty", "");
     enable_admin(&setup);
-    let kafka = kafka_config(
-        &setup,
-        &brokers,
-        &topic,
-        &format!("admin-{:x}.", rand::random::<u32>()),
-    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "admin");
 
     let (host, base) = start_host_with_admin(&setup, "metrics.prom");
     let get = |path: &str| reqwest::blocking::get(format!("{base}{path}")).unwrap();
@@ -655,10 +631,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn plugins_are_replaced_under_load_and_a_broken_file_leaves_the_last_good_serving() {
     let Some(brokers) = brokers() else { return };
-    let topic = create_topic(&brokers, 1);
-    let setup = Setup::new();
-    let events = common::generated_events(setup.dir.path(), 300, 77);
-    produce(&brokers, &topic, &events);
+    let (topic, setup, events) = stream(&brokers, 1, 300, 77);
     let (valid, _) = read_sample(&events);
     // 50 ms per batch of 5: the stream lasts ~11 s, through every reload.
     setup.plugin(
@@ -667,12 +640,7 @@ fn plugins_are_replaced_under_load_and_a_broken_file_leaves_the_last_good_servin
         "[limits]\nbatch_size = 5\n[config]\nsleep_ms = \"50\"\n",
     );
     enable_admin(&setup);
-    let kafka = kafka_config(
-        &setup,
-        &brokers,
-        &topic,
-        &format!("reload-{:x}.", rand::random::<u32>()),
-    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "reload");
     let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
     wait_for("the first version serves", || {
         plugin_status(&admin, "probe")["state"] == "running"
@@ -812,12 +780,7 @@ fn metrics_gauges_are_right_after_a_restart_without_replaying() {
 
     setup.plugin("metrics", "metrics", "[limits]\nbatch_size = 10\n");
     enable_admin(&setup);
-    let kafka = kafka_config(
-        &setup,
-        &brokers,
-        &topic,
-        &format!("state-{:x}.", rand::random::<u32>()),
-    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "state");
 
     // The first host sees the first 800 lines, then stops.
     produce(&brokers, &topic, &first);
