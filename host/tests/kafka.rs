@@ -633,11 +633,12 @@ fn plugins_are_replaced_under_load_and_a_broken_file_leaves_the_last_good_servin
     let Some(brokers) = brokers() else { return };
     let (topic, setup, events) = stream(&brokers, 1, 300, 77);
     let (valid, _) = read_sample(&events);
-    // 50 ms per batch of 5: the stream lasts ~11 s, through every reload.
+    // 80 ms per batch of 5: the stream lasts ~18 s, through every reload
+    // even on a loaded machine.
     setup.plugin(
         "probe",
         "faulty",
-        "[limits]\nbatch_size = 5\n[config]\nsleep_ms = \"50\"\n",
+        "[limits]\nbatch_size = 5\n[config]\nsleep_ms = \"80\"\n",
     );
     enable_admin(&setup);
     let kafka = kafka_config(&setup, &brokers, &topic, "reload");

@@ -37,16 +37,24 @@ function post(body, key) {
   request.setPathWithQuery(webhook.path);
   const outgoing = request.body();
   const pending = send(request, undefined);
-  const stream = outgoing.write();
-  stream.blockingWriteAndFlush(bytes);
-  stream[Symbol.dispose]?.();
-  OutgoingBody.finish(outgoing, undefined);
+  // If the body cannot be written, the response says why (the request was
+  // denied, the connection refused): prefer its answer.
+  let writeError;
+  try {
+    const stream = outgoing.write();
+    stream.blockingWriteAndFlush(bytes);
+    stream[Symbol.dispose]?.();
+    OutgoingBody.finish(outgoing, undefined);
+  } catch (e) {
+    writeError = e;
+  }
   pending.subscribe().block();
   // option<result<result<incoming-response, error-code>>>: nested results
   // arrive as { tag, val }.
   const outer = pending.get();
   if (outer?.tag !== 'ok') throw 'response taken twice';
-  if (outer.val.tag !== 'ok') throw outer.val.val;
+  if (outer.val.tag !== 'ok') throw outer.val.val.tag ?? String(outer.val.val);
+  if (writeError) throw writeError;
   const response = outer.val.val;
   const status = response.status();
   let retryAfter;
@@ -71,7 +79,8 @@ function notify(event) {
   try {
     answer = post(body, b.eventId);
   } catch (e) {
-    return { tag: 'retry', val: { reason: `webhook unreachable: ${JSON.stringify(e?.payload ?? String(e))}`, afterMs: undefined } };
+    const why = typeof e === 'string' ? e : JSON.stringify(e?.payload ?? String(e));
+    return { tag: 'retry', val: { reason: `webhook unreachable: ${why}`, afterMs: undefined } };
   }
   const { status, retryAfter } = answer;
   if (status >= 200 && status < 300) return undefined;

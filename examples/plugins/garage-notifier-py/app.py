@@ -39,16 +39,25 @@ def post(body, key):
     request.set_path_with_query(WEBHOOK["path"])
     outgoing = request.body()
     pending = outgoing_handler.handle(request, None)
-    with outgoing.write() as stream:
-        stream.blocking_write_and_flush(body)
-    http.OutgoingBody.finish(outgoing, None)
+    # If the body cannot be written, the response says why (the request was
+    # denied, the connection refused): prefer its answer.
+    write_error = None
+    try:
+        with outgoing.write() as stream:
+            stream.blocking_write_and_flush(body)
+        http.OutgoingBody.finish(outgoing, None)
+    except Err as e:
+        write_error = e
     with pending.subscribe() as ready:
         ready.block()
     answer = pending.get()
     if not isinstance(answer, Ok):
         raise RuntimeError("response taken twice")
     if isinstance(answer.value, Err):
-        raise RuntimeError(str(answer.value.value))
+        code = answer.value.value
+        raise RuntimeError(type(code).__name__.removeprefix("ErrorCode_"))
+    if write_error is not None:
+        raise RuntimeError(f"writing the request body: {write_error.value}")
     response = answer.value.value
     retry_after = response.headers().get("retry-after")
     after_ms = int(retry_after[0]) * 1000 if retry_after else None
