@@ -12,13 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use prost::Message;
 
 use crate::config::{LimitsFile, PluginSpec, normalise_origin, parse_manifest};
 use crate::decode;
 use crate::metrics::Metrics;
 use crate::runtime::bindings::Failure;
-use crate::runtime::convert::{self, Envelope};
 use crate::runtime::journal::{EgressMode, Journal, Stubs};
 use crate::runtime::kv::StateDb;
 use crate::runtime::{CallError, Runtime};
@@ -182,16 +180,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
                 continue;
             }
         };
-        let payload = event.encode_to_vec();
-        let envelope = Envelope {
-            source: source.clone(),
-            partition: 0,
-            offset: line.number as i64,
-            key: Some(event.booking_id.clone().into_bytes()),
-            timestamp_ms: None,
-            headers: Vec::new(),
-        };
-        let wit_event = convert::to_wit(&event, envelope, payload);
+        let wit_event = file::to_wit(&event, &source, line.number);
         let outcome = match instance.handle(std::slice::from_ref(&wit_event)) {
             Ok(o) if o.handled == 1 => {
                 counts[0] += 1;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use prost::Message;
 
 use crate::catalog::Catalog;
 use crate::config::{HostConfig, load_plugins};
@@ -17,7 +16,6 @@ use crate::dispatch::{Dispatcher, Outcome};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::runtime::bindings::wit;
-use crate::runtime::convert::{self, Envelope};
 use crate::runtime::{Prepared, Runtime};
 use crate::shutdown::Shutdown;
 use crate::source::file;
@@ -235,16 +233,7 @@ fn decode_lines<'a>(
     for line in lines {
         match decode::from_json(&line.text) {
             Ok(event) => {
-                let payload = event.encode_to_vec();
-                let envelope = Envelope {
-                    source: source.to_string(),
-                    partition: 0,
-                    offset: line.number as i64,
-                    key: Some(event.booking_id.clone().into_bytes()),
-                    timestamp_ms: None,
-                    headers: Vec::new(),
-                };
-                events.push(convert::to_wit(&event, envelope, payload));
+                events.push(file::to_wit(&event, source, line.number));
                 originals.push(line);
             }
             Err(err) => {

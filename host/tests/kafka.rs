@@ -126,13 +126,7 @@ fn start_host(setup: &Setup) -> Child {
 /// A host with its admin endpoint on a free port (the config must say
 /// `admin_addr = "127.0.0.1:0"`); returns it and the endpoint's base URL.
 fn start_host_with_admin(setup: &Setup, metrics: &str) -> (Child, String) {
-    let mut host = Command::new(env!("CARGO_BIN_EXE_plugboard"))
-        .arg("run")
-        .arg("--config")
-        .arg(&setup.config)
-        .arg("--metrics-out")
-        .arg(setup.path(metrics))
-        .env("PLUGBOARD_LOG", "warn")
+    let mut host = host_command(setup, metrics)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -152,16 +146,24 @@ fn start_host_with_admin(setup: &Setup, metrics: &str) -> (Child, String) {
 
 /// A host whose metrics are written to `metrics` (in the temp dir) at exit.
 fn start_host_with_metrics(setup: &Setup, metrics: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    host_command(setup, metrics)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `plugboard run` on the setup's config, metrics written to `metrics` (in
+/// the temp dir) at exit.
+fn host_command(setup: &Setup, metrics: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
+    command
         .arg("run")
         .arg("--config")
         .arg(&setup.config)
         .arg("--metrics-out")
         .arg(setup.path(metrics))
-        .env("PLUGBOARD_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+        .env("PLUGBOARD_LOG", "warn");
+    command
 }
 
 /// Waits until every plugin's group has committed every offset.

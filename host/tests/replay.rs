@@ -3,19 +3,14 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{Crm, Setup, plugin_wasm};
 
 fn replay(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    let out = common::plugboard_command()
         .arg("replay")
         .args(args)
-        .env("PLUGBOARD_LOG", "warn")
-        .env(
-            "PLUGBOARD_CACHE_DIR",
-            common::target_dir().join("test-state/component-cache"),
-        )
         .output()
         .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));

@@ -11,14 +11,9 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 fn plugboard(args: &[&str], dir: &Path) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    let out = common::plugboard_command()
         .args(args)
         .current_dir(dir)
-        .env("PLUGBOARD_LOG", "warn")
-        .env(
-            "PLUGBOARD_CACHE_DIR",
-            common::target_dir().join("test-state/component-cache"),
-        )
         .output()
         .unwrap();
     assert!(

@@ -39,3 +39,22 @@ pub fn source_name(path: &Path) -> String {
             .unwrap_or_else(|| path.display().to_string())
     )
 }
+
+/// `event` as plugins get it from line `number` of a file: partition 0,
+/// the line number as offset, the booking id as key.
+pub fn to_wit(
+    event: &crate::event::BookingEvent,
+    source: &str,
+    number: u64,
+) -> crate::runtime::bindings::wit::Event {
+    use prost::Message;
+    let envelope = crate::runtime::convert::Envelope {
+        source: source.to_string(),
+        partition: 0,
+        offset: number as i64,
+        key: Some(event.booking_id.clone().into_bytes()),
+        timestamp_ms: None,
+        headers: Vec::new(),
+    };
+    crate::runtime::convert::to_wit(event, envelope, event.encode_to_vec())
+}

@@ -25,6 +25,16 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo().join("target"))
 }
 
+/// The `plugboard` binary, quiet, with the tests' shared component cache.
+pub fn plugboard_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
+    command.env("PLUGBOARD_LOG", "warn").env(
+        "PLUGBOARD_CACHE_DIR",
+        target_dir().join("test-state/component-cache"),
+    );
+    command
+}
+
 /// A built plugin component; fails with the command to build it.
 pub fn plugin_wasm(name: &str) -> PathBuf {
     let path = repo().join("target/plugins").join(format!("{name}.wasm"));
