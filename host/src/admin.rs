@@ -1,7 +1,9 @@
 //! The admin HTTP endpoint (loopback by default): `/plugins` (what each
-//! plugin serves, its versions, last error, counts and lag), `/metrics` in
-//! the Prometheus text format, `/healthz` (the process serves), `/readyz`
-//! (the consumers are running).
+//! plugin serves, its versions, last error, counts, lag and the partitions
+//! that wait), `/metrics` in the Prometheus text format, `/healthz` (the
+//! process serves), `/readyz` (the consumers run and no part of the host
+//! fails). Everything is answered from what the host knows: no request
+//! waits for the broker.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,15 +27,19 @@ pub struct Admin {
     /// What `/readyz` reports.
     pub ready: Arc<AtomicBool>,
     pub catalog: Catalog,
-    /// For each plugin group's lag in `/plugins`.
+    /// Set under Kafka: `/plugins` reports each plugin's lag.
     pub kafka: Option<KafkaConfig>,
 }
 
 /// Starts serving on `addr` from a thread of its own and returns the address
 /// bound (port 0 picks one).
 pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
+        format!(
+            "cannot serve the admin endpoint on {addr}: is another host on this machine using it? \
+             Give each host its own admin_addr (e.g. PLUGBOARD_ADMIN_ADDR=127.0.0.1:9465), or port 0 for any free one"
+        )
+    })?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let app = Router::new()
@@ -66,36 +72,59 @@ async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
     )
 }
 
+/// Ready once the consumers run, unless a part of the host fails (state
+/// store, dead-letter topic, broker). Partitions waiting for a plugin's
+/// sink are listed but keep the host ready: the host itself is fine.
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
-    if admin.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
+    if !admin.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
+    }
+    let holds = admin.metrics.holds.snapshot();
+    let mut text = String::new();
+    for h in &holds {
+        let partition = match h.partition {
+            crate::hold::ALL_PARTITIONS => "all partitions".to_string(),
+            p => format!("partition {p}"),
+        };
+        text.push_str(&format!(
+            "{} {partition} waits for the {} since {} ({} s): {}\n",
+            h.plugin,
+            h.cause.as_str(),
+            h.since,
+            h.seconds,
+            h.reason
+        ));
+    }
+    if admin.metrics.holds.host_failing() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{text}"),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        (StatusCode::OK, format!("ready\n{text}"))
     }
 }
 
-/// Every plugin the host knows, as JSON. Lag is asked of the broker, so the
-/// answer takes a round trip per running plugin.
+/// Every plugin the host knows, as JSON. The lag is the consumer's own
+/// statistic (at most 5 s old), so the answer never waits for the broker.
 async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
-    let statuses = tokio::task::spawn_blocking(move || {
-        let mut statuses = admin.catalog.snapshot();
-        for status in &mut statuses {
-            let count = |outcome: &str| {
-                admin
-                    .metrics
-                    .events
-                    .with_label_values(&[status.name.as_str(), outcome])
-                    .get()
-            };
-            status.handled = count("handled");
-            status.dead_lettered = count("dead_lettered");
-            if let (Some(kafka), PluginState::Running) = (&admin.kafka, status.state) {
-                status.lag = crate::source::kafka::group_lag(kafka, &status.name).ok();
-            }
+    let mut statuses = admin.catalog.snapshot();
+    let holds = admin.metrics.holds.snapshot();
+    for status in &mut statuses {
+        let name = status.name.as_str();
+        let count = |outcome: &str| {
+            admin
+                .metrics
+                .events
+                .with_label_values(&[name, outcome])
+                .get()
+        };
+        status.handled = count("handled");
+        status.dead_lettered = count("dead_lettered");
+        if let (Some(_), PluginState::Running) = (&admin.kafka, status.state) {
+            status.lag = Some(admin.metrics.consumer_lag.with_label_values(&[name]).get());
         }
-        statuses
-    })
-    .await
-    .unwrap_or_default();
+        status.waiting = holds.iter().filter(|h| h.plugin == name).cloned().collect();
+    }
     axum::Json(serde_json::json!({ "plugins": statuses }))
 }

@@ -75,7 +75,10 @@ pub struct PluginStatus {
     /// Filled in by the admin endpoint.
     pub handled: u64,
     pub dead_lettered: u64,
+    /// Events not yet settled in the partitions this host owns.
     pub lag: Option<i64>,
+    /// The partitions that wait for the plugin's sink or for the host.
+    pub waiting: Vec<crate::hold::Hold>,
 }
 
 /// Every plugin's status, shared by the reloader and the admin endpoint.
@@ -97,6 +100,7 @@ impl Catalog {
             handled: 0,
             dead_lettered: 0,
             lag: None,
+            waiting: Vec::new(),
         });
         f(status);
     }

@@ -3,19 +3,40 @@
 //! In: a batch of events of one partition, in order. Out: one [`Outcome`]
 //! per event, each final: handled, or to be dead-lettered with its
 //! [`Failure`]. Order is kept: an event is never handled before the events
-//! ahead of it are settled, and a retry holds the batch (with backoff) rather
-//! than skipping ahead. A trap or timeout discards the instance; the rest of
-//! the batch is then delivered one event at a time, so the event that trapped
-//! is the one dead-lettered and its neighbours are still handled.
+//! ahead of it are settled.
+//!
+//! Four kinds of failure stay apart:
+//! - the plugin's answer: `reject` parks that one event; `retry` *holds* the
+//!   partition (capped, jittered backoff, `Retry-After` capped too) until the
+//!   plugin succeeds or `retry_timeout` runs out, and after a few retries of
+//!   a batch its events go one at a time, so the neighbours ahead of the one
+//!   that fails are handled and only that one waits or is parked;
+//! - a trap or timeout poisons the instance: it is rebuilt, the batch goes
+//!   one event at a time, and an event that keeps failing for
+//!   `max_attempts` deliveries is parked;
+//! - a failure of the host's own parts (the state store, an instance that
+//!   cannot start) holds the partition until it heals and never parks an
+//!   event;
+//! - an outcome that breaks the contract counts like a trap.
+//!
+//! A call's state writes and metric updates count only when it handled its
+//! whole batch (see [`Instance::handle`]); the handled prefix of a call
+//! that stopped early is delivered again on its own, so state never runs
+//! ahead of what was handled and nothing is counted twice.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use crate::hold::Cause;
 use crate::runtime::bindings::{Failure as PluginFailure, wit};
 use crate::runtime::{CallError, Instance, Prepared};
 use crate::shutdown::Shutdown;
+
+/// `retry` answers to a batch of several events before its events go one
+/// at a time, so the events ahead of the one that fails are not held.
+const ISOLATE_AFTER_RETRIES: u32 = 3;
 
 /// Why an event ends in the dead-letter path. The names are part of the
 /// dead-letter format.
@@ -25,12 +46,14 @@ pub enum FailureClass {
     Decode,
     /// The plugin rejected it as permanently unprocessable.
     Rejected,
-    /// The plugin asked for retries until the attempt budget ran out.
+    /// The plugin asked for retries until `retry_timeout` ran out.
     RetriesExhausted,
     /// The plugin trapped on it on every attempt.
     Trap,
     /// The plugin ran past its time budget on every attempt.
     Timeout,
+    /// The plugin's answer broke the handler contract on every attempt.
+    Contract,
 }
 
 impl FailureClass {
@@ -41,6 +64,7 @@ impl FailureClass {
             FailureClass::RetriesExhausted => "retries-exhausted",
             FailureClass::Trap => "trap",
             FailureClass::Timeout => "timeout",
+            FailureClass::Contract => "contract",
         }
     }
 }
@@ -64,8 +88,11 @@ pub enum Outcome {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub handled: u64,
+    /// Deliveries tried again: retry answers, waits, traps.
     pub retried: u64,
     pub dead_lettered: u64,
+    /// Events a stopped run left neither handled nor dead-lettered.
+    pub unsettled: u64,
 }
 
 /// Delivers batches to one plugin, owning its live instance.
@@ -73,8 +100,11 @@ pub struct Dispatcher {
     prepared: Arc<Prepared>,
     /// `None` after a trap: rebuilt lazily before the next call.
     instance: Option<Instance>,
-    /// Which share of the plugin's gauges its instances set.
+    /// Which share of the plugin's gauges its instances set: the
+    /// partition it serves.
     slot: i32,
+    /// Whether the partition holds (see [`crate::hold`]).
+    holding: bool,
     pub stats: Stats,
 }
 
@@ -85,6 +115,7 @@ impl Dispatcher {
             prepared,
             instance: Some(instance),
             slot: 0,
+            holding: false,
             stats: Stats::default(),
         }
     }
@@ -96,6 +127,7 @@ impl Dispatcher {
             prepared,
             instance: None,
             slot,
+            holding: false,
             stats: Stats::default(),
         }
     }
@@ -115,133 +147,290 @@ impl Dispatcher {
     }
 
     /// Delivers `batch` and returns one outcome per event, in order. If
-    /// `stop` is raised during a retry backoff, returns early with the
+    /// `stop` is raised while the partition holds, returns early with the
     /// outcomes of the events settled so far: the rest are not settled.
     pub fn deliver(&mut self, batch: &[wit::Event], stop: &Shutdown) -> Vec<Outcome> {
-        let limits = self.prepared.spec.limits.clone();
-        let plugin = self.prepared.name.clone();
-        let metrics = self.prepared.metrics().clone();
         let mut outcomes = Vec::with_capacity(batch.len());
-        // Failed attempts of the event at `outcomes.len()`.
-        let mut attempts = 0u32;
-        // After a trap, deliver one event at a time to find the culprit.
+        let mut head = Head::default();
+        // Events go one at a time to find the one that fails.
         let mut one_by_one = false;
+        // The handled prefix of a call whose effects were dropped: it is
+        // delivered again on its own.
+        let mut prefix: Option<usize> = None;
 
         while outcomes.len() < batch.len() {
+            let limits = self.prepared.spec.limits.clone();
             let start = outcomes.len();
-            let end = if one_by_one { start + 1 } else { batch.len() };
+            let end = match prefix.take() {
+                Some(n) => start + n,
+                None if one_by_one => start + 1,
+                None => batch.len(),
+            };
             let slice = &batch[start..end];
 
-            let result = match self.instance() {
+            let batch_seconds = self
+                .prepared
+                .metrics()
+                .batch_seconds
+                .with_label_values(&[&*self.prepared.name]);
+            let answer = match self.instance() {
                 Ok(instance) => {
                     let began = Instant::now();
                     let r = instance.handle(slice);
-                    metrics
-                        .batch_seconds
-                        .with_label_values(&[&*plugin])
-                        .observe(began.elapsed().as_secs_f64());
+                    batch_seconds.observe(began.elapsed().as_secs_f64());
                     r
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    // Not the event's fault: hold until an instance starts.
+                    let reason = format!("a plugin instance cannot start: {e}");
+                    if !self.wait(Cause::Host, &reason, &mut head, None, stop) {
+                        break;
+                    }
+                    continue;
+                }
             };
 
-            let (class, reason, retry_after) = match result {
-                Ok(outcome) => {
-                    let handled = outcome.handled as usize;
-                    outcomes.extend(std::iter::repeat_n(Outcome::Handled, handled));
-                    if handled > 0 {
-                        attempts = 0;
+            let failure = match answer {
+                Ok(answer) => {
+                    let handled = answer.outcome.handled as usize;
+                    if handled == slice.len() {
+                        self.handled(&mut outcomes, handled);
+                        head = Head::default();
+                        continue;
                     }
-                    match outcome.failure {
-                        None if handled == slice.len() => continue,
-                        None => (
-                            FailureClass::RetriesExhausted,
-                            format!(
-                                "plugin handled {handled} of {} events without saying why it stopped",
-                                slice.len()
-                            ),
-                            None,
-                        ),
-                        Some(_) if handled == slice.len() => continue,
-                        Some(PluginFailure::Reject(reason)) => {
-                            outcomes.push(Outcome::DeadLetter(Failure {
-                                class: FailureClass::Rejected,
-                                reason,
-                                attempts: attempts + 1,
-                            }));
-                            attempts = 0;
+                    if answer.state_dropped {
+                        self.rebuild("state-dropped");
+                    }
+                    if handled > 0 {
+                        if answer.dropped {
+                            prefix = Some(handled);
                             continue;
                         }
-                        Some(PluginFailure::Retry(info)) => (
-                            FailureClass::RetriesExhausted,
-                            info.reason,
-                            info.after_ms.map(|ms| Duration::from_millis(ms.into())),
-                        ),
+                        self.handled(&mut outcomes, handled);
+                        head = Head::default();
                     }
+                    answer.outcome.failure
+                }
+                Err(err @ CallError::State(_)) => {
+                    // The state store failed: the host's fault, never the
+                    // event's. The call's writes are lost, so its memory is
+                    // ahead of the store: rebuild.
+                    self.rebuild("state-unsaved");
+                    if !self.wait(Cause::Host, &err.to_string(), &mut head, None, stop) {
+                        break;
+                    }
+                    continue;
                 }
                 Err(err) => {
                     let class = match &err {
                         CallError::Timeout(_) => FailureClass::Timeout,
+                        CallError::Contract(_) => FailureClass::Contract,
                         _ => FailureClass::Trap,
                     };
-                    if matches!(err, CallError::Trap(_) | CallError::Timeout(_)) {
-                        metrics
-                            .instance_restarts
-                            .with_label_values(&[&*plugin, class.as_str()])
-                            .inc();
-                        one_by_one = true;
+                    self.rebuild(class.as_str());
+                    tracing::warn!(
+                        plugin = &*self.prepared.name,
+                        partition = self.slot,
+                        "{err}"
+                    );
+                    one_by_one = true;
+                    if !self.attempt_failed(&mut outcomes, &mut head, class, err.to_string(), stop)
+                    {
+                        break;
                     }
-                    tracing::warn!(plugin = &*plugin, "{err}; the instance is rebuilt");
-                    self.instance = None;
-                    (class, err.to_string(), None)
+                    continue;
                 }
             };
 
-            attempts += 1;
-            if attempts >= limits.max_attempts {
-                outcomes.push(Outcome::DeadLetter(Failure {
-                    class,
-                    reason,
-                    attempts,
-                }));
-                attempts = 0;
-                continue;
-            }
-            self.stats.retried += 1;
-            metrics.retries.with_label_values(&[&*plugin]).inc();
-            let delay = retry_after.unwrap_or_else(|| backoff(&limits, attempts));
-            tracing::debug!(plugin = &*plugin, ?delay, attempts, "retrying: {reason}");
-            if !stop.sleep(delay) {
-                break;
+            let head_alone = outcomes.len() + 1 == end;
+            match failure {
+                None => {
+                    let reason = format!(
+                        "plugin handled {} of {} events without saying why it stopped",
+                        outcomes.len() - start,
+                        slice.len()
+                    );
+                    one_by_one = true;
+                    if !self.attempt_failed(
+                        &mut outcomes,
+                        &mut head,
+                        FailureClass::Contract,
+                        reason,
+                        stop,
+                    ) {
+                        break;
+                    }
+                }
+                Some(PluginFailure::Reject(reason)) => {
+                    self.park(&mut outcomes, &mut head, FailureClass::Rejected, reason);
+                }
+                Some(PluginFailure::Retry(info)) => {
+                    let held = *head.held_since.get_or_insert_with(Instant::now);
+                    head.retries += 1;
+                    let timed_out = limits
+                        .retry_timeout
+                        .is_some_and(|timeout| held.elapsed() >= timeout);
+                    if !head_alone && (timed_out || head.retries >= ISOLATE_AFTER_RETRIES) {
+                        // The batch as a whole keeps failing: find the event
+                        // that does, one at a time, each with its own clock.
+                        one_by_one = true;
+                        if timed_out {
+                            head = Head::default();
+                            continue;
+                        }
+                    } else if timed_out {
+                        let reason = format!(
+                            "{} (retried for {:.0?}, the plugin's retry_timeout)",
+                            info.reason,
+                            held.elapsed()
+                        );
+                        self.park(
+                            &mut outcomes,
+                            &mut head,
+                            FailureClass::RetriesExhausted,
+                            reason,
+                        );
+                        continue;
+                    }
+                    let asked = info.after_ms.map(|ms| Duration::from_millis(ms.into()));
+                    if !self.wait(Cause::Sink, &info.reason, &mut head, asked, stop) {
+                        break;
+                    }
+                }
             }
         }
-
-        for outcome in &outcomes {
-            match outcome {
-                Outcome::Handled => {
-                    self.stats.handled += 1;
-                    self.prepared
-                        .handled
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    metrics
-                        .events
-                        .with_label_values(&[&*plugin, "handled"])
-                        .inc();
-                }
-                Outcome::DeadLetter(f) => {
-                    self.stats.dead_lettered += 1;
-                    metrics
-                        .events
-                        .with_label_values(&[&*plugin, "dead_lettered"])
-                        .inc();
-                    metrics
-                        .dead_letters
-                        .with_label_values(&[&*plugin, f.class.as_str()])
-                        .inc();
-                }
-            }
-        }
+        self.release();
         outcomes
+    }
+
+    /// The first `n` events not yet settled are handled.
+    fn handled(&mut self, outcomes: &mut Vec<Outcome>, n: usize) {
+        outcomes.extend(std::iter::repeat_n(Outcome::Handled, n));
+        self.stats.handled += n as u64;
+        self.prepared
+            .handled
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.prepared
+            .metrics()
+            .events
+            .with_label_values(&[&*self.prepared.name, "handled"])
+            .inc_by(n as u64);
+        self.release();
+    }
+
+    /// The head event is final: to the dead-letter path, with the number
+    /// of deliveries it got (`head` counts those that failed before).
+    fn park(
+        &mut self,
+        outcomes: &mut Vec<Outcome>,
+        head: &mut Head,
+        class: FailureClass,
+        reason: String,
+    ) {
+        let attempts = match class {
+            FailureClass::Rejected => head.attempts + head.retries + 1,
+            _ => head.attempts + head.retries,
+        };
+        outcomes.push(Outcome::DeadLetter(Failure {
+            class,
+            reason,
+            attempts,
+        }));
+        self.stats.dead_lettered += 1;
+        *head = Head::default();
+        self.release();
+    }
+
+    /// The plugin failed on the head event itself (trap, timeout, broken
+    /// contract): park it once it has failed `max_attempts` times, else
+    /// back off and try again. False if `stop` came meanwhile.
+    fn attempt_failed(
+        &mut self,
+        outcomes: &mut Vec<Outcome>,
+        head: &mut Head,
+        class: FailureClass,
+        reason: String,
+        stop: &Shutdown,
+    ) -> bool {
+        head.attempts += 1;
+        if head.attempts >= self.prepared.spec.limits.max_attempts {
+            self.park(outcomes, head, class, reason);
+            return true;
+        }
+        self.stats.retried += 1;
+        self.prepared
+            .metrics()
+            .retries
+            .with_label_values(&[&*self.prepared.name])
+            .inc();
+        stop.sleep(backoff(&self.prepared.spec.limits, head.attempts))
+    }
+
+    /// Holds the partition: records why, backs off (a delay the plugin
+    /// asked for is honoured up to `backoff_max`) and returns false if
+    /// `stop` came meanwhile.
+    fn wait(
+        &mut self,
+        cause: Cause,
+        reason: &str,
+        head: &mut Head,
+        asked: Option<Duration>,
+        stop: &Shutdown,
+    ) -> bool {
+        let plugin = &*self.prepared.name;
+        let metrics = self.prepared.metrics();
+        head.waits += 1;
+        self.holding = true;
+        if metrics.holds.hold(plugin, self.slot, cause, reason) {
+            tracing::warn!(
+                plugin,
+                partition = self.slot,
+                "waiting for the {}: {reason}; the partition holds and retries",
+                match cause {
+                    Cause::Sink => "plugin's sink",
+                    Cause::Host => "host",
+                }
+            );
+        } else {
+            tracing::debug!(plugin, partition = self.slot, "still waiting: {reason}");
+        }
+        self.stats.retried += 1;
+        metrics.retries.with_label_values(&[plugin]).inc();
+        let limits = &self.prepared.spec.limits;
+        let delay = match asked {
+            Some(asked) => asked.min(limits.backoff_max),
+            None => backoff(limits, head.waits),
+        };
+        stop.sleep(delay)
+    }
+
+    /// The partition goes on: end its hold, if it had one.
+    fn release(&mut self) {
+        if !std::mem::take(&mut self.holding) {
+            return;
+        }
+        if let Some(lasted) = self
+            .prepared
+            .metrics()
+            .holds
+            .release(&self.prepared.name, self.slot)
+        {
+            tracing::info!(
+                plugin = &*self.prepared.name,
+                partition = self.slot,
+                "resumed after waiting {lasted:.1?}"
+            );
+        }
+    }
+
+    /// Discards the instance; the next call gets a fresh one.
+    fn rebuild(&mut self, reason: &str) {
+        self.prepared
+            .metrics()
+            .instance_restarts
+            .with_label_values(&[&*self.prepared.name, reason])
+            .inc();
+        self.instance = None;
     }
 
     /// Makes the instance now rather than at the first delivery, so it
@@ -261,6 +450,19 @@ impl Dispatcher {
         }
         Ok(self.instance.as_mut().expect("just set"))
     }
+}
+
+/// What the head event (the first not yet settled) went through.
+#[derive(Default)]
+struct Head {
+    /// Traps, timeouts and broken contracts: counted against `max_attempts`.
+    attempts: u32,
+    /// `retry` answers.
+    retries: u32,
+    /// Waits for a sink or the host: the backoff step.
+    waits: u32,
+    /// When the first `retry` answer came: `retry_timeout` counts from it.
+    held_since: Option<Instant>,
 }
 
 /// Exponential backoff with "equal jitter": half the step fixed, half

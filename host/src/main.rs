@@ -155,6 +155,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 plugboard::run::run_kafka(&config, &shutdown, metrics_out.as_deref())?;
                 return Ok(ExitCode::SUCCESS);
             };
+            let shutdown = plugboard::shutdown::Shutdown::on_signals()?;
             let summary = run_file(
                 &config,
                 &FileRunOptions {
@@ -162,6 +163,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     dead_letter,
                     metrics_out,
                 },
+                &shutdown,
             )?;
             println!("{summary}");
             Ok(if summary.all_plugins_ran() {

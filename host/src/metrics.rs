@@ -81,7 +81,8 @@ pub struct Metrics {
     pub decode_failures: IntCounterVec,
     /// Wall time of one `handle` call.
     pub batch_seconds: HistogramVec,
-    /// Instances lost to a trap or a timeout and rebuilt.
+    /// Instances discarded and rebuilt, by reason (`trap`, `timeout`,
+    /// `state-dropped`, `state-unsaved`).
     pub instance_restarts: IntCounterVec,
     /// Lines plugins logged, by level.
     pub plugin_log_lines: IntCounterVec,
@@ -93,6 +94,11 @@ pub struct Metrics {
     pub plugin_loads: IntCounterVec,
     /// Plugin log and output lines dropped over the plugin's budget.
     pub plugin_log_dropped: IntCounterVec,
+    /// Partitions that wait for a sink or for the host, and why.
+    pub holds: crate::hold::Holds,
+    /// Events not yet settled in the partitions this host owns, per
+    /// plugin, from the consumer's own statistics (no broker round trip).
+    pub consumer_lag: prometheus::IntGaugeVec,
     families: Mutex<HashMap<String, Family>>,
     /// Each slot's share of every plugin gauge series, keyed by family name
     /// and label values (`plugin` last).
@@ -153,14 +159,14 @@ impl Metrics {
             decode_failures: counter(
                 &registry,
                 "plugboard_decode_failures_total",
-                "Messages that failed decoding or validation",
+                "Messages that failed decoding or validation (under Kafka, counted by each plugin's consumer)",
                 &["source"],
             ),
             batch_seconds,
             instance_restarts: counter(
                 &registry,
                 "plugboard_instance_restarts_total",
-                "Plugin instances discarded after a trap or timeout and rebuilt",
+                "Plugin instances discarded and rebuilt: after a trap or timeout, after their state writes were dropped or could not be saved",
                 &["plugin", "reason"],
             ),
             plugin_log_lines: counter(
@@ -193,11 +199,35 @@ impl Metrics {
                 "Plugin versions loaded (result=loaded) or rejected (result=failed), at start and by hot reload",
                 &["plugin", "result"],
             ),
+            holds: crate::hold::Holds::new(&registry),
+            consumer_lag: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "plugboard_consumer_lag",
+                        "Events not yet settled in the partitions this host owns, per plugin (from the consumer's statistics, refreshed every 5 s)",
+                    ),
+                    &["plugin"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             registry,
             families: Mutex::default(),
             gauge_shares: Mutex::default(),
             descriptions: Mutex::default(),
         }
+    }
+
+    /// Counts one event of `plugin` parked in the dead-letter path, when
+    /// the dead-letter write is acknowledged.
+    pub fn dead_lettered(&self, plugin: &str, class: &str) {
+        self.events
+            .with_label_values(&[plugin, "dead_lettered"])
+            .inc();
+        self.dead_letters.with_label_values(&[plugin, class]).inc();
     }
 
     /// Every metric in the Prometheus text format.

@@ -181,7 +181,10 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
             }
         };
         let wit_event = file::to_wit(&event, &source, line.number);
-        let outcome = match instance.handle(std::slice::from_ref(&wit_event)) {
+        let outcome = match instance
+            .handle(std::slice::from_ref(&wit_event))
+            .map(|a| a.outcome)
+        {
             Ok(o) if o.handled == 1 => {
                 counts[0] += 1;
                 "ok".to_string()

@@ -46,8 +46,14 @@ pub fn runtime_for(config: &HostConfig, metrics: Arc<Metrics>) -> Result<Runtime
     Ok(Runtime::new(Some(&config.cache_dir), metrics)?.with_state(state))
 }
 
-/// Runs every plugin over the events file to its end.
-pub fn run_file(config: &HostConfig, options: &FileRunOptions) -> Result<Summary> {
+/// Runs every plugin over the events file to its end, or until `shutdown`:
+/// a plugin whose sink is down holds (as under Kafka) until it is back or
+/// the run is stopped; events not settled then are reported, not parked.
+pub fn run_file(
+    config: &HostConfig,
+    options: &FileRunOptions,
+    shutdown: &Shutdown,
+) -> Result<Summary> {
     let metrics = Arc::new(Metrics::new());
     let runtime = runtime_for(config, metrics.clone())?;
     let specs = load_plugins(config)?;
@@ -70,7 +76,7 @@ pub fn run_file(config: &HostConfig, options: &FileRunOptions) -> Result<Summary
             .into_iter()
             .map(|dispatcher| {
                 let (events, originals) = (&events, &originals);
-                scope.spawn(move || dispatch_all(dispatcher, events, originals))
+                scope.spawn(move || dispatch_all(dispatcher, events, originals, shutdown))
             })
             .collect();
         handles
@@ -254,21 +260,27 @@ fn decode_lines<'a>(
     (events, originals, failures)
 }
 
-/// Feeds one plugin every event in batches of its configured size.
+/// Feeds one plugin every event in batches of its configured size, until
+/// `shutdown`.
 fn dispatch_all(
     mut dispatcher: Dispatcher,
     events: &[wit::Event],
     originals: &[&file::Line],
+    shutdown: &Shutdown,
 ) -> (PluginReport, Vec<FileRecord>) {
     let prepared: Arc<Prepared> = dispatcher.prepared().clone();
     let batch_size = prepared.spec.limits.batch_size;
     let mut records = Vec::new();
-    // A file run always finishes: nothing raises this.
-    let never = Shutdown::new();
+    let mut settled = 0;
     for (chunk_no, chunk) in events.chunks(batch_size).enumerate() {
-        let outcomes = dispatcher.deliver(chunk, &never);
+        let outcomes = dispatcher.deliver(chunk, shutdown);
+        settled += outcomes.len();
+        let complete = outcomes.len() == chunk.len();
         for (i, outcome) in outcomes.into_iter().enumerate() {
             if let Outcome::DeadLetter(failure) = outcome {
+                prepared
+                    .metrics()
+                    .dead_lettered(&prepared.name, failure.class.as_str());
                 let line = originals[chunk_no * batch_size + i];
                 records.push(FileRecord {
                     line: line.number,
@@ -281,6 +293,17 @@ fn dispatch_all(
                 });
             }
         }
+        if !complete {
+            break;
+        }
+    }
+    dispatcher.stats.unsettled = (events.len() - settled) as u64;
+    if dispatcher.stats.unsettled > 0 {
+        tracing::warn!(
+            plugin = &*prepared.name,
+            "stopped with {} events not settled (neither handled nor dead-lettered)",
+            dispatcher.stats.unsettled
+        );
     }
     let report = PluginReport {
         name: prepared.name.to_string(),

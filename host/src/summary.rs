@@ -31,10 +31,12 @@ impl Summary {
         self.lines as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// True when every plugin loaded; then every line was handled or
-    /// dead-lettered.
+    /// True when every plugin loaded and the run was not stopped; then
+    /// every line was handled or dead-lettered.
     pub fn all_plugins_ran(&self) -> bool {
-        self.plugins.iter().all(|p| p.error.is_none())
+        self.plugins
+            .iter()
+            .all(|p| p.error.is_none() && p.stats.is_some_and(|s| s.unsettled == 0))
     }
 }
 
@@ -56,11 +58,20 @@ impl fmt::Display for Summary {
         for p in &self.plugins {
             let short = &p.sha256[..p.sha256.len().min(12)];
             match (&p.stats, &p.error) {
-                (Some(s), _) => writeln!(
-                    f,
-                    "  {:<20} {:>9} {:>9} {:>13}  sha256:{short}",
-                    p.name, s.handled, s.retried, s.dead_lettered
-                )?,
+                (Some(s), _) => {
+                    writeln!(
+                        f,
+                        "  {:<20} {:>9} {:>9} {:>13}  sha256:{short}",
+                        p.name, s.handled, s.retried, s.dead_lettered
+                    )?;
+                    if s.unsettled > 0 {
+                        writeln!(
+                            f,
+                            "  {:<20} stopped: {} events not settled; run again to deliver them",
+                            "", s.unsettled
+                        )?;
+                    }
+                }
                 (None, error) => writeln!(
                     f,
                     "  {:<20} FAILED: {}",

@@ -239,7 +239,7 @@ fn rejects_and_retries_follow_the_plugin_outcome() {
         "faulty",
         "faulty",
         &format!(
-            "[limits]\nmax_attempts = 3\nbackoff_initial_ms = 1\n[config]\nreject = \"{}\"\nretry = \"{}\"\nretry_once = \"{}\"\n",
+            "[limits]\nmax_attempts = 3\nretry_timeout_ms = 100\nbackoff_initial_ms = 1\nbackoff_max_ms = 5\n[config]\nreject = \"{}\"\nretry = \"{}\"\nretry_once = \"{}\"\n",
             ids[2], ids[4], ids[6]
         ),
     );
@@ -256,9 +256,19 @@ fn rejects_and_retries_follow_the_plugin_outcome() {
             )
         })
         .collect();
-    assert_eq!(
-        summary,
-        vec![(3, "rejected", 1), (5, "retries-exhausted", 3)]
+    // The event that always asks to retry is held for retry_timeout, then
+    // parked alone; the one that asks once is handled.
+    assert_eq!(summary.len(), 2, "{summary:?}");
+    assert_eq!(summary[0], (3, "rejected", 1));
+    assert_eq!((summary[1].0, summary[1].1), (5, "retries-exhausted"));
+    assert!(summary[1].2 >= 2, "{summary:?}");
+    assert!(
+        dead[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("retry_timeout"),
+        "{}",
+        dead[1]["reason"]
     );
     let prom = setup.metrics();
     assert_eq!(
@@ -269,9 +279,9 @@ fn rejects_and_retries_follow_the_plugin_outcome() {
         Some(ids.len() as f64 - 2.0),
         "the event retried once must end handled"
     );
-    assert_eq!(
-        prom.get("plugboard_retries_total", &[("plugin", "faulty")]),
-        Some(3.0)
+    assert!(
+        prom.get("plugboard_retries_total", &[("plugin", "faulty")])
+            .is_some_and(|n| n >= 3.0)
     );
 }
 
@@ -331,7 +341,7 @@ fn unavailable_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsiz
 }
 
 #[test]
-fn crm_unavailable_retries_with_backoff_then_dead_letters() {
+fn crm_unavailable_is_held_for_retry_timeout_then_dead_lettered_one_by_one() {
     let setup = Setup::new();
     let events = common::generated_events(setup.dir.path(), 2, 5);
     let total = std::fs::read_to_string(&events).unwrap().lines().count();
@@ -343,7 +353,7 @@ fn crm_unavailable_retries_with_backoff_then_dead_letters() {
             name,
             "crm-sync",
             &format!(
-                "allow_hosts = [\"{target}\"]\n[limits]\nmax_attempts = 3\nbackoff_initial_ms = 5\n[config]\nbase_url = \"{target}\"\n"
+                "allow_hosts = [\"{target}\"]\n[limits]\nretry_timeout_ms = 150\nbackoff_initial_ms = 5\nbackoff_max_ms = 20\n[config]\nbase_url = \"{target}\"\n"
             ),
         );
     }
@@ -359,7 +369,7 @@ fn crm_unavailable_retries_with_backoff_then_dead_letters() {
         );
         for r in mine {
             assert_eq!(r["class"], "retries-exhausted");
-            assert_eq!(r["attempts"], 3);
+            assert!(r["attempts"].as_u64().unwrap() >= 2, "{r}");
             let reason = r["reason"].as_str().unwrap();
             if plugin == "crm-503" {
                 assert!(
@@ -371,11 +381,8 @@ fn crm_unavailable_retries_with_backoff_then_dead_letters() {
             }
         }
     }
-    // Each event: 3 attempts, each one batch/read call that got the 503.
-    assert_eq!(
-        requests.load(std::sync::atomic::Ordering::SeqCst),
-        total * 3
-    );
+    // Each event was tried on its own at least twice before it was parked.
+    assert!(requests.load(std::sync::atomic::Ordering::SeqCst) >= total * 2);
 }
 
 #[test]

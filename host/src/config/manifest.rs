@@ -44,7 +44,13 @@ pub struct FolderGrant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub batch_size: usize,
+    /// Deliveries of one event that trapped, timed out or broke the
+    /// contract before it is dead-lettered. `retry` answers do not count:
+    /// they hold the partition for up to `retry_timeout`.
     pub max_attempts: u32,
+    /// How long one event may be held by `retry` answers before it is
+    /// dead-lettered; none: as long as it takes.
+    pub retry_timeout: Option<Duration>,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub memory_limit_bytes: usize,
@@ -80,6 +86,12 @@ impl Limits {
         Limits {
             batch_size: batch_size as usize,
             max_attempts,
+            // 0 is "no limit", so a plugin can lift a host-wide timeout.
+            retry_timeout: plugin
+                .retry_timeout_ms
+                .or(host.retry_timeout_ms)
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
             backoff_initial: Duration::from_millis(pick(
                 plugin.backoff_initial_ms,
                 host.backoff_initial_ms,
@@ -179,13 +191,34 @@ pub fn parse_manifest(
     manifest: Option<&Path>,
     host_limits: &LimitsFile,
 ) -> Result<PluginSpec> {
-    let raw: ManifestFile = match manifest {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read manifest {}", path.display()))?;
-            parse_toml(path, &text)?
-        }
-        None => ManifestFile::default(),
+    let text = match manifest {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read manifest {}", path.display()))?,
+        ),
+        None => None,
+    };
+    manifest_from_text(
+        name,
+        component_default,
+        manifest,
+        text.as_deref(),
+        host_limits,
+    )
+}
+
+/// [`parse_manifest`] of a manifest's text, `manifest` naming the file in
+/// messages.
+pub fn manifest_from_text(
+    name: &str,
+    component_default: &Path,
+    manifest: Option<&Path>,
+    text: Option<&str>,
+    host_limits: &LimitsFile,
+) -> Result<PluginSpec> {
+    let raw: ManifestFile = match (manifest, text) {
+        (Some(path), Some(text)) => parse_toml(path, text)?,
+        _ => ManifestFile::default(),
     };
     let base = manifest
         .unwrap_or(component_default)

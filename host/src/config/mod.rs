@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 pub use manifest::{
-    FolderGrant, Limits, PluginSpec, load_plugins, normalise_origin, parse_manifest, scan_plugins,
+    FolderGrant, Limits, PluginSpec, load_plugins, manifest_from_text, normalise_origin,
+    parse_manifest, scan_plugins,
 };
 use template::Text;
 
@@ -135,11 +136,17 @@ struct HostFile {
 pub struct LimitsFile {
     /// Events per `handle` call.
     pub batch_size: Option<std::num::NonZeroU32>,
-    /// Deliveries of one event before it is dead-lettered.
+    /// Deliveries of one event that trap, time out or break the contract
+    /// before it is dead-lettered (the plugin fails on this event itself).
     pub max_attempts: Option<std::num::NonZeroU32>,
+    /// How long the plugin's `retry` answers may hold one event before it
+    /// is dead-lettered as `retries-exhausted`; unset or 0: no limit, the
+    /// partition waits for the sink as long as it is down.
+    pub retry_timeout_ms: Option<u64>,
     /// First retry delay; doubles per attempt, with jitter.
     pub backoff_initial_ms: Option<u64>,
-    /// Upper bound of the retry delay.
+    /// Upper bound of the retry delay, a `Retry-After` the plugin passes on
+    /// included.
     pub backoff_max_ms: Option<u64>,
     /// Linear memory a plugin instance may grow to.
     pub memory_limit_mb: Option<u64>,
@@ -156,7 +163,13 @@ impl HostConfig {
     pub fn load(file: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read config file {}", file.display()))?;
-        let raw: HostFile = parse_toml(file, &text)?;
+        Self::from_text(file, &text)
+    }
+
+    /// [`HostConfig::load`] of a config's text, `file` naming it in messages
+    /// and anchoring its relative paths.
+    pub fn from_text(file: &Path, text: &str) -> Result<Self> {
+        let raw: HostFile = parse_toml(file, text)?;
         let base = file
             .parent()
             .filter(|p| !p.as_os_str().is_empty())

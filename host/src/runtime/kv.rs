@@ -107,6 +107,9 @@ pub struct Bucket {
 pub struct KvState {
     db: Option<Arc<StateDb>>,
     pending: Writes,
+    /// Set when the store itself failed during the call: whatever the
+    /// plugin answered then, the host failed, not the event.
+    failed: Option<String>,
 }
 
 impl KvState {
@@ -114,6 +117,7 @@ impl KvState {
         KvState {
             db,
             pending: Writes::new(),
+            failed: None,
         }
     }
 
@@ -131,16 +135,41 @@ impl KvState {
         }
     }
 
-    /// Forgets the call's writes (it trapped).
+    /// Why the store failed during the call, if it did; cleared.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failed.take()
+    }
+
+    /// The store failed: remembered for the call, and told to the plugin.
+    fn fail(&mut self, e: rusqlite::Error) -> store::Error {
+        let error = other(e);
+        if let store::Error::Other(reason) = &error {
+            self.failed.get_or_insert_with(|| reason.clone());
+        }
+        error
+    }
+
+    /// Whether the call in progress has written anything.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Forgets the call's writes (it trapped or did not handle its batch).
     pub fn discard(&mut self) {
         self.pending.clear();
     }
 
-    fn get(&self, plugin: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
+    fn get(
+        &mut self,
+        plugin: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, store::Error> {
         if let Some(pending) = self.pending.get(&(bucket.to_string(), key.to_string())) {
             return Ok(pending.clone());
         }
-        self.db()?.get(plugin, bucket, key).map_err(other)
+        let result = self.db()?.get(plugin, bucket, key);
+        result.map_err(|e| self.fail(e))
     }
 
     fn set(
@@ -169,14 +198,15 @@ impl KvState {
 fn check_key(key: &str) -> Result<(), store::Error> {
     if key.len() > MAX_KEY {
         return Err(store::Error::Other(format!(
-            "key longer than {MAX_KEY} bytes"
+            "key of {} bytes is longer than the {MAX_KEY} bytes a key may have: it can never be stored",
+            key.len()
         )));
     }
     Ok(())
 }
 
 fn other(e: rusqlite::Error) -> store::Error {
-    tracing::error!("plugin state: {e}");
+    tracing::debug!("plugin state: {e}");
     store::Error::Other(format!("state store error: {e}"))
 }
 
@@ -234,13 +264,9 @@ impl store::HostBucket for PluginState {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, store::Error> {
         let name = self.bucket_name(&bucket)?;
-        let mut keys: std::collections::BTreeSet<String> = self
-            .kv
-            .db()?
-            .keys(&self.plugin, &name)
-            .map_err(other)?
-            .into_iter()
-            .collect();
+        let listed = self.kv.db()?.keys(&self.plugin, &name);
+        let mut keys: std::collections::BTreeSet<String> =
+            listed.map_err(|e| self.kv.fail(e))?.into_iter().collect();
         for ((b, key), value) in &self.kv.pending {
             if *b == name {
                 match value {

@@ -301,6 +301,7 @@ impl Prepared {
             kv: kv::KvState::new(self.state.clone()),
             log_budget: self.log_budget.clone(),
             journal: self.journal.clone(),
+            pending_metrics: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         if self.budgets {
@@ -321,15 +322,20 @@ impl Prepared {
         if let Some(p) = partition {
             config.push(("plugboard.partition".into(), p.to_string()));
         }
-        plugin
+        let init = plugin
             .plugboard_plugin_handler()
             .call_init(&mut store, &config)
-            .map_err(|e| classify(e, timeout, &output))?
-            .map_err(CallError::Init)?;
+            .map_err(|e| classify(e, timeout, &output))?;
         let data = store.data_mut();
+        if let Some(reason) = data.kv.take_failure() {
+            // `init` failed because the store did: the host's failure.
+            return Err(CallError::State(reason));
+        }
+        init.map_err(CallError::Init)?;
         data.kv
             .commit(&data.plugin)
             .map_err(|e| CallError::State(format!("{e:#}")))?;
+        data.apply_metrics();
         Ok(Instance {
             store,
             plugin,
@@ -353,7 +359,14 @@ pub struct Instance {
 impl Instance {
     /// Calls `handle` with a fresh deadline and checks the outcome against
     /// the contract.
-    pub fn handle(&mut self, batch: &[wit::Event]) -> Result<BatchOutcome, CallError> {
+    ///
+    /// What the call wrote to its state and its metric updates count only
+    /// if it handled its whole batch: a call that stops early may have
+    /// written for events it did not handle, and those are delivered again.
+    /// So a partial outcome drops them ([`Answer::dropped`]), and the caller
+    /// delivers the handled prefix again on its own to have them counted
+    /// once.
+    pub fn handle(&mut self, batch: &[wit::Event]) -> Result<Answer, CallError> {
         self.store.set_epoch_deadline(self.ticks);
         // Only what this call prints may explain its trap.
         self.output.take_tail();
@@ -364,23 +377,59 @@ impl Instance {
         {
             Ok(outcome) => outcome,
             Err(e) => {
-                self.store.data_mut().kv.discard();
+                let data = self.store.data_mut();
+                data.discard_call();
+                data.kv.take_failure();
                 return Err(classify(e, self.timeout, &self.output));
             }
         };
         let data = self.store.data_mut();
-        data.kv
-            .commit(&data.plugin)
-            .map_err(|e| CallError::State(format!("{e:#}")))?;
+        if let Some(reason) = data.kv.take_failure() {
+            // The plugin answered about a store that failed under it.
+            data.discard_call();
+            return Err(CallError::State(reason));
+        }
         let handled = outcome.handled as usize;
         if handled > batch.len() {
+            data.discard_call();
             return Err(CallError::Contract(format!(
                 "reported {handled} events handled of a batch of {}",
                 batch.len()
             )));
         }
-        Ok(outcome)
+        if handled < batch.len() {
+            let state_dropped = data.kv.has_pending();
+            let dropped = data.discard_call();
+            return Ok(Answer {
+                outcome,
+                dropped,
+                state_dropped,
+            });
+        }
+        if let Err(e) = data.kv.commit(&data.plugin) {
+            data.discard_call();
+            return Err(CallError::State(format!("{e:#}")));
+        }
+        data.apply_metrics();
+        Ok(Answer {
+            outcome,
+            dropped: false,
+            state_dropped: false,
+        })
     }
+}
+
+/// What one `handle` call answered, and what the host made of its effects.
+#[derive(Debug)]
+pub struct Answer {
+    pub outcome: BatchOutcome,
+    /// The call did not handle its whole batch and had written state or
+    /// metrics: those were dropped, so even its handled prefix has not
+    /// counted yet.
+    pub dropped: bool,
+    /// State writes were among what was dropped: the instance's memory may
+    /// be ahead of its store, so it must be rebuilt before the next call.
+    pub state_dropped: bool,
 }
 
 /// Sorts a wasmtime error into trap or timeout. A trap's message is the

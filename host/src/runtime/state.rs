@@ -31,6 +31,49 @@ pub struct PluginState {
     pub(super) log_budget: Arc<super::log_budget::LogBudget>,
     /// Set by `plugboard replay`: log lines and metrics are recorded there.
     pub(super) journal: Option<Journal>,
+    /// Metric updates of the call in progress: they count only if the call
+    /// counts (like its state writes), so a batch delivered again is never
+    /// counted twice.
+    pub(super) pending_metrics: Vec<MetricOp>,
+}
+
+/// One metric update a plugin made during a call.
+pub(super) enum MetricOp {
+    Counter(String, Vec<(String, String)>, f64),
+    Gauge(String, Vec<(String, String)>, f64),
+    Histogram(String, Vec<(String, String)>, f64),
+}
+
+impl PluginState {
+    /// Applies the call's metric updates: the call's outcome counts.
+    pub(super) fn apply_metrics(&mut self) {
+        for op in std::mem::take(&mut self.pending_metrics) {
+            let r = match &op {
+                MetricOp::Counter(name, labels, delta) => {
+                    self.metrics
+                        .plugin_counter_add(&self.plugin, name, labels, *delta)
+                }
+                MetricOp::Gauge(name, labels, value) => {
+                    self.metrics
+                        .plugin_gauge_set(&self.plugin, self.slot, name, labels, *value)
+                }
+                MetricOp::Histogram(name, labels, value) => {
+                    self.metrics
+                        .plugin_histogram_observe(&self.plugin, name, labels, *value)
+                }
+            };
+            self.report(r);
+        }
+    }
+
+    /// Drops the call's metric updates and state writes: the call does not
+    /// count. True if anything was dropped.
+    pub(super) fn discard_call(&mut self) -> bool {
+        let dropped = !self.pending_metrics.is_empty() || self.kv.has_pending();
+        self.pending_metrics.clear();
+        self.kv.discard();
+        dropped
+    }
 }
 
 impl WasiView for PluginState {
@@ -96,10 +139,8 @@ impl wit_metrics::Host for PluginState {
         if let Some(journal) = &self.journal {
             journal.record(format!("metric {} += {delta}", series(&name, &labels)));
         }
-        let r = self
-            .metrics
-            .plugin_counter_add(&self.plugin, &name, &labels, delta);
-        self.report(r);
+        self.pending_metrics
+            .push(MetricOp::Counter(name, labels, delta));
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
@@ -107,10 +148,8 @@ impl wit_metrics::Host for PluginState {
         if let Some(journal) = &self.journal {
             journal.record(format!("metric {} = {value}", series(&name, &labels)));
         }
-        let r = self
-            .metrics
-            .plugin_gauge_set(&self.plugin, self.slot, &name, &labels, value);
-        self.report(r);
+        self.pending_metrics
+            .push(MetricOp::Gauge(name, labels, value));
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
@@ -118,10 +157,8 @@ impl wit_metrics::Host for PluginState {
         if let Some(journal) = &self.journal {
             journal.record(format!("metric {} observe {value}", series(&name, &labels)));
         }
-        let r = self
-            .metrics
-            .plugin_histogram_observe(&self.plugin, &name, &labels, value);
-        self.report(r);
+        self.pending_metrics
+            .push(MetricOp::Histogram(name, labels, value));
     }
 }
 

@@ -3,6 +3,8 @@
 //! `plugboard` binary, and readers for what they leave behind.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 
 use arrow_array::{Array, Int64Array, StringArray};
@@ -197,6 +199,12 @@ pub struct Crm {
 
 impl Crm {
     pub fn start(db: &Path) -> Self {
+        Self::start_on(db, "127.0.0.1:0")
+    }
+
+    /// The CRM on `listen`: a CRM restarted on the address it had, with
+    /// the database it had, is the same CRM back from an outage.
+    pub fn start_on(db: &Path, listen: &str) -> Self {
         let token = "test-token".to_string();
         let bin = target_dir().join("release/crm-example");
         assert!(
@@ -207,7 +215,7 @@ impl Crm {
         // Port 0 and the address the server prints: no race for a port.
         let mut child = Command::new(bin)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--db")
             .arg(db)
             .arg("--token")
@@ -259,6 +267,15 @@ impl Crm {
                 None => return out,
             }
         }
+    }
+}
+
+impl Crm {
+    /// Kills the server (its database stays); `start_on` with the same
+    /// address brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

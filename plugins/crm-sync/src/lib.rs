@@ -4,12 +4,14 @@
 //!
 //! Replay-safe: a booking is written only when the event's version is newer
 //! than the `booking_version` the CRM holds, so duplicates, replays and late
-//! older versions change nothing. 5xx, 429 (honouring `Retry-After`) and
-//! connection errors ask the host to retry; other 4xx reject the event with
-//! the CRM's message.
+//! older versions change nothing. 5xx, 408, 429 (passing `Retry-After` on)
+//! and connection errors ask the host to retry: it holds the partition until
+//! the CRM is back. Other 4xx reject the event with the CRM's message, and
+//! so does a request the host denies (the CRM's origin is not granted).
 //!
 //! Config: `base_url` (required), `token` (a bearer token, optional),
-//! `object_type` (default `bookings`).
+//! `object_type` (default `bookings`), `request_timeout_ms` (default 10000:
+//! a CRM that does not answer within it is retried).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -51,8 +53,14 @@ impl Guest for CrmSync {
         let base = config
             .get("base_url")
             .ok_or("config `base_url` is required, e.g. base_url = \"http://127.0.0.1:8088\"")?;
+        let timeout = match config.get("request_timeout_ms") {
+            None => http::DEFAULT_TIMEOUT_MS,
+            Some(v) => v.parse::<u64>().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+                format!("request_timeout_ms must be a positive number, got `{v}`")
+            })?,
+        };
         let crm = Crm {
-            origin: http::Origin::parse(base)?,
+            origin: http::Origin::parse(base)?.with_timeout_ms(timeout),
             authorization: config
                 .get("token")
                 .filter(|t| !t.is_empty())
@@ -99,10 +107,15 @@ impl Guest for CrmSync {
 }
 
 fn retry(handled: usize, reason: String, after_ms: Option<u32>) -> BatchOutcome {
-    log(
-        Level::Warn,
-        &format!("CRM not reachable, will retry: {reason}"),
-    );
+    // The host logs when the partition starts and stops waiting; this says
+    // what each attempt met.
+    let what = if reason.contains(": HTTP ") {
+        "the CRM is busy or failing"
+    } else {
+        "the CRM is not reachable"
+    };
+    let after = after_ms.map_or(String::new(), |ms| format!(" (it asks to wait {ms} ms)"));
+    log(Level::Info, &format!("{what}, will retry{after}: {reason}"));
     BatchOutcome {
         handled: handled as u32,
         failure: Some(Failure::Retry(RetryInfo { reason, after_ms })),
@@ -187,9 +200,14 @@ impl Crm {
         }
         let response =
             http::send(&self.origin, Method::Post, &path, &headers, &body).map_err(|e| {
-                SyncError::Transient {
-                    reason: format!("POST {path}: {}", e.0),
-                    after_ms: None,
+                let reason = format!("POST {path}: {}", e.0);
+                if e.is_denied() {
+                    SyncError::Permanent(reason)
+                } else {
+                    SyncError::Transient {
+                        reason,
+                        after_ms: None,
+                    }
                 }
             })?;
         let text = String::from_utf8_lossy(&response.body);

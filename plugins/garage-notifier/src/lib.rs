@@ -94,10 +94,14 @@ fn notify(webhook: &Webhook, event: &Event) -> Result<(), Failure> {
         &body,
     )
     .map_err(|e| {
-        Failure::Retry(RetryInfo {
-            reason: format!("webhook unreachable: {}", e.0),
-            after_ms: None,
-        })
+        if e.is_denied() {
+            Failure::Reject(format!("webhook refused: {}", e.0))
+        } else {
+            Failure::Retry(RetryInfo {
+                reason: format!("webhook unreachable: {}", e.0),
+                after_ms: None,
+            })
+        }
     })?;
     match response.status {
         200..=299 => Ok(()),

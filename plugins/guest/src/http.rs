@@ -4,7 +4,9 @@
 
 use wasip2::http::outgoing_handler;
 pub use wasip2::http::types::Method;
-use wasip2::http::types::{ErrorCode, Fields, IncomingBody, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+};
 use wasip2::io::streams::StreamError;
 
 /// Where requests go: parsed once from the configured base URL.
@@ -14,7 +16,14 @@ pub struct Origin {
     authority: String,
     /// Path prefix, without a trailing slash.
     prefix: String,
+    /// How long a request may wait to connect, and then for each part of
+    /// the answer: a service that never answers becomes a retry instead
+    /// of a call that runs into the plugin's time budget.
+    timeout_ms: u64,
 }
+
+/// Unless [`Origin::with_timeout_ms`] says otherwise.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
 impl Origin {
     pub fn parse(url: &str) -> Result<Self, String> {
@@ -37,7 +46,15 @@ impl Origin {
             scheme,
             authority: authority.to_string(),
             prefix: path.trim_end_matches('/').to_string(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
         })
+    }
+
+    /// Requests give up after `ms` without progress (connect, first byte,
+    /// between bytes). Keep it well below the plugin's `timeout_ms`.
+    pub fn with_timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = ms.max(1);
+        self
     }
 }
 
@@ -47,9 +64,20 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Why a request produced no response: always worth a retry.
+/// Why a request produced no response: worth a retry, unless the host
+/// denied it ([`TransportError::is_denied`]).
 #[derive(Debug)]
 pub struct TransportError(pub String);
+
+const DENIED: &str = "HTTP request denied by the host";
+
+impl TransportError {
+    /// The host refused the request: the origin is not granted to this
+    /// plugin, and no retry can change that.
+    pub fn is_denied(&self) -> bool {
+        self.0.starts_with(DENIED)
+    }
+}
 
 pub fn send(
     origin: &Origin,
@@ -82,7 +110,13 @@ pub fn send(
         .map_err(|_| err("request body taken twice"))?;
     // Send first, then stream the body: the host buffers little, so writing
     // a large body before sending would wait forever.
-    let pending = outgoing_handler::handle(request, None).map_err(describe)?;
+    let options = RequestOptions::new();
+    let timeout = Some(origin.timeout_ms.saturating_mul(1_000_000));
+    // A host may not support every timeout; what it supports applies.
+    let _ = options.set_connect_timeout(timeout);
+    let _ = options.set_first_byte_timeout(timeout);
+    let _ = options.set_between_bytes_timeout(timeout);
+    let pending = outgoing_handler::handle(request, Some(options)).map_err(describe)?;
     // If the body cannot be written, the response future says why (the
     // request was denied, the connection refused): prefer its answer.
     let mut write_error = None;
@@ -141,9 +175,7 @@ pub fn send(
 
 fn describe(e: ErrorCode) -> TransportError {
     TransportError(match e {
-        ErrorCode::HttpRequestDenied => {
-            "HTTP request denied by the host: grant the origin in allow_hosts".to_string()
-        }
+        ErrorCode::HttpRequestDenied => format!("{DENIED}: grant the origin in allow_hosts"),
         ErrorCode::ConnectionRefused => "connection refused".to_string(),
         other => format!("{other:?}"),
     })

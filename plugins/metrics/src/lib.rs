@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use plugboard_guest::metrics::{self as m, Label};
 use plugboard_guest::store::{self, Bucket};
-use plugboard_guest::{BatchOutcome, BookingState, Event, Guest, RetryInfo};
+use plugboard_guest::{BatchOutcome, BookingState, Event, Failure, Guest, RetryInfo};
 use serde::{Deserialize, Serialize};
 
 const STATES: [BookingState; 6] = [
@@ -170,11 +170,15 @@ impl Guest for Metrics {
         });
         match result {
             Ok(()) => BatchOutcome::all(&batch),
-            // The host saves nothing of a call that does not finish, but
-            // this one returns: say the state could not be read or written.
-            Err(reason) => BatchOutcome {
-                handled: 0,
-                failure: Some(plugboard_guest::Failure::Retry(RetryInfo {
+            // The host keeps nothing this call wrote unless it handled the
+            // whole batch; it delivers the events ahead of `at` again.
+            Err(Stop::Reject { at, reason }) => BatchOutcome {
+                handled: at as u32,
+                failure: Some(Failure::Reject(reason)),
+            },
+            Err(Stop::Retry { at, reason }) => BatchOutcome {
+                handled: at as u32,
+                failure: Some(Failure::Retry(RetryInfo {
                     reason,
                     after_ms: None,
                 })),
@@ -183,78 +187,109 @@ impl Guest for Metrics {
     }
 }
 
+/// Why `apply` stopped at the event `at`.
+enum Stop {
+    /// This event can never be stored (its booking id cannot be a key).
+    Reject { at: usize, reason: String },
+    /// The state could not be read: worth trying again.
+    Retry { at: usize, reason: String },
+}
+
 fn apply(
     buckets: &Buckets,
     totals: &mut HashMap<i32, Totals>,
     batch: &[Event],
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let mut touched = Vec::new();
-    for event in batch {
+    for (at, event) in batch.iter().enumerate() {
+        let retry = |reason| Stop::Retry { at, reason };
         let partition = event.envelope.partition;
         let share = match totals.entry(partition) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(get(&buckets.totals, &partition.to_string())?),
+            Entry::Vacant(e) => {
+                e.insert(get(&buckets.totals, &partition.to_string()).map_err(retry)?)
+            }
         };
-        if !touched.contains(&partition) {
-            touched.push(partition);
-        }
         let b = &event.booking;
-        let mut booking: Booking = get(&buckets.bookings, &b.booking_id)?;
+        let mut booking: Booking = get(&buckets.bookings, &b.booking_id).map_err(retry)?;
         if booking.seen.contains(&b.version) {
             continue; // a duplicate delivery
         }
         booking.seen.push(b.version);
-        m::counter_add(
-            "booking_events_total",
-            &label("state", b.state.as_str()),
-            1.0,
-        );
-        let at = b.occurred_at.map(|t| t.seconds);
+        let at_time = b.occurred_at.map(|t| t.seconds);
         match b.state {
-            BookingState::Created => booking.created_at = booking.created_at.or(at),
+            BookingState::Created => booking.created_at = booking.created_at.or(at_time),
             BookingState::Paid => {
                 let paid = b
                     .payment
                     .as_ref()
                     .and_then(|p| p.paid_at)
                     .map(|t| t.seconds);
-                booking.paid_at = booking.paid_at.or(paid).or(at);
+                booking.paid_at = booking.paid_at.or(paid).or(at_time);
             }
             _ => {}
         }
-        if let (Some(created), Some(paid), false) = (
+        let time_to_pay = match (
             booking.created_at,
             booking.paid_at,
             booking.observed_time_to_pay,
         ) {
-            booking.observed_time_to_pay = true;
-            m::histogram_observe(
-                "booking_minutes_to_pay",
-                &[],
-                (paid - created).max(0) as f64 / 60.0,
-            );
-        }
-        if booking.latest.as_ref().is_none_or(|l| b.version > l.0) {
-            if let Some(old) = &booking.latest {
-                share.add(old, -1);
+            (Some(created), Some(paid), false) => {
+                booking.observed_time_to_pay = true;
+                Some((paid - created).max(0) as f64 / 60.0)
             }
-            let latest = (
+            _ => None,
+        };
+        let previous = booking.latest.clone();
+        let newer = previous.as_ref().is_none_or(|l| b.version > l.0);
+        if newer {
+            booking.latest = Some((
                 b.version,
                 b.state.as_str().to_string(),
                 b.price
                     .as_ref()
                     .map(|p| (p.currency_code.clone(), p.amount_minor)),
-            );
-            share.add(&latest, 1);
-            booking.latest = Some(latest);
+            ));
         }
-        set(&buckets.bookings, &b.booking_id, &booking)?;
+        // Stored first: an event whose record cannot be stored changes
+        // nothing, not even this instance's memory or its counters.
+        set(&buckets.bookings, &b.booking_id, &booking).map_err(|reason| Stop::Reject {
+            at,
+            reason: format!("booking {}: {reason}", short(&b.booking_id)),
+        })?;
+        if newer {
+            if let Some(old) = &previous {
+                share.add(old, -1);
+            }
+            share.add(booking.latest.as_ref().expect("just set"), 1);
+        }
+        if !touched.contains(&partition) {
+            touched.push(partition);
+        }
+        m::counter_add(
+            "booking_events_total",
+            &label("state", b.state.as_str()),
+            1.0,
+        );
+        if let Some(minutes) = time_to_pay {
+            m::histogram_observe("booking_minutes_to_pay", &[], minutes);
+        }
     }
     for partition in touched {
-        set(&buckets.totals, &partition.to_string(), &totals[&partition])?;
+        set(&buckets.totals, &partition.to_string(), &totals[&partition])
+            .map_err(|reason| Stop::Retry { at: 0, reason })?;
     }
     publish(totals);
     Ok(())
+}
+
+/// A booking id for a message: long ones cut.
+fn short(id: &str) -> String {
+    if id.len() <= 40 {
+        return id.to_string();
+    }
+    let cut: String = id.chars().take(32).collect();
+    format!("{cut}... ({} bytes)", id.len())
 }
 
 /// Sets every gauge from this instance's totals, so a gauge is always the

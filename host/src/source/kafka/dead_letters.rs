@@ -1,6 +1,8 @@
 //! One plugin's dead-letter topic: the original message, unchanged, with
 //! the failure in `plugboard.*` headers. Written with acks=all and retried
-//! until the broker takes it, because the offset is stored only after.
+//! until the broker takes it, because the offset is stored only after; while
+//! it cannot be written the partition holds (a host failure, never a reason
+//! to drop the event) and the host is not ready.
 
 use std::time::Duration;
 
@@ -9,14 +11,17 @@ use anyhow::{Context, Result};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::client_log::{ClientLog, ProducerContext};
 use super::{client_config, dead_letter_topic};
 use crate::config::KafkaConfig;
 use crate::dispatch::Failure;
+use crate::hold::Cause;
+use crate::runtime::Prepared;
 use crate::shutdown::Shutdown;
 
 /// One plugin's dead-letter topic.
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerContext>,
     pub topic: String,
     plugin: String,
     /// Drives the producer's futures; every partition worker of the plugin
@@ -26,11 +31,13 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn new(kafka: &KafkaConfig, plugin: &str) -> Result<Self> {
-        let producer: FutureProducer = client_config(kafka)
+        let producer = client_config(kafka)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("client.id", format!("plugboard-{plugin}-dlq"))
-            .create()
+            .create_with_context(ProducerContext(ClientLog::new(format!(
+                "{plugin} dead letters"
+            ))))
             .context("cannot create the dead-letter producer")?;
         Ok(DeadLetters {
             producer,
@@ -44,15 +51,18 @@ impl DeadLetters {
     }
 
     /// Writes the original message with the failure in `plugboard.*`
-    /// headers (`sha256`: the plugin version that failed), retrying until
-    /// the broker acknowledges it. Returns false if shutdown came first.
+    /// headers (`sha256` of `version`, the plugin version that failed),
+    /// retrying until the broker acknowledges it, then counts it. Returns
+    /// false if shutdown came first.
     pub fn write(
         &self,
         original: &OwnedMessage,
         failure: &Failure,
-        sha256: &str,
+        version: &Prepared,
         shutdown: &Shutdown,
     ) -> bool {
+        let sha256 = version.sha256.as_str();
+        let metrics = version.metrics();
         let mut headers = OwnedHeaders::new();
         if let Some(h) = original.headers() {
             for h in h.iter() {
@@ -94,6 +104,16 @@ impl DeadLetters {
                 .block_on(self.producer.send(record, Duration::from_secs(30)))
             {
                 Ok(_) => {
+                    metrics.dead_lettered(&self.plugin, failure.class.as_str());
+                    if let Some(lasted) = metrics.holds.release(&self.plugin, original.partition())
+                    {
+                        tracing::info!(
+                            plugin = self.plugin,
+                            partition = original.partition(),
+                            "dead-letter topic {} writable again after {lasted:.1?}",
+                            self.topic
+                        );
+                    }
                     tracing::warn!(
                         plugin = self.plugin,
                         partition = original.partition(),
@@ -106,11 +126,18 @@ impl DeadLetters {
                     return true;
                 }
                 Err((e, _)) => {
-                    tracing::error!(
-                        plugin = self.plugin,
-                        "cannot write to {}: {e}; retrying",
-                        self.topic
-                    );
+                    let reason =
+                        format!("cannot write to the dead-letter topic {}: {e}", self.topic);
+                    if metrics
+                        .holds
+                        .hold(&self.plugin, original.partition(), Cause::Host, &reason)
+                    {
+                        tracing::error!(
+                            plugin = self.plugin,
+                            partition = original.partition(),
+                            "{reason}; the partition holds and retries"
+                        );
+                    }
                     if !shutdown.sleep(delay) {
                         return false;
                     }

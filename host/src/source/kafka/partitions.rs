@@ -15,11 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::client_log::ClientLog;
 use super::worker::{Settled, Worker, WorkerSetup};
+use crate::hold::{ALL_PARTITIONS, Cause};
 
 /// One owned partition.
 struct Owned {
@@ -33,6 +38,7 @@ struct Owned {
 /// librdkafka runs inside `poll`) can stop them and commit.
 pub struct Partitions {
     topic: String,
+    plugin: String,
     setup: WorkerSetup,
     capacity: usize,
     owned: Mutex<BTreeMap<i32, Owned>>,
@@ -40,6 +46,13 @@ pub struct Partitions {
     /// Set at shutdown: the revoke that leaving the group brings keeps the
     /// gauges, which the final metrics still report.
     closing: AtomicBool,
+    /// Offsets stored and offsets the broker acknowledged as committed, per
+    /// partition: what a stop without the broker leaves uncommitted.
+    stored: Mutex<BTreeMap<i32, i64>>,
+    committed: Mutex<BTreeMap<i32, i64>>,
+    /// Set while librdkafka reports the brokers unreachable.
+    broker_down: AtomicBool,
+    log: ClientLog,
 }
 
 pub type GroupConsumer = BaseConsumer<Partitions>;
@@ -47,12 +60,18 @@ pub type GroupConsumer = BaseConsumer<Partitions>;
 impl Partitions {
     pub fn new(
         topic: &str,
+        plugin: &str,
         setup: WorkerSetup,
         settled: Receiver<Settled>,
         capacity: usize,
     ) -> Self {
         Partitions {
             topic: topic.to_string(),
+            plugin: plugin.to_string(),
+            stored: Mutex::default(),
+            committed: Mutex::default(),
+            broker_down: AtomicBool::new(false),
+            log: ClientLog::new(plugin.to_string()),
             setup,
             capacity,
             owned: Mutex::new(BTreeMap::new()),
@@ -117,6 +136,10 @@ impl Partitions {
     pub fn store_settled(&self, consumer: &GroupConsumer) {
         let settled = self.settled.lock().expect("settled lock");
         while let Ok(Settled { partition, offset }) = settled.try_recv() {
+            self.stored
+                .lock()
+                .expect("stored lock")
+                .insert(partition, offset + 1);
             if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
                 tracing::warn!(
                     plugin = &*self.setup.live.current().name,
@@ -159,6 +182,13 @@ impl Partitions {
             worker.stop();
         }
         self.store_settled(consumer);
+        if self.broker_down.load(Ordering::SeqCst) {
+            // A synchronous commit would wait for the broker; ask for one
+            // and say what may be delivered again.
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            self.report_uncommitted();
+            return;
+        }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(())
             | Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -171,10 +201,67 @@ impl Partitions {
         }
     }
 
-    /// Stops every worker and commits, before the consumer leaves its group.
-    pub fn close(&self, consumer: &GroupConsumer) {
+    /// Stops every worker and commits, before the consumer leaves its
+    /// group. False if the broker is unreachable: then what could not be
+    /// committed is logged, and the consumer should not wait to leave.
+    pub fn close(&self, consumer: &GroupConsumer) -> bool {
         self.closing.store(true, Ordering::SeqCst);
         self.release(consumer, None);
+        !self.broker_down.load(Ordering::SeqCst)
+    }
+
+    /// Logs, per partition, the settled offsets the broker has not
+    /// acknowledged: their events are delivered again after a restart.
+    fn report_uncommitted(&self) {
+        let stored = self.stored.lock().expect("stored lock");
+        let committed = self.committed.lock().expect("committed lock");
+        let behind: Vec<String> = stored
+            .iter()
+            .filter_map(|(p, next)| {
+                let done = committed.get(p).copied().unwrap_or(-1);
+                (*next > done).then(|| {
+                    if done < 0 {
+                        format!("partition {p}: up to offset {}", next - 1)
+                    } else {
+                        format!("partition {p}: offsets {done}..={}", next - 1)
+                    }
+                })
+            })
+            .collect();
+        if behind.is_empty() {
+            tracing::warn!(
+                plugin = self.plugin,
+                "the broker is unreachable; every settled offset was committed before"
+            );
+        } else {
+            tracing::warn!(
+                plugin = self.plugin,
+                "the broker is unreachable: settled but not committed, so delivered again after a restart: {}",
+                behind.join(", ")
+            );
+        }
+    }
+
+    /// A message came: the broker answers.
+    pub fn broker_answers(&self) {
+        if self.broker_down.swap(false, Ordering::SeqCst) {
+            self.broker_back();
+        }
+    }
+
+    fn broker_back(&self) {
+        let metrics = self.setup.live.current().metrics().clone();
+        if let Some(lasted) = metrics.holds.release(&self.plugin, ALL_PARTITIONS) {
+            tracing::info!(
+                plugin = self.plugin,
+                "the broker answers again after {lasted:.1?}"
+            );
+        }
+    }
+
+    /// An error the poll loop got; connection trouble holds the consumer.
+    pub fn consumer_error(&self, error: &KafkaError) {
+        self.error(error.clone(), "");
     }
 
     /// Pauses (or resumes) `partition`; true if that took effect.
@@ -215,9 +302,80 @@ impl Partitions {
     }
 }
 
-impl ClientContext for Partitions {}
+impl ClientContext for Partitions {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level, fac, log_message);
+    }
+
+    /// Client-wide errors are about reaching the brokers: the consumer
+    /// holds (the host is not ready) until statistics show one up again.
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+        let reason = if reason.is_empty() {
+            error.to_string()
+        } else {
+            format!("{error}: {reason}")
+        };
+        let metrics = self.setup.live.current().metrics().clone();
+        metrics.holds.hold(
+            &self.plugin,
+            ALL_PARTITIONS,
+            Cause::Host,
+            &format!("Kafka: {reason}"),
+        );
+        self.broker_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Lag of the owned partitions, and whether a broker is up again.
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .get(&self.topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.desired)
+                    .map(|p| {
+                        if p.consumer_lag_stored >= 0 {
+                            p.consumer_lag_stored
+                        } else if p.consumer_lag >= 0 {
+                            p.consumer_lag
+                        } else {
+                            (p.hi_offset - p.lo_offset.max(0)).max(0)
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        let metrics = self.setup.live.current().metrics().clone();
+        metrics
+            .consumer_lag
+            .with_label_values(&[&*self.plugin])
+            .set(lag);
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        if up {
+            self.broker_answers();
+        }
+    }
+}
 
 impl ConsumerContext for Partitions {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_err() {
+            return;
+        }
+        let mut committed = self.committed.lock().expect("committed lock");
+        for element in offsets.elements() {
+            if let Offset::Offset(o) = element.offset() {
+                committed.insert(element.partition(), o);
+            }
+        }
+    }
+
     /// Starts a worker for every partition assigned, so each plugin
     /// instance reports its partition's state even before new events come.
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -157,14 +157,22 @@ fn settle(
                 events.push(convert::to_wit(&event, envelope(message), payload.to_vec()));
                 event_message.push(i);
             }
-            Err(err) => failed.push((
-                i,
-                Failure {
-                    class: FailureClass::Decode,
-                    reason: err.to_string(),
-                    attempts: 0,
-                },
-            )),
+            Err(err) => {
+                dispatcher
+                    .prepared()
+                    .metrics()
+                    .decode_failures
+                    .with_label_values(&[message.topic()])
+                    .inc();
+                failed.push((
+                    i,
+                    Failure {
+                        class: FailureClass::Decode,
+                        reason: err.to_string(),
+                        attempts: 0,
+                    },
+                ))
+            }
         }
     }
     if !events.is_empty() {
@@ -179,10 +187,10 @@ fn settle(
         }
     }
     failed.sort_by_key(|(i, _)| *i);
-    let sha256 = &dispatcher.prepared().sha256;
+    let version = dispatcher.prepared();
     failed
         .iter()
-        .all(|(i, failure)| dead_letters.write(&messages[*i], failure, sha256, stop))
+        .all(|(i, failure)| dead_letters.write(&messages[*i], failure, version, stop))
 }
 
 fn envelope(message: &OwnedMessage) -> Envelope {

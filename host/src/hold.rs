@@ -1,0 +1,218 @@
+//! Holds: the partitions that wait instead of going on, and why.
+//!
+//! A partition holds when its next event cannot be settled yet: the plugin
+//! answered `retry` (its sink is down, slow or rate-limiting), or a part of
+//! the host failed (the state store, the dead-letter producer, the broker,
+//! a plugin instance that cannot start). A hold never parks an event; it
+//! ends by itself when the cause goes away. What holds is visible in
+//! `/plugins`, `/readyz` and the metrics, with the time it began and the
+//! last reason, so a frozen partition is never silent.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+
+/// Whose failure holds the partition. The names are part of the metrics
+/// and `/plugins`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// The plugin asked to retry: what it writes to is unavailable.
+    Sink,
+    /// A part of the host failed; the host is not ready while it lasts.
+    Host,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Sink => "sink",
+            Cause::Host => "host",
+        }
+    }
+}
+
+/// The partition a hold that concerns a whole consumer is filed under (the
+/// broker is unreachable).
+pub const ALL_PARTITIONS: i32 = -1;
+
+/// One partition that waits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hold {
+    pub plugin: String,
+    /// The partition, or -1 for the whole consumer.
+    pub partition: i32,
+    pub cause: Cause,
+    /// When this hold began (RFC 3339).
+    pub since: String,
+    #[serde(skip)]
+    began: SystemTime,
+    /// Seconds since it began, when the snapshot was taken.
+    pub seconds: u64,
+    /// The last reason given.
+    pub reason: String,
+    /// Attempts made while holding.
+    pub attempts: u64,
+}
+
+/// Every hold of the process, with its metrics.
+pub struct Holds {
+    current: Mutex<BTreeMap<(String, i32), Hold>>,
+    /// 1 while a partition holds, by cause.
+    waiting: IntGaugeVec,
+    /// Holds begun, by cause: how often a sink or the host made us wait.
+    begun: IntCounterVec,
+}
+
+impl Holds {
+    pub fn new(registry: &Registry) -> Self {
+        let waiting = IntGaugeVec::new(
+            Opts::new(
+                "plugboard_partition_waiting",
+                "1 while a partition waits for its sink (cause=sink) or for a part of the host (cause=host) instead of going on",
+            ),
+            &["plugin", "partition", "cause"],
+        )
+        .expect("valid metric");
+        let begun = IntCounterVec::new(
+            Opts::new(
+                "plugboard_waits_total",
+                "Times a partition began to wait for its sink or for a part of the host",
+            ),
+            &["plugin", "cause"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(waiting.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(begun.clone()))
+            .expect("unique metric");
+        Holds {
+            current: Mutex::default(),
+            waiting,
+            begun,
+        }
+    }
+
+    /// `plugin`'s `partition` waits because of `cause`. Returns true when
+    /// this begins a hold (or changes its cause), so callers log once per
+    /// hold rather than once per attempt.
+    pub fn hold(&self, plugin: &str, partition: i32, cause: Cause, reason: &str) -> bool {
+        let mut current = self.current.lock().expect("holds lock");
+        let key = (plugin.to_string(), partition);
+        let partition_label = partition.to_string();
+        if let Some(hold) = current.get_mut(&key) {
+            hold.attempts += 1;
+            hold.reason = reason.to_string();
+            if hold.cause == cause {
+                return false;
+            }
+            self.waiting
+                .with_label_values(&[plugin, &partition_label, hold.cause.as_str()])
+                .set(0);
+            hold.cause = cause;
+        } else {
+            let now = SystemTime::now();
+            current.insert(
+                key,
+                Hold {
+                    plugin: plugin.to_string(),
+                    partition,
+                    cause,
+                    since: prost_types::Timestamp::from(now).to_string(),
+                    began: now,
+                    seconds: 0,
+                    reason: reason.to_string(),
+                    attempts: 1,
+                },
+            );
+        }
+        self.waiting
+            .with_label_values(&[plugin, &partition_label, cause.as_str()])
+            .set(1);
+        self.begun
+            .with_label_values(&[plugin, cause.as_str()])
+            .inc();
+        true
+    }
+
+    /// The hold of `plugin`'s `partition` is over; returns how long it
+    /// lasted, if there was one.
+    pub fn release(&self, plugin: &str, partition: i32) -> Option<std::time::Duration> {
+        let hold = self
+            .current
+            .lock()
+            .expect("holds lock")
+            .remove(&(plugin.to_string(), partition))?;
+        self.waiting
+            .with_label_values(&[plugin, &partition.to_string(), hold.cause.as_str()])
+            .set(0);
+        Some(hold.began.elapsed().unwrap_or_default())
+    }
+
+    /// Every hold now, oldest first per plugin.
+    pub fn snapshot(&self) -> Vec<Hold> {
+        let now = SystemTime::now();
+        self.current
+            .lock()
+            .expect("holds lock")
+            .values()
+            .map(|h| Hold {
+                seconds: now.duration_since(h.began).unwrap_or_default().as_secs(),
+                ..h.clone()
+            })
+            .collect()
+    }
+
+    /// Whether a part of the host fails right now: the host is not ready.
+    pub fn host_failing(&self) -> bool {
+        self.current
+            .lock()
+            .expect("holds lock")
+            .values()
+            .any(|h| h.cause == Cause::Host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_is_counted_once_and_visible_until_released() {
+        let registry = Registry::new();
+        let holds = Holds::new(&registry);
+        assert!(holds.hold("crm", 2, Cause::Sink, "HTTP 503"));
+        assert!(!holds.hold("crm", 2, Cause::Sink, "connection refused"));
+        assert!(!holds.host_failing());
+        let snapshot = holds.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].reason, "connection refused");
+        assert_eq!(snapshot[0].attempts, 2);
+        assert_eq!(
+            holds.waiting.with_label_values(&["crm", "2", "sink"]).get(),
+            1
+        );
+        // The same partition now waits for the host: a new hold begins.
+        assert!(holds.hold("crm", 2, Cause::Host, "disk full"));
+        assert!(holds.host_failing());
+        assert_eq!(
+            holds.waiting.with_label_values(&["crm", "2", "sink"]).get(),
+            0
+        );
+        assert!(holds.release("crm", 2).is_some());
+        assert!(holds.release("crm", 2).is_none());
+        assert!(holds.snapshot().is_empty());
+        assert!(!holds.host_failing());
+        assert_eq!(
+            holds.waiting.with_label_values(&["crm", "2", "host"]).get(),
+            0
+        );
+        assert_eq!(holds.begun.with_label_values(&["crm", "sink"]).get(), 1);
+        assert_eq!(holds.begun.with_label_values(&["crm", "host"]).get(), 1);
+    }
+}

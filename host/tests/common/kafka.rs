@@ -1,0 +1,240 @@
+//! Helpers for tests against the real Apache Kafka that scripts/test.sh
+//! starts (PLUGBOARD_TEST_BROKERS): fresh topics and groups with random
+//! names so runs never collide, the `plugboard` host as a child process,
+//! and readers for what it commits and dead-letters.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+
+use super::Setup;
+
+/// The brokers of the test Kafka; none (the test skips) outside CI.
+pub fn brokers() -> Option<String> {
+    let brokers = std::env::var("PLUGBOARD_TEST_BROKERS").ok();
+    if brokers.is_none() {
+        // In CI a missing broker is a failure, never a silent skip.
+        assert!(
+            std::env::var("CI").is_err(),
+            "PLUGBOARD_TEST_BROKERS is not set: start Kafka with scripts/kafka.sh (scripts/test.sh does)"
+        );
+        eprintln!(
+            "Kafka tests skipped: PLUGBOARD_TEST_BROKERS is not set (scripts/test.sh sets it)"
+        );
+    }
+    brokers
+}
+
+/// A fresh topic with a random name, so runs never collide.
+pub fn create_topic(brokers: &str, partitions: i32) -> String {
+    let name = format!("plugboard-test-{:016x}", rand::random::<u64>());
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+    name
+}
+
+/// A fresh topic of `partitions` holding `bookings` generated lifecycles,
+/// and a setup to consume it; returns the topic, the setup and the events
+/// file.
+pub fn stream(
+    brokers: &str,
+    partitions: i32,
+    bookings: usize,
+    seed: u64,
+) -> (String, Setup, std::path::PathBuf) {
+    let topic = create_topic(brokers, partitions);
+    let setup = Setup::new();
+    let events = super::generated_events(setup.dir.path(), bookings, seed);
+    produce(brokers, &topic, &events);
+    (topic, setup, events)
+}
+
+pub fn produce(brokers: &str, topic: &str, events: &std::path::Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .args([
+            "produce",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--events",
+        ])
+        .arg(events)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Appends the `[kafka]` table to the setup's host config, with groups named
+/// `<label>-<random>.<plugin>` so runs never share a group.
+pub fn kafka_config(
+    setup: &Setup,
+    brokers: &str,
+    topic: &str,
+    label: &str,
+) -> plugboard::config::KafkaConfig {
+    let group_prefix = format!("{label}-{:x}.", rand::random::<u32>());
+    let table = format!(
+        "\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{group_prefix}\"\ncommit_interval_ms = 200\n"
+    );
+    append_config(setup, &table);
+    plugboard::config::HostConfig::load(&setup.config)
+        .unwrap()
+        .kafka
+        .unwrap()
+}
+
+/// Serves the admin endpoint on a free port (see [`start_host_with_admin`]).
+pub fn enable_admin(setup: &Setup) {
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, "admin_addr = \"127.0.0.1:0\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+}
+
+/// Adds lines at the end of the host config (into `[kafka]` once
+/// [`kafka_config`] has run).
+pub fn append_config(setup: &Setup, lines: &str) {
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(lines);
+    std::fs::write(&setup.config, text).unwrap();
+}
+
+pub fn start_host(setup: &Setup) -> Child {
+    start_host_with_metrics(setup, "metrics.prom")
+}
+
+/// A host with its admin endpoint on a free port (the config must say
+/// `admin_addr = "127.0.0.1:0"`); returns it and the endpoint's base URL.
+pub fn start_host_with_admin(setup: &Setup, metrics: &str) -> (Child, String) {
+    let mut host = host_command(setup, metrics)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(host.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("admin listening on ")
+        .expect("the admin address is printed")
+        .to_string();
+    (host, base)
+}
+
+/// A host whose metrics are written to `metrics` (in the temp dir) at exit.
+pub fn start_host_with_metrics(setup: &Setup, metrics: &str) -> Child {
+    host_command(setup, metrics)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `plugboard run` on the setup's config, metrics written to `metrics` (in
+/// the temp dir) at exit.
+pub fn host_command(setup: &Setup, metrics: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("--metrics-out")
+        .arg(setup.path(metrics))
+        .env("PLUGBOARD_LOG", "warn");
+    command
+}
+
+/// Waits until every plugin's group has committed every offset.
+pub fn wait_for_zero_lag(kafka: &plugboard::config::KafkaConfig, plugins: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let lags: Vec<i64> = plugins
+            .iter()
+            .map(|p| plugboard::source::kafka::group_lag(kafka, p).unwrap_or(i64::MAX))
+            .collect();
+        if lags.iter().all(|l| *l == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag did not reach 0: {plugins:?} {lags:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub fn stop(mut host: Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(host.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = host.wait().unwrap();
+    assert!(
+        status.success(),
+        "plugboard did not shut down cleanly: {status}"
+    );
+}
+
+/// Every message of a dead-letter topic, with its headers.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<BTreeMap<String, String>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{:x}", rand::random::<u64>()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    headers.insert(
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            headers.insert(
+                "value".into(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            );
+            out.push(headers);
+        }
+    }
+    // Nothing more than expected arrives.
+    if consumer.poll(Duration::from_millis(500)).is_some() {
+        out.push(BTreeMap::new());
+    }
+    out
+}
