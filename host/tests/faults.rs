@@ -245,6 +245,11 @@ struct Scenario {
     proxy: Proxy,
     lake: PathBuf,
     data: PathBuf,
+    /// Whether `lake` and `data` are tmpfs mounts of this scenario.
+    mounted: bool,
+    /// Set once the host was restarted: its counters began again at 0, so
+    /// only gauges are compared with all the events.
+    restarted: bool,
     host: Option<Child>,
     admin: String,
     /// Events still to produce, in order.
@@ -317,6 +322,8 @@ impl Scenario {
             proxy,
             lake,
             data,
+            mounted: folders_on_tmpfs,
+            restarted: false,
             host: Some(host),
             admin,
             pending,
@@ -371,13 +378,14 @@ impl Scenario {
             .unwrap()
             .json()
             .unwrap();
+        // A host just started may not list the plugin yet.
         all["plugins"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["name"] == plugin)
             .cloned()
-            .unwrap()
+            .unwrap_or(Value::Null)
     }
 
     /// Waits until `/plugins` shows `plugin` waiting for `cause` with a
@@ -388,8 +396,8 @@ impl Scenario {
             let status = self.status(plugin);
             let held = status["waiting"]
                 .as_array()
-                .unwrap()
-                .iter()
+                .into_iter()
+                .flatten()
                 .any(|h| h["cause"] == cause && h["reason"].as_str().unwrap().contains(reason));
             if held {
                 return reqwest::blocking::get(format!("{}/readyz", self.admin))
@@ -510,7 +518,10 @@ impl Scenario {
         }
 
         // The business metrics, live from the admin endpoint.
-        let want_metrics = sink("metrics").business;
+        let mut want_metrics = sink("metrics").business;
+        if self.restarted {
+            want_metrics.retain(|k, _| !k.starts_with("booking_events_total"));
+        }
         let text = reqwest::blocking::get(format!("{}/metrics", self.admin))
             .unwrap()
             .text()
@@ -560,7 +571,9 @@ impl Drop for Scenario {
         }
         for dir in [&self.lake, &self.data] {
             immutable(dir, false);
-            let _ = std::process::Command::new("umount").arg(dir).status();
+            if self.mounted {
+                let _ = std::process::Command::new("umount").arg(dir).status();
+            }
         }
     }
 }
@@ -616,6 +629,121 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(Vec<u8>, String, String)> {
         ));
     }
     out
+}
+
+/// Creates `topic` with `max.message.bytes` = `limit`, or (`None`) raises
+/// its limit back to the broker's default.
+fn topic_config(brokers: &str, topic: &str, limit: Option<&str>) {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = AdminOptions::new();
+    match limit {
+        Some(limit) => {
+            let new =
+                NewTopic::new(topic, 6, TopicReplication::Fixed(1)).set("max.message.bytes", limit);
+            for r in runtime
+                .block_on(admin.create_topics(&[new], &options))
+                .unwrap()
+            {
+                r.unwrap();
+            }
+        }
+        None => {
+            let alter = AlterConfig::new(ResourceSpecifier::Topic(topic))
+                .set("max.message.bytes", "2000000");
+            for r in runtime
+                .block_on(admin.alter_configs(&[alter], &options))
+                .unwrap()
+            {
+                r.unwrap();
+            }
+        }
+    }
+}
+
+/// A broker of the test's own (scripts/kafka.sh on other ports and another
+/// data folder), so it can be killed without touching the other tests.
+struct OwnBroker {
+    port: u16,
+    data: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        // Two free ports in a row: the broker's and its controller's.
+        let port = loop {
+            let port = common::free_port();
+            if port < 65000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break port;
+            }
+        };
+        let broker = OwnBroker {
+            port,
+            data: tempfile::tempdir().unwrap(),
+        };
+        broker.up();
+        broker
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self, verb: &str) {
+        let out = std::process::Command::new(common::repo().join("scripts/kafka.sh"))
+            .arg(verb)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("PLUGBOARD_KAFKA_DATA", self.data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka.sh {verb}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn up(&self) {
+        self.script("start");
+    }
+
+    /// SIGKILL, as a crashed or fenced-off broker.
+    fn kill(&self) {
+        let pid = std::fs::read_to_string(self.data.path().join("kafka.pid")).unwrap();
+        std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
+        while std::process::Command::new("kill")
+            .args(["-0", pid.trim()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(common::repo().join("scripts/kafka.sh"))
+            .arg("stop")
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("PLUGBOARD_KAFKA_DATA", self.data.path())
+            .output();
+    }
 }
 
 fn root() -> bool {
@@ -856,8 +984,18 @@ fn poison_is_parked_alone_and_its_neighbours_are_handled() {
         (None, no_key.encode_to_vec()),
         (key(&big), big.encode_to_vec()),
     ];
+    // The lake's dead-letter topic takes no message this large until the
+    // test raises its limit: a dead-letter topic the host cannot write.
+    let lake_dlq = format!("{}.dlq.data-lake", s.topic);
+    topic_config(&s.brokers, &lake_dlq, Some("64"));
     s.produce_raw(&messages);
+    let ready = s.wait_for_hold("data-lake", "host", "dead-letter topic");
+    assert_eq!(
+        ready, 503,
+        "a dead-letter topic that cannot be written makes the host not ready"
+    );
     s.produce(50);
+    topic_config(&s.brokers, &lake_dlq, None);
     s.produce_raw(&messages[..1]);
     let pending = s.pending.len();
     s.produce(pending);
@@ -936,5 +1074,76 @@ fn poison_is_parked_alone_and_its_neighbours_are_handled() {
         ),
         Some(1.0)
     );
+    s.finish();
+}
+
+#[test]
+fn broker_outages_hold_every_plugin_and_heal_without_holes() {
+    let Some(_) = brokers() else { return };
+    let broker = OwnBroker::start();
+    let mut s = Scenario::new(&broker.addr(), "broker", 300, 95, false);
+    s.produce(200);
+    let recovery = s.settle();
+    let row = s.check("none (start)", 200, recovery, &BTreeMap::new());
+    s.rows.push(row);
+
+    // Killed and restarted: the host waits, not ready, and answers
+    // /plugins from what it knows.
+    broker.kill();
+    let down = Instant::now();
+    s.wait_for_hold("metrics", "host", "Kafka");
+    let asked = Instant::now();
+    let status = s.status("crm-sync");
+    let answered = asked.elapsed();
+    assert!(
+        answered < Duration::from_secs(2),
+        "/plugins took {answered:?} without a broker"
+    );
+    assert!(status["lag"].is_i64(), "{status}");
+    let ready = reqwest::blocking::get(format!("{}/readyz", s.admin)).unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    std::thread::sleep(FAULT.saturating_sub(down.elapsed()));
+    broker.up();
+    s.produce(150);
+    let recovery = s.settle();
+    let row = s.check(
+        "broker SIGKILLed, restarted",
+        150,
+        recovery,
+        &BTreeMap::new(),
+    );
+    s.rows.push(row);
+
+    // Stopped while the broker is away: a clean exit, at once.
+    broker.kill();
+    s.wait_for_hold("metrics", "host", "Kafka");
+    let stopping = Instant::now();
+    stop(s.host.take().unwrap());
+    eprintln!(
+        "SIGTERM without a broker: exited cleanly in {:.1?}",
+        stopping.elapsed()
+    );
+
+    // Started while the broker is away: it waits, and goes on once it is back.
+    let (host, admin) = start_host_with_admin(&s.setup, "metrics.prom");
+    s.host = Some(host);
+    s.admin = admin;
+    s.restarted = true;
+    s.wait_for_hold("metrics", "host", "Kafka");
+    broker.up();
+    s.produce(150);
+    let recovery = s.settle();
+    let row = s.check(
+        "host started without a broker",
+        150,
+        recovery,
+        &BTreeMap::new(),
+    );
+    s.rows.push(row);
+    let pending = s.pending.len();
+    s.produce(pending);
+    let recovery = s.settle();
+    let row = s.check("none (end)", pending, recovery, &BTreeMap::new());
+    s.rows.push(row);
     s.finish();
 }

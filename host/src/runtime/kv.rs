@@ -38,8 +38,18 @@ impl StateDb {
         }
         let conn = Connection::open(path)
             .with_context(|| format!("cannot open the plugin state file {}", path.display()))?;
+        // A rollback journal, not WAL: WAL maps its index file into memory,
+        // and a write to that mapping once the folder turned read-only
+        // (an immutable file, a filesystem remounted read-only after disk
+        // errors) kills the process with SIGBUS instead of failing a call.
+        // With a journal the write fails, the partition holds, and the host
+        // stays up. It costs ~1.4 ms per call that writes state (the metrics
+        // plugin: ~30k instead of ~50k events/s on the file source). Hosts
+        // on one machine may share the file: writers wait for each other.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .context("cannot set the state file's busy timeout")?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA journal_mode = TRUNCATE;
              PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS kv (
                  plugin TEXT NOT NULL,

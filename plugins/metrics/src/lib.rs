@@ -105,7 +105,7 @@ fn set<T: Serialize>(bucket: &Bucket, key: &str, value: &T) -> Result<(), String
     let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
     bucket
         .set(key, &bytes)
-        .map_err(|e| format!("saving {key}: {e}"))
+        .map_err(|e| format!("saving {}: {e}", short(key)))
 }
 
 struct Metrics;

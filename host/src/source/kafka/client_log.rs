@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// How long repeats of one kind of line are held back.
 const QUIET: Duration = Duration::from_secs(30);
@@ -76,14 +76,17 @@ impl ClientLog {
         tracing::warn!(target: "librdkafka", client, "{facility}: {message}{more}");
     }
 
-    /// A client-wide error (all brokers down, a transport failure). Returns
-    /// whether it was logged now.
+    /// A client-wide error (all brokers down, a transport failure). "All
+    /// brokers down" is the one worth a warning; the transport failures
+    /// behind it are in librdkafka's own lines already. Returns whether it
+    /// was logged now.
     pub fn error(&self, error: &KafkaError, reason: &str) -> bool {
-        let kind = match error.rdkafka_error_code() {
-            Some(code) => format!("{code:?}"),
-            None => error.to_string(),
-        };
-        let Some(repeats) = self.admit(&kind) else {
+        let code = error.rdkafka_error_code();
+        if code != Some(RDKafkaErrorCode::AllBrokersDown) {
+            tracing::debug!(target: "librdkafka", client = self.client.as_str(), "{error}: {reason}");
+            return false;
+        }
+        let Some(repeats) = self.admit("all brokers down") else {
             return false;
         };
         let more = held_back(repeats);
