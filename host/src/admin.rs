@@ -106,7 +106,8 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 /// Every plugin the host knows, as JSON. The lag is the consumer's own
-/// statistic (at most 5 s old), so the answer never waits for the broker.
+/// statistic (at most a second old; null before the first), so the answer
+/// never waits for the broker.
 async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
     let mut statuses = admin.catalog.snapshot();
     let holds = admin.metrics.holds.snapshot();
@@ -122,7 +123,7 @@ async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
         status.handled = count("handled");
         status.dead_lettered = count("dead_lettered");
         if let (Some(_), PluginState::Running) = (&admin.kafka, status.state) {
-            status.lag = Some(admin.metrics.consumer_lag.with_label_values(&[name]).get());
+            status.lag = admin.metrics.lag(name);
         }
         status.waiting = holds.iter().filter(|h| h.plugin == name).cloned().collect();
     }

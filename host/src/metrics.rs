@@ -98,7 +98,9 @@ pub struct Metrics {
     pub holds: crate::hold::Holds,
     /// Events not yet settled in the partitions this host owns, per
     /// plugin, from the consumer's own statistics (no broker round trip).
-    pub consumer_lag: prometheus::IntGaugeVec,
+    consumer_lag: prometheus::IntGaugeVec,
+    /// The same, for `/plugins`: absent until the first statistics.
+    lags: Mutex<HashMap<String, i64>>,
     families: Mutex<HashMap<String, Family>>,
     /// Each slot's share of every plugin gauge series, keyed by family name
     /// and label values (`plugin` last).
@@ -204,7 +206,7 @@ impl Metrics {
                 let g = prometheus::IntGaugeVec::new(
                     Opts::new(
                         "plugboard_consumer_lag",
-                        "Events not yet settled in the partitions this host owns, per plugin (from the consumer's statistics, refreshed every 5 s)",
+                        "Events not yet settled in the partitions this host owns, per plugin (from the consumer's statistics, refreshed every second)",
                     ),
                     &["plugin"],
                 )
@@ -214,11 +216,26 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            lags: Mutex::default(),
             registry,
             families: Mutex::default(),
             gauge_shares: Mutex::default(),
             descriptions: Mutex::default(),
         }
+    }
+
+    /// `plugin`'s consumer lag on this host, from its latest statistics.
+    pub fn set_lag(&self, plugin: &str, lag: i64) {
+        self.consumer_lag.with_label_values(&[plugin]).set(lag);
+        self.lags
+            .lock()
+            .expect("metrics lock")
+            .insert(plugin.to_string(), lag);
+    }
+
+    /// `plugin`'s consumer lag, once its statistics came.
+    pub fn lag(&self, plugin: &str) -> Option<i64> {
+        self.lags.lock().expect("metrics lock").get(plugin).copied()
     }
 
     /// Counts one event of `plugin` parked in the dead-letter path, when

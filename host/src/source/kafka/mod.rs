@@ -45,7 +45,7 @@ const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
     ("fetch.wait.max.ms", "50"),
     // The lag `/plugins` and `plugboard_consumer_lag` show, and whether a
     // broker is back, come from these statistics: no extra round trip.
-    ("statistics.interval.ms", "5000"),
+    ("statistics.interval.ms", "1000"),
 ];
 
 fn client_config(kafka: &KafkaConfig) -> ClientConfig {

@@ -349,10 +349,7 @@ impl ClientContext for Partitions {
             })
             .unwrap_or(0);
         let metrics = self.setup.live.current().metrics().clone();
-        metrics
-            .consumer_lag
-            .with_label_values(&[&*self.plugin])
-            .set(lag);
+        metrics.set_lag(&self.plugin, lag);
         let up = statistics
             .brokers
             .values()
