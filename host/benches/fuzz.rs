@@ -4,7 +4,7 @@
 //!
 //!   cargo bench -p plugboard --bench fuzz -- [INPUTS_PER_TARGET] [SEED]
 //!
-//! Default: 2,000,000 inputs per target (10 million in all), seed 1.
+//! Default: 10,000,000 inputs per target (50 million in all), seed 1.
 
 #[path = "../tests/fuzz/targets.rs"]
 mod targets;
@@ -19,7 +19,7 @@ fn main() {
     let inputs: u64 = args
         .first()
         .and_then(|a| a.parse().ok())
-        .unwrap_or(2_000_000);
+        .unwrap_or(10_000_000);
     let seed: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     let crashes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-crashes");
     std::panic::set_hook(Box::new(|_| {}));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Crm, STATES, Setup, read_lake, read_sample, sample_events};
 use serde_json::Value;
@@ -419,5 +419,105 @@ fn outgoing_http_to_a_host_not_granted_is_denied() {
                 &[("plugin", "crm-sync"), ("origin", &origin)]
             )
             .is_some_and(|n| n >= 1.0)
+    );
+}
+
+#[test]
+fn state_equals_handling_each_settled_event_once_whatever_the_plugin_answers() {
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 150, 8);
+    let ids: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["eventId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Stops mid-batch with a retry, traps after writing, rejects some events
+    // for good; every stop leaves writes and counts of events it did not
+    // handle behind, which must not be kept.
+    setup.plugin(
+        "chaos",
+        "faulty",
+        "[limits]\nbatch_size = 20\nmax_attempts = 3\nbackoff_initial_ms = 1\nbackoff_max_ms = 2\n[config]\nchaos = \"8\"\n",
+    );
+    let out = setup.run(&events);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let parked: BTreeSet<String> = setup
+        .dead_letters()
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(r["event"].as_str().unwrap()).unwrap()["eventId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!parked.is_empty(), "the seed rejects some events");
+    let prom = setup.metrics();
+    let restarts: f64 = ["trap", "state-dropped"]
+        .iter()
+        .filter_map(|r| {
+            prom.get(
+                "plugboard_instance_restarts_total",
+                &[("plugin", "chaos"), ("reason", r)],
+            )
+        })
+        .sum();
+    assert!(
+        restarts >= 10.0,
+        "the run should be erratic: {restarts} rebuilds"
+    );
+
+    // What the plugin's state says, straight from the host's state file.
+    let db = rusqlite::Connection::open(setup.path(".plugboard/state.sqlite")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT key, value FROM kv WHERE plugin = 'chaos' AND bucket = 'chaos'")
+        .unwrap();
+    let state: BTreeMap<String, u64> = stmt
+        .query_map([], |row| {
+            let value: Vec<u8> = row.get(1)?;
+            Ok((
+                row.get(0)?,
+                String::from_utf8(value).unwrap().parse().unwrap(),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let handled = ids.len() - parked.len();
+    for id in &ids {
+        let seen = state.get(&format!("seen/{id}")).copied().unwrap_or(0);
+        let want = u64::from(!parked.contains(id));
+        assert_eq!(
+            seen, want,
+            "event {id}: seen {seen} times in state, want {want}"
+        );
+    }
+    assert_eq!(state.get("total"), Some(&(handled as u64)));
+    assert_eq!(
+        state.get("drift"),
+        None,
+        "an instance's memory ran ahead of its store"
+    );
+    assert_eq!(
+        prom.get("chaos_handled_total", &[("plugin", "chaos")]),
+        Some(handled as f64),
+        "counted once per handled event"
+    );
+    assert_eq!(
+        prom.get(
+            "plugboard_events_total",
+            &[("plugin", "chaos"), ("outcome", "handled")]
+        ),
+        Some(handled as f64)
     );
 }
