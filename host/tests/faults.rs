@@ -413,6 +413,27 @@ impl Scenario {
         }
     }
 
+    /// Waits until `/plugins` says a load of `plugin` failed with
+    /// `error`, while a version of it still runs.
+    fn wait_for_failed_load(&self, plugin: &str, error: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status(plugin);
+            let failed = status["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(error));
+            if failed {
+                assert_eq!(status["state"], "running", "{status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{plugin}: no failed load with `{error}`: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// One case: `inject` the fault, produce `events` while it lasts,
     /// `observe` the host meanwhile, `heal`, then check everything.
     fn case(
@@ -576,6 +597,13 @@ impl Drop for Scenario {
             }
         }
     }
+}
+
+/// Replaces `path` as deploy tools do: a temporary file renamed over it.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp-replace");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Every message in `topic` (none if it does not exist): payload, failure
@@ -854,6 +882,41 @@ fn outages_of_the_crm_hold_the_partitions_and_heal_without_holes() {
         },
         |s| s.proxy.set(Mode::Pass),
     );
+
+    // Plugin files replaced mid-stream by ones that cannot serve: the
+    // version in use goes on.
+    let component = s.setup.plugins.join("metrics.wasm");
+    let manifest = s.setup.plugins.join("metrics.toml");
+    let original = std::fs::read(&component).unwrap();
+    let (c1, c2) = (component.clone(), component.clone());
+    let first_half = original[..original.len() / 2].to_vec();
+    let good = original.clone();
+    s.case(
+        "metrics.wasm replaced by a truncated file",
+        150,
+        move |_| replace(&c1, &first_half),
+        |s| s.wait_for_failed_load("metrics", "not a valid component"),
+        move |_| replace(&c2, &good),
+    );
+    let (c1, c2, m1, m2) = (
+        component.clone(),
+        component.clone(),
+        manifest.clone(),
+        manifest.clone(),
+    );
+    s.case(
+        "metrics replaced by a version whose init fails",
+        150,
+        move |_| {
+            replace(&m1, b"[config]\nfail_init = \"1\"\n");
+            replace(&c1, &std::fs::read(common::plugin_wasm("faulty")).unwrap());
+        },
+        |s| s.wait_for_failed_load("metrics", "init"),
+        move |_| {
+            replace(&c2, &original);
+            replace(&m2, b"");
+        },
+    );
     let pending = s.pending.len();
     s.produce(pending);
     let recovery = s.settle();
@@ -1031,12 +1094,11 @@ fn poison_is_parked_alone_and_its_neighbours_are_handled() {
         .unwrap()
         .0
         .insert(long.event_id.clone());
-    for (allowed, required) in may_park.values_mut() {
+    for (_, required) in may_park.values_mut() {
         required.insert("decode".into());
-        let _ = allowed;
     }
     let row = s.check(
-        "poison: 5 undecodable, a 10 kB booking id, no key, 1 MB",
+        "poison (5 undecodable, a 10 kB booking id, no key, 1 MB); the lake's dead-letter topic refusing writes meanwhile",
         8,
         recovery,
         &may_park,
