@@ -190,37 +190,19 @@ fn serve(mut client: TcpStream, upstream: &str, mode: &Mutex<Mode>) {
 /// One HTTP/1.1 request, head and body, asking the server to close after
 /// answering (so the answer ends with the connection).
 fn read_request(stream: &mut TcpStream) -> Vec<u8> {
-    let mut request = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let n = stream.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&request);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if request.len() >= end + 4 + length {
-                let head = text[..end]
-                    .lines()
-                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-                    .collect::<Vec<_>>()
-                    .join("\r\n");
-                let mut out = format!("{head}\r\nconnection: close\r\n\r\n").into_bytes();
-                out.extend_from_slice(&request[end + 4..]);
-                return out;
-            }
-        }
-    }
-    request
+    let request = common::read_request(stream);
+    let text = String::from_utf8_lossy(&request);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return request;
+    };
+    let head = text[..end]
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let mut out = format!("{head}\r\nconnection: close\r\n\r\n").into_bytes();
+    out.extend_from_slice(&request[end + 4..]);
+    out
 }
 
 /// One row of the matrix.
@@ -332,6 +314,25 @@ impl Scenario {
         }
     }
 
+    /// The first `n` events, before any fault: the baseline row.
+    fn opening(&mut self, n: usize) {
+        self.produce(n);
+        let recovery = self.settle();
+        let row = self.check("none (start)", n, recovery, &BTreeMap::new());
+        self.rows.push(row);
+    }
+
+    /// The rest of the events, after the faults; then stops the host and
+    /// prints the matrix.
+    fn closing(mut self) {
+        let pending = self.pending.len();
+        self.produce(pending);
+        let recovery = self.settle();
+        let row = self.check("none (end)", pending, recovery, &BTreeMap::new());
+        self.rows.push(row);
+        self.finish();
+    }
+
     /// Publishes the next `n` events, as the booking service would.
     fn produce(&mut self, n: usize) {
         let n = n.min(self.pending.len());
@@ -374,18 +375,7 @@ impl Scenario {
 
     /// `/plugins` of `plugin`.
     fn status(&self, plugin: &str) -> Value {
-        let all: Value = reqwest::blocking::get(format!("{}/plugins", self.admin))
-            .unwrap()
-            .json()
-            .unwrap();
-        // A host just started may not list the plugin yet.
-        all["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == plugin)
-            .cloned()
-            .unwrap_or(Value::Null)
+        plugin_status(&self.admin, plugin)
     }
 
     /// Waits until `/plugins` shows `plugin` waiting for `cause` with a
@@ -663,16 +653,9 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(Vec<u8>, String, String)> {
 /// its limit back to the broker's default.
 fn topic_config(brokers: &str, topic: &str, limit: Option<&str>) {
     use rdkafka::admin::{
-        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+        AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
     };
-    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (admin, runtime) = admin(brokers);
     let options = AdminOptions::new();
     match limit {
         Some(limit) => {
@@ -822,26 +805,24 @@ fn immutable(dir: &Path, on: bool) {
         .status();
 }
 
-/// Fills the filesystem of `dir` to the last byte; returns the filler.
-fn fill(dir: &Path) -> PathBuf {
-    let filler = dir.join(".filler");
-    let mut file = std::fs::File::create(&filler).unwrap();
+/// The file that fills a folder's filesystem.
+const FILLER: &str = ".filler";
+
+/// Fills the filesystem of `dir` to the last byte, with [`FILLER`].
+fn fill(dir: &Path) {
+    let mut file = std::fs::File::create(dir.join(FILLER)).unwrap();
     let block = vec![0u8; 1 << 16];
     while file.write_all(&block).is_ok() {}
     let small = [0u8; 512];
     while file.write_all(&small).is_ok() {}
     let _ = file.sync_all();
-    filler
 }
 
 #[test]
 fn outages_of_the_crm_hold_the_partitions_and_heal_without_holes() {
     let Some(brokers) = brokers() else { return };
     let mut s = Scenario::new(&brokers, "crm-faults", 400, 91, false);
-    s.produce(200);
-    let recovery = s.settle();
-    let row = s.check("none (start)", 200, recovery, &BTreeMap::new());
-    s.rows.push(row);
+    s.opening(200);
 
     let addr = s.crm_addr.clone();
     let db = s.setup.path("crm.db");
@@ -855,33 +836,26 @@ fn outages_of_the_crm_hold_the_partitions_and_heal_without_holes() {
         },
         |s| s.crm = Crm::start_on(&db, &addr),
     );
-    s.case(
-        "CRM 503, Retry-After: 3600",
-        150,
-        |s| s.proxy.set(Mode::Status(503, 3600)),
-        |s| {
-            s.wait_for_hold("crm-sync", "sink", "HTTP 503");
-        },
-        |s| s.proxy.set(Mode::Pass),
-    );
-    s.case(
-        "CRM 429, Retry-After: 1",
-        150,
-        |s| s.proxy.set(Mode::Status(429, 1)),
-        |s| {
-            s.wait_for_hold("crm-sync", "sink", "HTTP 429");
-        },
-        |s| s.proxy.set(Mode::Pass),
-    );
-    s.case(
-        "CRM never answers",
-        150,
-        |s| s.proxy.set(Mode::Hang),
-        |s| {
-            s.wait_for_hold("crm-sync", "sink", "");
-        },
-        |s| s.proxy.set(Mode::Pass),
-    );
+    // The proxy's faults: a Retry-After of an hour must not freeze anything.
+    for (fault, mode, reason) in [
+        (
+            "CRM 503, Retry-After: 3600",
+            Mode::Status(503, 3600),
+            "HTTP 503",
+        ),
+        ("CRM 429, Retry-After: 1", Mode::Status(429, 1), "HTTP 429"),
+        ("CRM never answers", Mode::Hang, ""),
+    ] {
+        s.case(
+            fault,
+            150,
+            |s| s.proxy.set(mode),
+            |s| {
+                s.wait_for_hold("crm-sync", "sink", reason);
+            },
+            |s| s.proxy.set(Mode::Pass),
+        );
+    }
 
     // Plugin files replaced mid-stream by ones that cannot serve: the
     // version in use goes on.
@@ -917,14 +891,9 @@ fn outages_of_the_crm_hold_the_partitions_and_heal_without_holes() {
             replace(&m2, b"");
         },
     );
-    let pending = s.pending.len();
-    s.produce(pending);
-    let recovery = s.settle();
-    let row = s.check("none (end)", pending, recovery, &BTreeMap::new());
-    s.rows.push(row);
     let crm = s.status("crm-sync");
     assert!(crm["waiting"].as_array().unwrap().is_empty(), "{crm}");
-    s.finish();
+    s.closing();
 }
 
 #[test]
@@ -933,75 +902,42 @@ fn unwritable_and_full_folders_hold_the_partitions_and_heal_without_holes() {
     if !root() {
         return;
     }
-    // Unwritable first, on the machine's own filesystem (chattr).
-    let mut s = Scenario::new(&brokers, "folder-faults", 300, 92, false);
-    s.produce(150);
-    let recovery = s.settle();
-    let row = s.check("none (start)", 150, recovery, &BTreeMap::new());
-    s.rows.push(row);
-    let lake = s.lake.clone();
-    s.case(
-        "lake folder unwritable",
-        150,
-        |_| immutable(&lake, true),
-        |s| {
-            s.wait_for_hold("data-lake", "sink", "");
-        },
-        |_| immutable(&lake, false),
-    );
-    let data = s.data.clone();
-    s.case(
-        "state folder unwritable",
-        150,
-        |_| immutable(&data, true),
-        |s| {
-            let ready = s.wait_for_hold("metrics", "host", "state");
-            assert_eq!(ready, 503, "a failing state store makes the host not ready");
-        },
-        |_| immutable(&data, false),
-    );
-    let pending = s.pending.len();
-    s.produce(pending);
-    let recovery = s.settle();
-    let row = s.check("none (end)", pending, recovery, &BTreeMap::new());
-    s.rows.push(row);
-    s.finish();
-
-    // Then full, on small tmpfs mounts.
-    let mut s = Scenario::new(&brokers, "full-faults", 300, 93, true);
-    s.produce(150);
-    let recovery = s.settle();
-    let row = s.check("none (start)", 150, recovery, &BTreeMap::new());
-    s.rows.push(row);
-    let lake = s.lake.clone();
-    let filler = Arc::new(Mutex::new(None));
-    let (f1, f2) = (filler.clone(), filler.clone());
-    s.case(
-        "lake folder full",
-        150,
-        move |_| *f1.lock().unwrap() = Some(fill(&lake)),
-        |s| {
-            s.wait_for_hold("data-lake", "sink", "");
-        },
-        move |_| std::fs::remove_file(f2.lock().unwrap().take().unwrap()).unwrap(),
-    );
-    let data = s.data.clone();
-    let (f1, f2) = (filler.clone(), filler.clone());
-    s.case(
-        "state folder full",
-        150,
-        move |_| *f1.lock().unwrap() = Some(fill(&data)),
-        |s| {
-            s.wait_for_hold("metrics", "host", "state");
-        },
-        move |_| std::fs::remove_file(f2.lock().unwrap().take().unwrap()).unwrap(),
-    );
-    let pending = s.pending.len();
-    s.produce(pending);
-    let recovery = s.settle();
-    let row = s.check("none (end)", pending, recovery, &BTreeMap::new());
-    s.rows.push(row);
-    s.finish();
+    // Read-only on the machine's own filesystem (chattr), then full on
+    // small tmpfs mounts. Who waits: the lake's plugin for its sink; the
+    // state store is the host's, so the host is not ready meanwhile.
+    for (label, tmpfs, seed) in [("folder-faults", false, 92), ("full-faults", true, 93)] {
+        let mut s = Scenario::new(&brokers, label, 300, seed, tmpfs);
+        s.opening(150);
+        let (lake, data) = (s.lake.clone(), s.data.clone());
+        for (folder, dir, plugin, cause, reason) in [
+            ("lake", lake, "data-lake", "sink", ""),
+            ("state", data, "metrics", "host", "state"),
+        ] {
+            let fault = match tmpfs {
+                false => format!("{folder} folder unwritable"),
+                true => format!("{folder} folder full"),
+            };
+            let (d1, d2) = (dir.clone(), dir.clone());
+            s.case(
+                &fault,
+                150,
+                move |_| match tmpfs {
+                    false => immutable(&d1, true),
+                    true => fill(&d1),
+                },
+                |s| {
+                    let ready = s.wait_for_hold(plugin, cause, reason);
+                    let want = if cause == "host" { 503 } else { 200 };
+                    assert_eq!(ready, want, "/readyz while the {folder} folder fails");
+                },
+                move |_| match tmpfs {
+                    false => immutable(&d2, false),
+                    true => std::fs::remove_file(d2.join(FILLER)).unwrap(),
+                },
+            );
+        }
+        s.closing();
+    }
 }
 
 #[test]
@@ -1144,10 +1080,7 @@ fn broker_outages_hold_every_plugin_and_heal_without_holes() {
     let Some(_) = brokers() else { return };
     let broker = OwnBroker::start();
     let mut s = Scenario::new(&broker.addr(), "broker", 300, 95, false);
-    s.produce(200);
-    let recovery = s.settle();
-    let row = s.check("none (start)", 200, recovery, &BTreeMap::new());
-    s.rows.push(row);
+    s.opening(200);
 
     // Killed and restarted: the host waits, not ready, and answers
     // /plugins from what it knows.
@@ -1202,10 +1135,5 @@ fn broker_outages_hold_every_plugin_and_heal_without_holes() {
         &BTreeMap::new(),
     );
     s.rows.push(row);
-    let pending = s.pending.len();
-    s.produce(pending);
-    let recovery = s.settle();
-    let row = s.check("none (end)", pending, recovery, &BTreeMap::new());
-    s.rows.push(row);
-    s.finish();
+    s.closing();
 }

@@ -225,16 +225,7 @@ fn a_trapping_plugin_is_contained_and_its_event_dead_lettered() {
 fn rejects_and_retries_follow_the_plugin_outcome() {
     let setup = Setup::new();
     let events = common::generated_events(setup.dir.path(), 10, 4);
-    let ids: Vec<String> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["eventId"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let ids = common::event_ids(&events);
     setup.plugin(
         "faulty",
         "faulty",
@@ -287,7 +278,7 @@ fn rejects_and_retries_follow_the_plugin_outcome() {
 
 /// An HTTP server that answers every request with 503 and counts them.
 fn unavailable_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -296,38 +287,7 @@ fn unavailable_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsiz
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 65536];
-            let mut request = Vec::new();
-            // Read the head and the announced body, then answer.
-            loop {
-                let n = stream.read(&mut buf).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&request);
-                if let Some(head_end) = text.find("\r\n\r\n") {
-                    let length = text[..head_end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    let chunked = text[..head_end]
-                        .to_ascii_lowercase()
-                        .contains("transfer-encoding: chunked");
-                    let complete = if chunked {
-                        text[head_end..].contains("\r\n0\r\n\r\n")
-                    } else {
-                        request.len() >= head_end + 4 + length
-                    };
-                    if complete {
-                        break;
-                    }
-                }
-            }
+            common::read_request(&mut stream);
             counter.fetch_add(1, Ordering::SeqCst);
             let body = r#"{"status":"error","message":"maintenance","category":"UNAVAILABLE"}"#;
             let _ = write!(
@@ -426,16 +386,7 @@ fn outgoing_http_to_a_host_not_granted_is_denied() {
 fn state_equals_handling_each_settled_event_once_whatever_the_plugin_answers() {
     let setup = Setup::new();
     let events = common::generated_events(setup.dir.path(), 150, 8);
-    let ids: Vec<String> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["eventId"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let ids = common::event_ids(&events);
     // Stops mid-batch with a retry, traps after writing, rejects some events
     // for good; every stop leaves writes and counts of events it did not
     // handle behind, which must not be kept.

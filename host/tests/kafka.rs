@@ -385,20 +385,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-fn plugin_status(admin: &str, plugin: &str) -> serde_json::Value {
-    let all: serde_json::Value = reqwest::blocking::get(format!("{admin}/plugins"))
-        .unwrap()
-        .json()
-        .unwrap();
-    all["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == plugin)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
-}
-
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {

@@ -33,14 +33,7 @@ pub fn brokers() -> Option<String> {
 /// A fresh topic with a random name, so runs never collide.
 pub fn create_topic(brokers: &str, partitions: i32) -> String {
     let name = format!("plugboard-test-{:016x}", rand::random::<u64>());
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (admin, runtime) = admin(brokers);
     let results = runtime
         .block_on(admin.create_topics(
             &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
@@ -51,6 +44,24 @@ pub fn create_topic(brokers: &str, partitions: i32) -> String {
         r.unwrap();
     }
     name
+}
+
+/// An admin client of `brokers` and a runtime to wait for its answers.
+pub fn admin(
+    brokers: &str,
+) -> (
+    AdminClient<rdkafka::client::DefaultClientContext>,
+    tokio::runtime::Runtime,
+) {
+    let admin = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (admin, runtime)
 }
 
 /// A fresh topic of `partitions` holding `bookings` generated lifecycles,
@@ -237,4 +248,20 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<BTreeMap<S
         out.push(BTreeMap::new());
     }
     out
+}
+
+/// What `/plugins` of the admin endpoint at `admin` says of `plugin`;
+/// null if it does not list it (yet).
+pub fn plugin_status(admin: &str, plugin: &str) -> serde_json::Value {
+    let all: serde_json::Value = reqwest::blocking::get(format!("{admin}/plugins"))
+        .unwrap()
+        .json()
+        .unwrap();
+    all["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == plugin)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }

@@ -306,6 +306,50 @@ pub fn generated_events(dir: &Path, bookings: usize, seed: u64) -> PathBuf {
     path
 }
 
+/// The event ids of an NDJSON events file, in order.
+pub fn event_ids(events: &Path) -> Vec<String> {
+    std::fs::read_to_string(events)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["eventId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 request off `stream`, head and body, as sent.
+pub fn read_request(stream: &mut impl std::io::Read) -> Vec<u8> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return request;
+        }
+        request.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&request);
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..end].to_ascii_lowercase();
+        let complete = if head.contains("transfer-encoding: chunked") {
+            text[end..].contains("\r\n0\r\n\r\n")
+        } else {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap_or(0));
+            request.len() >= end + 4 + length
+        };
+        if complete {
+            return request;
+        }
+    }
+}
+
 pub const STATES: [&str; 6] = [
     "created",
     "paid",
