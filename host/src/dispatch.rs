@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use crate::catalog::LivePlugin;
 use crate::hold::Cause;
 use crate::runtime::bindings::{Failure as PluginFailure, wit};
 use crate::runtime::{CallError, Instance, Prepared};
@@ -105,6 +106,10 @@ pub struct Dispatcher {
     slot: i32,
     /// Whether the partition holds (see [`crate::hold`]).
     holding: bool,
+    /// Where a new version comes from, if the plugin can be reloaded: a
+    /// partition that holds moves to it between attempts, so a fixed
+    /// version (a corrected CRM address, say) ends the wait.
+    live: Option<Arc<LivePlugin>>,
     pub stats: Stats,
 }
 
@@ -116,18 +121,21 @@ impl Dispatcher {
             instance: Some(instance),
             slot: 0,
             holding: false,
+            live: None,
             stats: Stats::default(),
         }
     }
 
-    /// A dispatcher for `slot` (a partition) whose instance is made on
-    /// first delivery, on the thread that delivers.
-    pub fn lazy(prepared: Arc<Prepared>, slot: i32) -> Self {
+    /// A dispatcher for `slot` (a partition) of the plugin `live` serves,
+    /// whose instance is made on first delivery, on the thread that
+    /// delivers.
+    pub fn lazy(live: Arc<LivePlugin>, slot: i32) -> Self {
         Dispatcher {
-            prepared,
+            prepared: live.current(),
             instance: None,
             slot,
             holding: false,
+            live: Some(live),
             stats: Stats::default(),
         }
     }
@@ -136,12 +144,16 @@ impl Dispatcher {
         &self.prepared
     }
 
-    /// Moves to `current` if it is another version than the one in use:
-    /// the next batch goes to a fresh instance of it. Called between
-    /// batches, so no batch is split across versions.
-    pub fn follow(&mut self, current: &Arc<Prepared>) {
-        if !Arc::ptr_eq(&self.prepared, current) {
-            self.prepared = current.clone();
+    /// Moves to the version the plugin serves now, if it is another one:
+    /// the next call goes to a fresh instance of it. Called between
+    /// batches, and between the attempts of a partition that holds (then
+    /// the events already settled stay with the version that settled them).
+    pub fn follow(&mut self) {
+        let Some(current) = self.live.as_ref().map(|l| l.current()) else {
+            return;
+        };
+        if !Arc::ptr_eq(&self.prepared, &current) {
+            self.prepared = current;
             self.instance = None;
         }
     }
@@ -401,7 +413,9 @@ impl Dispatcher {
             Some(asked) => asked.min(limits.backoff_max),
             None => backoff(limits, head.waits),
         };
-        stop.sleep(delay)
+        let slept = stop.sleep(delay);
+        self.follow();
+        slept
     }
 
     /// The partition goes on: end its hold, if it had one.

@@ -857,6 +857,23 @@ fn outages_of_the_crm_hold_the_partitions_and_heal_without_holes() {
         );
     }
 
+    // A new version ends a wait: the CRM moved, and the manifest that
+    // names its new address fixes what retrying could not.
+    let crm_manifest = s.setup.plugins.join("crm-sync.toml");
+    let right = std::fs::read_to_string(&crm_manifest).unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", common::free_port());
+    let wrong = right.replace(&s.proxy.url, &nowhere);
+    let (m1, m2) = (crm_manifest.clone(), crm_manifest.clone());
+    s.case(
+        "CRM address wrong until the manifest is fixed",
+        150,
+        move |_| replace(&m1, wrong.as_bytes()),
+        |s| {
+            s.wait_for_hold("crm-sync", "sink", "");
+        },
+        move |_| replace(&m2, right.as_bytes()),
+    );
+
     // Plugin files replaced mid-stream by ones that cannot serve: the
     // version in use goes on.
     let component = s.setup.plugins.join("metrics.wasm");

@@ -108,12 +108,12 @@ fn run(
         dead_letters,
         settled,
     } = setup;
-    let mut dispatcher = Dispatcher::lazy(live.current(), partition);
+    let mut dispatcher = Dispatcher::lazy(live, partition);
     dispatcher.warm();
     let mut batch = Vec::new();
     while !stop.is_requested() {
         // A reload swaps the version between batches, never within one.
-        dispatcher.follow(&live.current());
+        dispatcher.follow();
         let batch_size = dispatcher.prepared().spec.limits.batch_size;
         match messages.recv_timeout(Duration::from_millis(200)) {
             Ok(first) => batch.push(first),
