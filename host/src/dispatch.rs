@@ -245,7 +245,12 @@ impl Dispatcher {
                         partition = self.slot,
                         "{err}"
                     );
-                    one_by_one = true;
+                    if slice.len() > 1 {
+                        // Which event made it fail is not known yet: no
+                        // attempt counts against the head; find it alone.
+                        one_by_one = true;
+                        continue;
+                    }
                     if !self.attempt_failed(&mut outcomes, &mut head, class, err.to_string(), stop)
                     {
                         break;
@@ -256,13 +261,13 @@ impl Dispatcher {
 
             let head_alone = outcomes.len() + 1 == end;
             match failure {
+                None if !head_alone => one_by_one = true,
                 None => {
                     let reason = format!(
                         "plugin handled {} of {} events without saying why it stopped",
                         outcomes.len() - start,
                         slice.len()
                     );
-                    one_by_one = true;
                     if !self.attempt_failed(
                         &mut outcomes,
                         &mut head,
