@@ -147,3 +147,54 @@ fn the_notifier_sends_identical_requests_in_every_language() {
         );
     }
 }
+
+#[test]
+fn a_notifier_the_host_denies_rejects_instead_of_waiting_forever() {
+    // A request to an origin not granted can never succeed: retrying would
+    // hold the partition until someone grants it. The Go notifier cannot
+    // tell a denial from a refused connection yet.
+    let mut languages = vec![("rust", "garage-notifier")];
+    let listed = std::env::var("PLUGBOARD_TEST_LANGS").unwrap_or_default();
+    for (lang, component) in [
+        ("js", "garage-notifier-js"),
+        ("python", "garage-notifier-py"),
+    ] {
+        if listed.split(',').any(|l| l == lang) {
+            languages.push((lang, component));
+        }
+    }
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 20, 3);
+    for (lang, component) in &languages {
+        // Nothing granted; a regression parks as retries-exhausted quickly.
+        setup.plugin(
+            &format!("notifier-{lang}"),
+            component,
+            "[limits]\nretry_timeout_ms = 500\nbackoff_max_ms = 50\n[config]\nwebhook_url = \"http://127.0.0.1:9/hooks\"\n",
+        );
+    }
+    let out = setup.run(&events);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (valid, _) = common::read_sample(&events);
+    let upcoming = valid.iter().filter(|l| l.state == "upcoming").count();
+    assert!(upcoming > 0);
+    let dead = setup.dead_letters();
+    for (lang, _) in &languages {
+        let mine: Vec<&Value> = dead
+            .iter()
+            .filter(|r| r["plugin"] == format!("notifier-{lang}").as_str())
+            .collect();
+        assert_eq!(mine.len(), upcoming, "{lang}: every reminder refused");
+        for r in mine {
+            assert_eq!(r["class"], "rejected", "{lang}: {r}");
+            assert!(
+                r["reason"].as_str().unwrap().contains("denied"),
+                "{lang}: {r}"
+            );
+        }
+    }
+}

@@ -80,6 +80,10 @@ function notify(event) {
     answer = post(body, b.eventId);
   } catch (e) {
     const why = typeof e === 'string' ? e : JSON.stringify(e?.payload ?? String(e));
+    // The host refused it: the origin is not granted, and no retry can help.
+    if (why === 'HTTP-request-denied') {
+      return { tag: 'reject', val: `webhook refused: ${why} (grant the origin in allow_hosts)` };
+    }
     return { tag: 'retry', val: { reason: `webhook unreachable: ${why}`, afterMs: undefined } };
   }
   const { status, retryAfter } = answer;

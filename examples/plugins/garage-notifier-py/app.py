@@ -79,6 +79,10 @@ def notify(event):
     try:
         status, after_ms = post(body, b.event_id)
     except Exception as e:  # the request could not be made: try again later
+        # ...unless the host refused it: the origin is not granted, and no
+        # retry can help.
+        if str(e) == "HttpRequestDenied":
+            return Failure_Reject(f"webhook refused: the host denied the request ({e}); grant the origin in allow_hosts")
         return Failure_Retry(RetryInfo(reason=f"webhook unreachable: {e}", after_ms=None))
     if 200 <= status < 300:
         return None
