@@ -171,7 +171,6 @@ impl Dispatcher {
         let mut prefix: Option<usize> = None;
 
         while outcomes.len() < batch.len() {
-            let limits = self.prepared.spec.limits.clone();
             let start = outcomes.len();
             let end = match prefix.take() {
                 Some(n) => start + n,
@@ -284,7 +283,10 @@ impl Dispatcher {
                 Some(PluginFailure::Retry(info)) => {
                     let held = *head.held_since.get_or_insert_with(Instant::now);
                     head.retries += 1;
-                    let timed_out = limits
+                    let timed_out = self
+                        .prepared
+                        .spec
+                        .limits
                         .retry_timeout
                         .is_some_and(|timeout| held.elapsed() >= timeout);
                     if !head_alone && (timed_out || head.retries >= ISOLATE_AFTER_RETRIES) {

@@ -314,22 +314,26 @@ impl Scenario {
         }
     }
 
-    /// The first `n` events, before any fault: the baseline row.
-    fn opening(&mut self, n: usize) {
+    /// Produces the next `n` events, waits until they are settled and
+    /// checks everything with no event allowed in a dead-letter topic: a
+    /// row of the matrix.
+    fn record(&mut self, fault: &str, n: usize) {
         self.produce(n);
         let recovery = self.settle();
-        let row = self.check("none (start)", n, recovery, &BTreeMap::new());
+        let row = self.check(fault, n, recovery, &BTreeMap::new());
         self.rows.push(row);
+    }
+
+    /// The first `n` events, before any fault: the baseline row.
+    fn opening(&mut self, n: usize) {
+        self.record("none (start)", n);
     }
 
     /// The rest of the events, after the faults; then stops the host and
     /// prints the matrix.
     fn closing(mut self) {
         let pending = self.pending.len();
-        self.produce(pending);
-        let recovery = self.settle();
-        let row = self.check("none (end)", pending, recovery, &BTreeMap::new());
-        self.rows.push(row);
+        self.record("none (end)", pending);
         self.finish();
     }
 
@@ -1116,15 +1120,7 @@ fn broker_outages_hold_every_plugin_and_heal_without_holes() {
     assert_eq!(ready.status().as_u16(), 503);
     std::thread::sleep(FAULT.saturating_sub(down.elapsed()));
     broker.up();
-    s.produce(150);
-    let recovery = s.settle();
-    let row = s.check(
-        "broker SIGKILLed, restarted",
-        150,
-        recovery,
-        &BTreeMap::new(),
-    );
-    s.rows.push(row);
+    s.record("broker SIGKILLed, restarted", 150);
 
     // Stopped while the broker is away: a clean exit, at once.
     broker.kill();
@@ -1143,14 +1139,6 @@ fn broker_outages_hold_every_plugin_and_heal_without_holes() {
     s.restarted = true;
     s.wait_for_hold("metrics", "host", "Kafka");
     broker.up();
-    s.produce(150);
-    let recovery = s.settle();
-    let row = s.check(
-        "host started without a broker",
-        150,
-        recovery,
-        &BTreeMap::new(),
-    );
-    s.rows.push(row);
+    s.record("host started without a broker", 150);
     s.closing();
 }

@@ -75,8 +75,9 @@ impl Webhook {
     }
 }
 
-#[test]
-fn the_notifier_sends_identical_requests_in_every_language() {
+/// Rust's notifier, then those of `others` that PLUGBOARD_TEST_LANGS lists:
+/// (language, component).
+fn languages(others: &[&'static str]) -> Vec<(&'static str, &'static str)> {
     let mut languages = vec![("rust", "garage-notifier")];
     let listed = std::env::var("PLUGBOARD_TEST_LANGS").unwrap_or_default();
     for (lang, component) in [
@@ -84,12 +85,21 @@ fn the_notifier_sends_identical_requests_in_every_language() {
         ("python", "garage-notifier-py"),
         ("go", "garage-notifier-go"),
     ] {
+        if !others.contains(&lang) {
+            continue;
+        }
         if listed.split(',').any(|l| l == lang) {
             languages.push((lang, component));
         } else {
             eprintln!("{lang} notifier skipped: not in PLUGBOARD_TEST_LANGS");
         }
     }
+    languages
+}
+
+#[test]
+fn the_notifier_sends_identical_requests_in_every_language() {
+    let languages = languages(&["js", "python", "go"]);
     let webhook = Webhook::start();
     let setup = Setup::new();
     for (lang, component) in &languages {
@@ -153,16 +163,7 @@ fn a_notifier_the_host_denies_rejects_instead_of_waiting_forever() {
     // A request to an origin not granted can never succeed: retrying would
     // hold the partition until someone grants it. The Go notifier cannot
     // tell a denial from a refused connection yet.
-    let mut languages = vec![("rust", "garage-notifier")];
-    let listed = std::env::var("PLUGBOARD_TEST_LANGS").unwrap_or_default();
-    for (lang, component) in [
-        ("js", "garage-notifier-js"),
-        ("python", "garage-notifier-py"),
-    ] {
-        if listed.split(',').any(|l| l == lang) {
-            languages.push((lang, component));
-        }
-    }
+    let languages = languages(&["js", "python"]);
     let setup = Setup::new();
     let events = common::generated_events(setup.dir.path(), 20, 3);
     for (lang, component) in &languages {

@@ -152,11 +152,10 @@ impl KvState {
 
     /// The store failed: remembered for the call, and told to the plugin.
     fn fail(&mut self, e: rusqlite::Error) -> store::Error {
-        let error = other(e);
-        if let store::Error::Other(reason) = &error {
-            self.failed.get_or_insert_with(|| reason.clone());
-        }
-        error
+        let reason = format!("state store error: {e}");
+        tracing::debug!("plugin state: {e}");
+        self.failed.get_or_insert_with(|| reason.clone());
+        store::Error::Other(reason)
     }
 
     /// Whether the call in progress has written anything.
@@ -213,11 +212,6 @@ fn check_key(key: &str) -> Result<(), store::Error> {
         )));
     }
     Ok(())
-}
-
-fn other(e: rusqlite::Error) -> store::Error {
-    tracing::debug!("plugin state: {e}");
-    store::Error::Other(format!("state store error: {e}"))
 }
 
 impl PluginState {

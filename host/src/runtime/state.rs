@@ -47,7 +47,9 @@ pub(super) enum MetricOp {
 impl PluginState {
     /// Applies the call's metric updates: the call's outcome counts.
     pub(super) fn apply_metrics(&mut self) {
-        for op in std::mem::take(&mut self.pending_metrics) {
+        // Taken and given back, so the next call reuses the allocation.
+        let mut ops = std::mem::take(&mut self.pending_metrics);
+        for op in ops.drain(..) {
             let r = match &op {
                 MetricOp::Counter(name, labels, delta) => {
                     self.metrics
@@ -64,6 +66,7 @@ impl PluginState {
             };
             self.report(r);
         }
+        self.pending_metrics = ops;
     }
 
     /// Drops the call's metric updates and state writes: the call does not

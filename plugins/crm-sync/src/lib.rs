@@ -35,12 +35,17 @@ thread_local! {
     static CRM: RefCell<Option<Crm>> = const { RefCell::new(None) };
 }
 
+/// Worth trying again later: the CRM is down, overloaded or rate-limits.
+struct Transient {
+    reason: String,
+    after_ms: Option<u32>,
+    /// The CRM answered (with a status that asks for a retry), rather than
+    /// not being reached at all.
+    answered: bool,
+}
+
 enum SyncError {
-    /// Worth trying again later: the CRM is down, overloaded or rate-limits.
-    Transient {
-        reason: String,
-        after_ms: Option<u32>,
-    },
+    Transient(Transient),
     /// The CRM refuses the data: trying again cannot help.
     Permanent(String),
 }
@@ -81,7 +86,7 @@ impl Guest for CrmSync {
             let all: Vec<&BookingEvent> = batch.iter().map(|e| &e.booking).collect();
             match crm.sync(&all) {
                 Ok(()) => BatchOutcome::all(&batch),
-                Err(SyncError::Transient { reason, after_ms }) => retry(0, reason, after_ms),
+                Err(SyncError::Transient(t)) => retry(0, t),
                 // One record spoils a whole batch call: find it by going one
                 // event at a time, in order.
                 Err(SyncError::Permanent(_)) => {
@@ -94,8 +99,8 @@ impl Guest for CrmSync {
                                     failure: Some(Failure::Reject(reason)),
                                 };
                             }
-                            Err(SyncError::Transient { reason, after_ms }) => {
-                                return retry(i, reason, after_ms);
+                            Err(SyncError::Transient(t)) => {
+                                return retry(i, t);
                             }
                         }
                     }
@@ -106,10 +111,15 @@ impl Guest for CrmSync {
     }
 }
 
-fn retry(handled: usize, reason: String, after_ms: Option<u32>) -> BatchOutcome {
+fn retry(handled: usize, t: Transient) -> BatchOutcome {
+    let Transient {
+        reason,
+        after_ms,
+        answered,
+    } = t;
     // The host logs when the partition starts and stops waiting; this says
     // what each attempt met.
-    let what = if reason.contains(": HTTP ") {
+    let what = if answered {
         "the CRM is busy or failing"
     } else {
         "the CRM is not reachable"
@@ -204,19 +214,21 @@ impl Crm {
                 if e.is_denied() {
                     SyncError::Permanent(reason)
                 } else {
-                    SyncError::Transient {
+                    SyncError::Transient(Transient {
                         reason,
                         after_ms: None,
-                    }
+                        answered: false,
+                    })
                 }
             })?;
         let text = String::from_utf8_lossy(&response.body);
         match response.status {
             200..=299 => Ok(serde_json::from_slice(&response.body).unwrap_or(Value::Null)),
-            408 | 429 | 500..=599 => Err(SyncError::Transient {
+            408 | 429 | 500..=599 => Err(SyncError::Transient(Transient {
                 reason: format!("POST {path}: HTTP {}: {}", response.status, message(&text)),
                 after_ms: response.retry_after_secs.map(|s| s.saturating_mul(1000)),
-            }),
+                answered: true,
+            })),
             status => Err(SyncError::Permanent(format!(
                 "POST {path}: HTTP {status}: {}",
                 message(&text)

@@ -16,10 +16,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 const QUIET: Duration = Duration::from_secs(30);
 
 /// Logs librdkafka's lines for one client, repeats held back.
-#[derive(Default)]
 pub struct ClientLog {
     /// The client, for the log lines: the plugin and its role.
-    pub client: String,
+    client: String,
     /// By kind: when it was last logged, and repeats since.
     seen: Mutex<HashMap<String, (Instant, u64)>>,
 }
@@ -78,20 +77,18 @@ impl ClientLog {
 
     /// A client-wide error (all brokers down, a transport failure). "All
     /// brokers down" is the one worth a warning; the transport failures
-    /// behind it are in librdkafka's own lines already. Returns whether it
-    /// was logged now.
-    pub fn error(&self, error: &KafkaError, reason: &str) -> bool {
+    /// behind it are in librdkafka's own lines already.
+    pub fn error(&self, error: &KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         if code != Some(RDKafkaErrorCode::AllBrokersDown) {
             tracing::debug!(target: "librdkafka", client = self.client.as_str(), "{error}: {reason}");
-            return false;
+            return;
         }
         let Some(repeats) = self.admit("all brokers down") else {
-            return false;
+            return;
         };
         let more = held_back(repeats);
         tracing::warn!(target: "librdkafka", client = self.client.as_str(), "{error}: {reason}{more}");
-        true
     }
 }
 

@@ -242,9 +242,12 @@ impl Partitions {
         }
     }
 
-    /// A message came: the broker answers.
+    /// A message came: the broker answers. Called per message, so it only
+    /// reads the flag unless the broker was down.
     pub fn broker_answers(&self) {
-        if self.broker_down.swap(false, Ordering::SeqCst) {
+        if self.broker_down.load(Ordering::Relaxed)
+            && self.broker_down.swap(false, Ordering::SeqCst)
+        {
             self.broker_back();
         }
     }
