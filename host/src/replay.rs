@@ -150,7 +150,10 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
     let journal = Journal::new(egress);
     let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let runtime = Runtime::new(Some(&cache_dir), Arc::new(Metrics::new()))?
-        .with_state(StateDb::open(&scratch.join("state.sqlite"))?)
+        .with_state(
+            StateDb::open(&scratch.join("state.sqlite"))?,
+            &crate::source::file::source_name(&options.events),
+        )
         .with_journal(journal.clone());
     let prepared = runtime.prepare(spec)?;
 

@@ -40,10 +40,23 @@ pub fn default_dead_letter(events: &Path) -> PathBuf {
 }
 
 /// Builds the runtime for `config`: one engine, with the compiled-component
-/// cache and the plugins' state in the host's data folder.
-pub fn runtime_for(config: &HostConfig, metrics: Arc<Metrics>) -> Result<Runtime> {
-    let state = crate::runtime::kv::StateDb::open(&config.data_dir.join("state.sqlite"))?;
-    Ok(Runtime::new(Some(&config.cache_dir), metrics)?.with_state(state))
+/// cache and the plugins' state in the host's data folder, scoped to
+/// `source` (the topic, or `file:<name>`).
+pub fn runtime_for(config: &HostConfig, source: &str, metrics: Arc<Metrics>) -> Result<Runtime> {
+    let path = config.data_dir.join("state.sqlite");
+    let state = crate::runtime::kv::StateDb::open(&path)?;
+    if let Some(kafka) = &config.kafka {
+        let moved = state
+            .adopt_unscoped(&kafka.topic.0)
+            .with_context(|| format!("cannot move old plugin state in {}", path.display()))?;
+        if moved > 0 {
+            tracing::info!(
+                "{moved} plugin state entries of an earlier version now belong to topic {}",
+                kafka.topic.0
+            );
+        }
+    }
+    Ok(Runtime::new(Some(&config.cache_dir), metrics)?.with_state(state, source))
 }
 
 /// Runs every plugin over the events file to its end, or until `shutdown`:
@@ -55,7 +68,8 @@ pub fn run_file(
     shutdown: &Shutdown,
 ) -> Result<Summary> {
     let metrics = Arc::new(Metrics::new());
-    let runtime = runtime_for(config, metrics.clone())?;
+    let source = file::source_name(&options.events);
+    let runtime = runtime_for(config, &source, metrics.clone())?;
     let specs = load_plugins(config)?;
     if specs.is_empty() {
         anyhow::bail!(
@@ -67,7 +81,6 @@ pub fn run_file(
     let (ready, mut reports) = load(&runtime, specs);
     let started = Instant::now();
     let lines = file::read_lines(&options.events)?;
-    let source = file::source_name(&options.events);
     let (events, originals, mut dead_letters) = decode_lines(&lines, &source, &metrics);
     let decode_failures = dead_letters.len() as u64;
 
@@ -178,7 +191,7 @@ pub fn run_kafka(
         // For scripts and tests that asked for port 0.
         println!("admin listening on http://{bound}");
     }
-    let runtime = runtime_for(config, metrics.clone())?;
+    let runtime = runtime_for(config, &kafka.topic.0, metrics.clone())?;
     let (changed_tx, changed) = std::sync::mpsc::channel();
     let _watcher = crate::reload::watch(&config.plugins_dir, changed_tx)?;
     let mut reloader = Reloader::new(config, kafka, runtime, catalog, shutdown.clone());

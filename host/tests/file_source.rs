@@ -431,7 +431,7 @@ fn state_equals_handling_each_settled_event_once_whatever_the_plugin_answers() {
     // What the plugin's state says, straight from the host's state file.
     let db = rusqlite::Connection::open(setup.path(".plugboard/state.sqlite")).unwrap();
     let mut stmt = db
-        .prepare("SELECT key, value FROM kv WHERE plugin = 'chaos' AND bucket = 'chaos'")
+        .prepare("SELECT key, value FROM state WHERE plugin = 'chaos' AND bucket = 'chaos'")
         .unwrap();
     let state: BTreeMap<String, u64> = stmt
         .query_map([], |row| {

@@ -581,3 +581,93 @@ fn metrics_gauges_are_right_after_a_restart_without_replaying() {
         reference_gauges(&everything)
     );
 }
+
+/// The number a plugin's state holds under `key`, from the host's state
+/// file, for events of `topic`.
+fn stored_number(setup: &Setup, plugin: &str, topic: &str, bucket: &str, key: &str) -> Option<u64> {
+    let db = rusqlite::Connection::open(setup.path(".plugboard/state.sqlite")).unwrap();
+    db.query_row(
+        "SELECT value FROM state WHERE plugin = ?1 AND scope = ?2 AND bucket = ?3 AND key = ?4",
+        [plugin, topic, bucket, key],
+        |row| row.get::<_, Vec<u8>>(0),
+    )
+    .ok()
+    .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+}
+
+#[test]
+fn increments_of_one_key_from_every_partition_add_up_exactly() {
+    let Some(brokers) = brokers() else { return };
+    let topic = create_topic(&brokers, 6);
+    let setup = Setup::new();
+    let events = common::generated_events(setup.dir.path(), 1500, 21);
+    let total = common::event_ids(&events).len() as u64;
+    assert!(total > 5000, "{total} events");
+    // Small batches: many commits of the one key, from six instances at once.
+    setup.plugin(
+        "counter",
+        "faulty",
+        "[limits]\nbatch_size = 7\n[config]\ncount = \"events\"\n",
+    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "atomics");
+    produce(&brokers, &topic, &events);
+    let host = start_host(&setup);
+    wait_for_zero_lag(&kafka, &["counter"]);
+    stop(host);
+    assert_eq!(
+        stored_number(&setup, "counter", &topic, "count", "events"),
+        Some(total),
+        "six partitions' instances incremented one key once per event"
+    );
+}
+
+#[test]
+fn a_plugin_pointed_at_another_topic_starts_from_its_own_state() {
+    let Some(brokers) = brokers() else { return };
+    let (first_topic, second_topic) = (create_topic(&brokers, 3), create_topic(&brokers, 3));
+    let setup = Setup::new();
+    let lines: Vec<String> = std::fs::read_to_string(sample_events())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (first, second) = (setup.path("first.ndjson"), setup.path("second.ndjson"));
+    std::fs::write(&first, lines[..700].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[700..].join("\n") + "\n").unwrap();
+    produce(&brokers, &first_topic, &first);
+    produce(&brokers, &second_topic, &second);
+    setup.plugin("metrics", "metrics", "[limits]\nbatch_size = 10\n");
+
+    let kafka = kafka_config(&setup, &brokers, &first_topic, "topics");
+    let host = start_host_with_metrics(&setup, "first.prom");
+    wait_for_zero_lag(&kafka, &["metrics"]);
+    stop(host);
+    assert_eq!(
+        business_gauges(&prom(&setup, "first.prom")),
+        reference_gauges(&first)
+    );
+
+    // The same data folder, another topic: the gauges are that topic's
+    // bookings alone, not both topics' added up.
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        config.replace(
+            &format!("topic = \"{first_topic}\""),
+            &format!("topic = \"{second_topic}\""),
+        ),
+    )
+    .unwrap();
+    let kafka = plugboard::config::HostConfig::load(&setup.config)
+        .unwrap()
+        .kafka
+        .unwrap();
+    assert_eq!(kafka.topic.0, second_topic);
+    let host = start_host_with_metrics(&setup, "second.prom");
+    wait_for_zero_lag(&kafka, &["metrics"]);
+    stop(host);
+    assert_eq!(
+        business_gauges(&prom(&setup, "second.prom")),
+        reference_gauges(&second)
+    );
+}

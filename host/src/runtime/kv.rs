@@ -1,18 +1,26 @@
 //! Durable plugin state: the host side of `wasi:keyvalue` (store, atomics,
 //! batch), kept in one SQLite file in the host's data folder.
 //!
-//! Each plugin sees only its own keys (every row carries the plugin name),
-//! in buckets it names freely. Writes of a call are held by the instance
-//! and applied in one transaction when `init` or `handle` returns; a trap
-//! drops them. So state and the outcome of a batch never disagree, and no
-//! database lock is held while a plugin runs.
+//! Each plugin sees only its own keys, of the source it consumes: every
+//! row carries the plugin name and the scope (the Kafka topic, or
+//! `file:<name>`), so a plugin pointed at another topic starts afresh
+//! instead of adding that topic's bookings to the old one's. Buckets are
+//! named freely by the plugin, and the instances of all its partitions
+//! share them.
+//!
+//! Writes of a call are held by the instance and applied in one
+//! transaction when `init` or `handle` returns; a trap drops them. So state
+//! and the outcome of a batch never disagree, and no database lock is held
+//! while a plugin runs. An `increment` is kept as a delta and added to the
+//! stored value inside that transaction: instances of several partitions
+//! incrementing one key never lose an update.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use wasmtime::component::Resource;
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
@@ -28,6 +36,13 @@ const PAGE: usize = 1000;
 /// The host's state file, shared by every instance of every plugin.
 pub struct StateDb {
     conn: Mutex<Connection>,
+}
+
+/// Where a plugin's rows live: its name and the source it consumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub plugin: Arc<str>,
+    pub source: Arc<str>,
 }
 
 impl StateDb {
@@ -46,17 +61,25 @@ impl StateDb {
         // stays up. It costs ~1.4 ms per call that writes state (the metrics
         // plugin: ~30k instead of ~50k events/s on the file source). Hosts
         // on one machine may share the file: writers wait for each other.
+        //
+        // `synchronous = NORMAL` with a rollback journal still syncs the
+        // journal before the database is written, so a power loss leaves
+        // every committed call or none of it, never half of one. The last
+        // calls before the loss may be lost; their offsets were committed
+        // after them, at most `commit_interval_ms` later, so those events
+        // are delivered again and counted once.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .context("cannot set the state file's busy timeout")?;
         conn.execute_batch(
             "PRAGMA journal_mode = TRUNCATE;
              PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS kv (
+             CREATE TABLE IF NOT EXISTS state (
                  plugin TEXT NOT NULL,
+                 scope  TEXT NOT NULL,
                  bucket TEXT NOT NULL,
                  key    TEXT NOT NULL,
                  value  BLOB NOT NULL,
-                 PRIMARY KEY (plugin, bucket, key)
+                 PRIMARY KEY (plugin, scope, bucket, key)
              ) WITHOUT ROWID;",
         )
         .with_context(|| format!("cannot set up the plugin state file {}", path.display()))?;
@@ -65,47 +88,136 @@ impl StateDb {
         }))
     }
 
-    fn get(&self, plugin: &str, bucket: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
-        self.conn
-            .lock()
-            .expect("state lock")
-            .prepare_cached("SELECT value FROM kv WHERE plugin = ?1 AND bucket = ?2 AND key = ?3")?
-            .query_row(params![plugin, bucket, key], |row| row.get(0))
+    /// Moves rows a host before 0.2 kept without a scope (table `kv`) to
+    /// `source`, the topic they were consumed from, once.
+    pub fn adopt_unscoped(&self, source: &str) -> Result<u64> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let old: bool = tx
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'kv'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)?;
+        if !old {
+            return Ok(0);
+        }
+        let moved = tx.execute(
+            "INSERT OR IGNORE INTO state (plugin, scope, bucket, key, value)
+             SELECT plugin, ?1, bucket, key, value FROM kv",
+            params![source],
+        )?;
+        tx.execute("DROP TABLE kv", [])?;
+        tx.commit()?;
+        Ok(moved as u64)
+    }
+
+    /// The connection, even if a thread panicked holding it: SQLite's own
+    /// transaction keeps the file consistent, so one panic must not stop
+    /// every plugin's state.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, scope: &Scope, bucket: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.lock()
+            .prepare_cached(
+                "SELECT value FROM state
+                 WHERE plugin = ?1 AND scope = ?2 AND bucket = ?3 AND key = ?4",
+            )?
+            .query_row(
+                params![&*scope.plugin, &*scope.source, bucket, key],
+                |row| row.get(0),
+            )
             .optional()
     }
 
-    fn keys(&self, plugin: &str, bucket: &str) -> rusqlite::Result<Vec<String>> {
-        let conn = self.conn.lock().expect("state lock");
-        let mut stmt = conn
-            .prepare_cached("SELECT key FROM kv WHERE plugin = ?1 AND bucket = ?2 ORDER BY key")?;
-        stmt.query_map(params![plugin, bucket], |row| row.get(0))?
-            .collect()
+    fn keys(&self, scope: &Scope, bucket: &str) -> rusqlite::Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key FROM state WHERE plugin = ?1 AND scope = ?2 AND bucket = ?3 ORDER BY key",
+        )?;
+        stmt.query_map(params![&*scope.plugin, &*scope.source, bucket], |row| {
+            row.get(0)
+        })?
+        .collect()
     }
 
-    /// Applies one call's writes atomically.
-    fn apply(&self, plugin: &str, writes: &Writes) -> rusqlite::Result<()> {
-        let mut conn = self.conn.lock().expect("state lock");
-        let tx = conn.transaction()?;
+    /// Applies one call's writes atomically. The transaction takes the
+    /// write lock first, so an increment's read and write are one step for
+    /// every other instance and every other host sharing the file.
+    fn apply(&self, scope: &Scope, writes: &Writes) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
+            let (plugin, source) = (&*scope.plugin, &*scope.source);
             let mut set = tx.prepare_cached(
-                "INSERT INTO kv (plugin, bucket, key, value) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (plugin, bucket, key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO state (plugin, scope, bucket, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (plugin, scope, bucket, key) DO UPDATE SET value = excluded.value",
             )?;
-            let mut delete =
-                tx.prepare_cached("DELETE FROM kv WHERE plugin = ?1 AND bucket = ?2 AND key = ?3")?;
-            for ((bucket, key), value) in writes {
-                match value {
-                    Some(value) => set.execute(params![plugin, bucket, key, value])?,
-                    None => delete.execute(params![plugin, bucket, key])?,
-                };
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM state WHERE plugin = ?1 AND scope = ?2 AND bucket = ?3 AND key = ?4",
+            )?;
+            let mut read = tx.prepare_cached(
+                "SELECT value FROM state
+                 WHERE plugin = ?1 AND scope = ?2 AND bucket = ?3 AND key = ?4",
+            )?;
+            for ((bucket, key), write) in writes {
+                match write {
+                    Write::Set(value) => {
+                        set.execute(params![plugin, source, bucket, key, value])?;
+                    }
+                    Write::Delete => {
+                        delete.execute(params![plugin, source, bucket, key])?;
+                    }
+                    Write::Add(delta) => {
+                        let stored: Option<Vec<u8>> = read
+                            .query_row(params![plugin, source, bucket, key], |row| row.get(0))
+                            .optional()?;
+                        let next = add(stored.as_deref(), *delta, key)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        set.execute(params![
+                            plugin,
+                            source,
+                            bucket,
+                            key,
+                            next.to_string().into_bytes()
+                        ])?;
+                    }
+                }
             }
         }
-        tx.commit()
+        tx.commit()?;
+        Ok(())
     }
 }
 
-/// Pending writes of a call: `None` deletes.
-type Writes = BTreeMap<(String, String), Option<Vec<u8>>>;
+/// `stored` (a decimal number, or nothing: 0) plus `delta`.
+fn add(stored: Option<&[u8]>, delta: u64, key: &str) -> Result<u64, String> {
+    let current = match stored {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| format!("`{key}` does not hold a decimal number"))?,
+    };
+    current
+        .checked_add(delta)
+        .ok_or_else(|| format!("`{key}` would overflow"))
+}
+
+/// One pending write of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Write {
+    Set(Vec<u8>),
+    Delete,
+    /// Increments not yet applied: added to the stored value at commit.
+    Add(u64),
+}
+
+/// Pending writes of a call, by (bucket, key).
+type Writes = BTreeMap<(String, String), Write>;
 
 /// A bucket a plugin opened: just its name; the plugin is the instance's.
 pub struct Bucket {
@@ -113,9 +225,9 @@ pub struct Bucket {
 }
 
 /// One instance's view of the state.
-#[derive(Default)]
 pub struct KvState {
     db: Option<Arc<StateDb>>,
+    scope: Scope,
     pending: Writes,
     /// Set when the store itself failed during the call: whatever the
     /// plugin answered then, the host failed, not the event.
@@ -123,24 +235,25 @@ pub struct KvState {
 }
 
 impl KvState {
-    pub fn new(db: Option<Arc<StateDb>>) -> Self {
+    pub fn new(db: Option<Arc<StateDb>>, scope: Scope) -> Self {
         KvState {
             db,
+            scope,
             pending: Writes::new(),
             failed: None,
         }
     }
 
     /// Makes the call's writes durable.
-    pub fn commit(&mut self, plugin: &str) -> Result<()> {
+    pub fn commit(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let writes = std::mem::take(&mut self.pending);
         match &self.db {
             Some(db) => db
-                .apply(plugin, &writes)
-                .with_context(|| format!("cannot save the state of {plugin}")),
+                .apply(&self.scope, &writes)
+                .with_context(|| format!("cannot save the state of {}", self.scope.plugin)),
             None => Ok(()),
         }
     }
@@ -168,17 +281,24 @@ impl KvState {
         self.pending.clear();
     }
 
-    fn get(
-        &mut self,
-        plugin: &str,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, store::Error> {
-        if let Some(pending) = self.pending.get(&(bucket.to_string(), key.to_string())) {
-            return Ok(pending.clone());
-        }
-        let result = self.db()?.get(plugin, bucket, key);
+    /// The value as the store has it, ignoring this call's writes.
+    fn stored(&mut self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
+        let result = self.db()?.get(&self.scope, bucket, key);
         result.map_err(|e| self.fail(e))
+    }
+
+    fn get(&mut self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
+        match self.pending.get(&(bucket.to_string(), key.to_string())) {
+            Some(Write::Set(value)) => Ok(Some(value.clone())),
+            Some(Write::Delete) => Ok(None),
+            Some(Write::Add(delta)) => {
+                let delta = *delta;
+                let stored = self.stored(bucket, key)?;
+                let value = add(stored.as_deref(), delta, key).map_err(store::Error::Other)?;
+                Ok(Some(value.to_string().into_bytes()))
+            }
+            None => self.stored(bucket, key),
+        }
     }
 
     fn set(
@@ -193,8 +313,58 @@ impl KvState {
                 "value of `{key}` is larger than {MAX_VALUE} bytes"
             )));
         }
-        self.pending.insert((bucket.to_string(), key), value);
+        let write = match value {
+            Some(value) => Write::Set(value),
+            None => Write::Delete,
+        };
+        self.pending.insert((bucket.to_string(), key), write);
         Ok(())
+    }
+
+    /// Adds `delta` to `key` at commit, whatever other instances add
+    /// meanwhile. Returns the value as this call sees it now.
+    fn increment(&mut self, bucket: &str, key: String, delta: u64) -> Result<u64, store::Error> {
+        check_key(&key)?;
+        let slot = (bucket.to_string(), key);
+        let pending = self.pending.get(&slot).cloned();
+        let (write, seen) = match pending {
+            // The call set the value itself: it stays an absolute write.
+            Some(Write::Set(value)) => {
+                let next = add(Some(&value), delta, &slot.1).map_err(store::Error::Other)?;
+                (Write::Set(next.to_string().into_bytes()), next)
+            }
+            Some(Write::Delete) => (Write::Set(delta.to_string().into_bytes()), delta),
+            Some(Write::Add(before)) => {
+                let total = before
+                    .checked_add(delta)
+                    .ok_or_else(|| store::Error::Other(format!("`{}` would overflow", slot.1)))?;
+                let stored = self.stored(&slot.0, &slot.1)?;
+                let seen = add(stored.as_deref(), total, &slot.1).map_err(store::Error::Other)?;
+                (Write::Add(total), seen)
+            }
+            None => {
+                let stored = self.stored(&slot.0, &slot.1)?;
+                let seen = add(stored.as_deref(), delta, &slot.1).map_err(store::Error::Other)?;
+                (Write::Add(delta), seen)
+            }
+        };
+        self.pending.insert(slot, write);
+        Ok(seen)
+    }
+
+    fn keys(&mut self, bucket: &str) -> Result<Vec<String>, store::Error> {
+        let listed = self.db()?.keys(&self.scope, bucket);
+        let mut keys: std::collections::BTreeSet<String> =
+            listed.map_err(|e| self.fail(e))?.into_iter().collect();
+        for ((b, key), write) in &self.pending {
+            if b == bucket {
+                match write {
+                    Write::Delete => keys.remove(key),
+                    Write::Set(_) | Write::Add(_) => keys.insert(key.clone()),
+                };
+            }
+        }
+        Ok(keys.into_iter().collect())
     }
 
     fn db(&self) -> Result<&StateDb, store::Error> {
@@ -240,7 +410,7 @@ impl store::HostBucket for PluginState {
         key: String,
     ) -> Result<Option<Vec<u8>>, store::Error> {
         let name = self.bucket_name(&bucket)?;
-        self.kv.get(&self.plugin, &name, &key)
+        self.kv.get(&name, &key)
     }
 
     fn set(
@@ -268,17 +438,7 @@ impl store::HostBucket for PluginState {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, store::Error> {
         let name = self.bucket_name(&bucket)?;
-        let listed = self.kv.db()?.keys(&self.plugin, &name);
-        let mut keys: std::collections::BTreeSet<String> =
-            listed.map_err(|e| self.kv.fail(e))?.into_iter().collect();
-        for ((b, key), value) in &self.kv.pending {
-            if *b == name {
-                match value {
-                    Some(_) => keys.insert(key.clone()),
-                    None => keys.remove(key),
-                };
-            }
-        }
+        let keys = self.kv.keys(&name)?;
         let start = cursor.unwrap_or(0) as usize;
         let page: Vec<String> = keys.into_iter().skip(start).take(PAGE + 1).collect();
         let more = page.len() > PAGE;
@@ -303,21 +463,7 @@ impl atomics::Host for PluginState {
         delta: u64,
     ) -> Result<u64, store::Error> {
         let name = self.bucket_name(&bucket)?;
-        let current = match self.kv.get(&self.plugin, &name, &key)? {
-            None => 0,
-            Some(bytes) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    store::Error::Other(format!("`{key}` does not hold a decimal number"))
-                })?,
-        };
-        let next = current
-            .checked_add(delta)
-            .ok_or_else(|| store::Error::Other(format!("`{key}` would overflow")))?;
-        self.kv
-            .set(&name, key, Some(next.to_string().into_bytes()))?;
-        Ok(next)
+        self.kv.increment(&name, key, delta)
     }
 }
 
@@ -330,7 +476,7 @@ impl batch::Host for PluginState {
         let name = self.bucket_name(&bucket)?;
         keys.into_iter()
             .map(|key| {
-                let value = self.kv.get(&self.plugin, &name, &key)?;
+                let value = self.kv.get(&name, &key)?;
                 Ok(value.map(|v| (key, v)))
             })
             .collect()
@@ -358,5 +504,124 @@ impl batch::Host for PluginState {
             self.kv.set(&name, key, None)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(plugin: &str, source: &str) -> Scope {
+        Scope {
+            plugin: Arc::from(plugin),
+            source: Arc::from(source),
+        }
+    }
+
+    fn number(kv: &mut KvState, bucket: &str, key: &str) -> Option<u64> {
+        kv.get(bucket, key)
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+    }
+
+    #[test]
+    fn increments_of_many_instances_on_one_key_all_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
+        let (instances, calls, per_call) = (6, 400, 5);
+        std::thread::scope(|s| {
+            for _ in 0..instances {
+                let db = db.clone();
+                s.spawn(move || {
+                    let mut kv = KvState::new(Some(db), scope("p", "bookings"));
+                    for _ in 0..calls {
+                        for _ in 0..per_call {
+                            kv.increment("b", "total".into(), 1).unwrap();
+                        }
+                        kv.commit().unwrap();
+                    }
+                });
+            }
+        });
+        let mut kv = KvState::new(Some(db), scope("p", "bookings"));
+        assert_eq!(
+            number(&mut kv, "b", "total"),
+            Some(instances * calls * per_call)
+        );
+    }
+
+    #[test]
+    fn a_call_sees_its_own_writes_and_increments() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
+        let mut kv = KvState::new(Some(db.clone()), scope("p", "t"));
+        assert_eq!(kv.increment("b", "n".into(), 2).unwrap(), 2);
+        assert_eq!(kv.increment("b", "n".into(), 3).unwrap(), 5);
+        assert_eq!(number(&mut kv, "b", "n"), Some(5));
+        kv.commit().unwrap();
+        // Another instance adds meanwhile: the next increment builds on it.
+        let mut other = KvState::new(Some(db.clone()), scope("p", "t"));
+        other.increment("b", "n".into(), 10).unwrap();
+        other.commit().unwrap();
+        assert_eq!(kv.increment("b", "n".into(), 1).unwrap(), 16);
+        // A set in the same call stays absolute; an increment after a
+        // delete starts from 0.
+        kv.set("b", "m".into(), Some(b"7".to_vec())).unwrap();
+        assert_eq!(kv.increment("b", "m".into(), 1).unwrap(), 8);
+        kv.set("b", "gone".into(), None).unwrap();
+        assert_eq!(kv.increment("b", "gone".into(), 4).unwrap(), 4);
+        assert_eq!(kv.keys("b").unwrap(), ["gone", "m", "n"]);
+        kv.commit().unwrap();
+        let mut fresh = KvState::new(Some(db), scope("p", "t"));
+        assert_eq!(number(&mut fresh, "b", "n"), Some(16));
+        assert_eq!(number(&mut fresh, "b", "m"), Some(8));
+        assert_eq!(number(&mut fresh, "b", "gone"), Some(4));
+    }
+
+    #[test]
+    fn an_increment_of_a_value_that_is_no_number_fails_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
+        let mut kv = KvState::new(Some(db), scope("p", "t"));
+        kv.set("b", "word".into(), Some(b"seven".to_vec())).unwrap();
+        kv.commit().unwrap();
+        let err = kv.increment("b", "word".into(), 1).unwrap_err();
+        assert!(format!("{err:?}").contains("decimal number"), "{err:?}");
+        assert!(!kv.has_pending());
+    }
+
+    #[test]
+    fn state_is_scoped_to_the_plugin_and_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
+        let mut a = KvState::new(Some(db.clone()), scope("metrics", "bookings"));
+        a.set("totals", "0".into(), Some(b"3".to_vec())).unwrap();
+        a.commit().unwrap();
+        let mut other_topic = KvState::new(Some(db.clone()), scope("metrics", "bookings-eu"));
+        assert_eq!(other_topic.get("totals", "0").unwrap(), None);
+        let mut other_plugin = KvState::new(Some(db.clone()), scope("lake", "bookings"));
+        assert_eq!(other_plugin.get("totals", "0").unwrap(), None);
+        let mut same = KvState::new(Some(db), scope("metrics", "bookings"));
+        assert_eq!(same.get("totals", "0").unwrap(), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn state_of_a_host_before_scopes_moves_to_the_configured_topic_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE kv (plugin TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL,
+                     value BLOB NOT NULL, PRIMARY KEY (plugin, bucket, key)) WITHOUT ROWID;
+                 INSERT INTO kv VALUES ('metrics', 'totals', '0', x'33');",
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.adopt_unscoped("bookings").unwrap(), 1);
+        assert_eq!(db.adopt_unscoped("bookings").unwrap(), 0);
+        let mut kv = KvState::new(Some(db), scope("metrics", "bookings"));
+        assert_eq!(kv.get("totals", "0").unwrap(), Some(b"3".to_vec()));
     }
 }

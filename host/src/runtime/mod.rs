@@ -69,6 +69,9 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     /// Where plugins' `wasi:keyvalue` state lives; none: they have none.
     state: Option<Arc<kv::StateDb>>,
+    /// The source events come from (a topic, `file:<name>`): plugins get
+    /// it as `plugboard.source`, and their state is scoped to it.
+    source: Arc<str>,
     /// Whether time and memory budgets are enforced (always, but in the
     /// benchmark that measures their cost).
     budgets: bool,
@@ -114,6 +117,7 @@ impl Runtime {
             linker: Arc::new(linker),
             metrics,
             state: None,
+            source: Arc::from(""),
             budgets,
             journal: None,
         })
@@ -125,9 +129,11 @@ impl Runtime {
         self
     }
 
-    /// Keeps plugins' state in `db`.
-    pub fn with_state(mut self, db: Arc<kv::StateDb>) -> Self {
+    /// Keeps plugins' state in `db`, scoped to `source`: the topic or
+    /// `file:<name>` the events come from.
+    pub fn with_state(mut self, db: Arc<kv::StateDb>, source: &str) -> Self {
         self.state = Some(db);
+        self.source = Arc::from(source);
         self
     }
 
@@ -195,6 +201,7 @@ impl Runtime {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
+            source: self.source.clone(),
             budgets: self.budgets,
             journal: self.journal.clone(),
             log_budget,
@@ -233,6 +240,7 @@ pub struct Prepared {
     engine: Engine,
     metrics: Arc<Metrics>,
     state: Option<Arc<kv::StateDb>>,
+    source: Arc<str>,
     budgets: bool,
     journal: Option<journal::Journal>,
     log_budget: Arc<log_budget::LogBudget>,
@@ -298,7 +306,13 @@ impl Prepared {
             },
             metrics: self.metrics.clone(),
             slot,
-            kv: kv::KvState::new(self.state.clone()),
+            kv: kv::KvState::new(
+                self.state.clone(),
+                kv::Scope {
+                    plugin: self.name.clone(),
+                    source: self.source.clone(),
+                },
+            ),
             log_budget: self.log_budget.clone(),
             journal: self.journal.clone(),
             pending_metrics: Vec::new(),
@@ -319,6 +333,9 @@ impl Prepared {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if !self.source.is_empty() {
+            config.push(("plugboard.source".into(), self.source.to_string()));
+        }
         if let Some(p) = partition {
             config.push(("plugboard.partition".into(), p.to_string()));
         }
@@ -332,10 +349,16 @@ impl Prepared {
             return Err(CallError::State(reason));
         }
         init.map_err(CallError::Init)?;
-        data.kv
-            .commit(&data.plugin)
-            .map_err(|e| CallError::State(format!("{e:#}")))?;
-        data.apply_metrics();
+        if partition.is_none() {
+            // A probe only checks that the version starts: what its `init`
+            // wrote is not state of any partition.
+            data.discard_call();
+        } else {
+            data.kv
+                .commit()
+                .map_err(|e| CallError::State(format!("{e:#}")))?;
+            data.apply_metrics();
+        }
         Ok(Instance {
             store,
             plugin,
@@ -406,7 +429,7 @@ impl Instance {
                 state_dropped,
             });
         }
-        if let Err(e) = data.kv.commit(&data.plugin) {
+        if let Err(e) = data.kv.commit() {
             data.discard_call();
             return Err(CallError::State(format!("{e:#}")));
         }
