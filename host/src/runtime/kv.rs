@@ -62,12 +62,11 @@ impl StateDb {
         // plugin: ~30k instead of ~50k events/s on the file source). Hosts
         // on one machine may share the file: writers wait for each other.
         //
-        // `synchronous = NORMAL` with a rollback journal still syncs the
-        // journal before the database is written, so a power loss leaves
-        // every committed call or none of it, never half of one. The last
-        // calls before the loss may be lost; their offsets were committed
-        // after them, at most `commit_interval_ms` later, so those events
-        // are delivered again and counted once.
+        // `synchronous = NORMAL`: a power loss leaves every committed call
+        // or none of it, but may undo the last ones, whose offsets the
+        // broker may already have: then state misses their effect. It never
+        // counts an event twice, since state is saved before the offset is
+        // stored. FULL would close that gap at one more fsync per call.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .context("cannot set the state file's busy timeout")?;
         conn.execute_batch(
