@@ -2,6 +2,7 @@
 //! versions it served before, and why a load failed. Workers read the
 //! current version between batches; `/plugins` shows the rest.
 
+use crate::locks::{Lock, ReadWrite};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,12 +25,12 @@ impl LivePlugin {
     }
 
     pub fn current(&self) -> Arc<Prepared> {
-        self.current.read().expect("live plugin lock").clone()
+        self.current.reading().clone()
     }
 
     /// Makes `next` the version the next batches go to.
     pub fn swap(&self, next: Arc<Prepared>) {
-        *self.current.write().expect("live plugin lock") = next;
+        *self.current.writing() = next;
     }
 }
 
@@ -87,7 +88,7 @@ pub struct Catalog(Arc<Mutex<BTreeMap<String, PluginStatus>>>);
 
 impl Catalog {
     fn update(&self, name: &str, f: impl FnOnce(&mut PluginStatus)) {
-        let mut all = self.0.lock().expect("catalog lock");
+        let mut all = self.0.locked();
         let status = all.entry(name.to_string()).or_insert_with(|| PluginStatus {
             name: name.to_string(),
             state: PluginState::Failed,
@@ -143,12 +144,7 @@ impl Catalog {
     }
 
     pub fn snapshot(&self) -> Vec<PluginStatus> {
-        self.0
-            .lock()
-            .expect("catalog lock")
-            .values()
-            .cloned()
-            .collect()
+        self.0.locked().values().cloned().collect()
     }
 }
 

@@ -183,7 +183,14 @@ pub fn sample_lines(bookings: usize, seed: u64) -> Vec<String> {
         .collect();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     // Out of order: move a few bookings' later versions ahead of earlier ones.
-    for _ in 0..(bookings / 40).max(1) {
+    // With no bookings there is nothing to reorder or repeat: the faults
+    // are the malformed lines alone.
+    let reorders = if events.is_empty() {
+        0
+    } else {
+        (bookings / 40).max(1)
+    };
+    for _ in 0..reorders {
         let i = rng.random_range(0..events.len());
         let later = (i + 1..events.len()).find(|&j| events[j].booking_id == events[i].booking_id);
         if let Some(j) = later {
@@ -191,8 +198,10 @@ pub fn sample_lines(bookings: usize, seed: u64) -> Vec<String> {
         }
     }
     // A replayed duplicate, as a producer retry would cause.
-    let dup = rng.random_range(0..lines.len());
-    lines.insert(rng.random_range(dup..lines.len()), lines[dup].clone());
+    if !lines.is_empty() {
+        let dup = rng.random_range(0..lines.len());
+        lines.insert(rng.random_range(dup..lines.len()), lines[dup].clone());
+    }
     let malformed = [
         r#"{"eventId": "evt-broken-1", "bookingId": "bk-broken", "version": "1", "state": "BOOKING_STATE_CREATED""#.to_string(),
         r#"{"eventId":"evt-bad-state","bookingId":"bk-bad-state","version":"1","state":"BOOKING_STATE_TELEPORTED"}"#.to_string(),
@@ -202,8 +211,26 @@ pub fn sample_lines(bookings: usize, seed: u64) -> Vec<String> {
         "this is not json at all".to_string(),
     ];
     for line in malformed {
-        let at = rng.random_range(0..lines.len());
+        let at = rng.random_range(0..=lines.len());
         lines.insert(at, line);
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_without_bookings_are_the_malformed_lines_alone() {
+        let lines = sample_lines(0, 7);
+        assert_eq!(lines.len(), 6);
+        assert!(lines.iter().all(|l| crate::decode::from_json(l).is_err()));
+    }
+
+    #[test]
+    fn faults_of_one_booking_keep_its_events_and_add_a_duplicate() {
+        let events = lifecycles(1, 7, DEFAULT_START).len();
+        assert_eq!(sample_lines(1, 7).len(), events + 1 + 6);
+    }
 }

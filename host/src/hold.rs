@@ -8,6 +8,7 @@
 //! `/plugins`, `/readyz` and the metrics, with the time it began and the
 //! last reason, so a frozen partition is never silent.
 
+use crate::locks::Lock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -102,7 +103,7 @@ impl Holds {
     /// this begins a hold (or changes its cause), so callers log once per
     /// hold rather than once per attempt.
     pub fn hold(&self, plugin: &str, partition: i32, cause: Cause, reason: &str) -> bool {
-        let mut current = self.current.lock().expect("holds lock");
+        let mut current = self.current.locked();
         let key = (plugin.to_string(), partition);
         let partition_label = partition.to_string();
         if let Some(hold) = current.get_mut(&key) {
@@ -145,8 +146,7 @@ impl Holds {
     pub fn release(&self, plugin: &str, partition: i32) -> Option<std::time::Duration> {
         let hold = self
             .current
-            .lock()
-            .expect("holds lock")
+            .locked()
             .remove(&(plugin.to_string(), partition))?;
         self.waiting
             .with_label_values(&[plugin, &partition.to_string(), hold.cause.as_str()])
@@ -158,8 +158,7 @@ impl Holds {
     pub fn snapshot(&self) -> Vec<Hold> {
         let now = SystemTime::now();
         self.current
-            .lock()
-            .expect("holds lock")
+            .locked()
             .values()
             .map(|h| Hold {
                 seconds: now.duration_since(h.began).unwrap_or_default().as_secs(),
@@ -171,8 +170,7 @@ impl Holds {
     /// Whether a part of the host fails right now: the host is not ready.
     pub fn host_failing(&self) -> bool {
         self.current
-            .lock()
-            .expect("holds lock")
+            .locked()
             .values()
             .any(|h| h.cause == Cause::Host)
     }

@@ -46,6 +46,7 @@ pub mod dispatch;
 pub mod event;
 pub mod generate;
 pub mod hold;
+pub mod locks;
 pub mod metrics;
 pub mod produce;
 pub mod reload;

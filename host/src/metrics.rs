@@ -4,6 +4,7 @@
 //! Rendered in the text exposition format, for `--metrics-out` (as
 //! node_exporter's textfile collector reads it) and the admin endpoint.
 
+use crate::locks::Lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -227,15 +228,12 @@ impl Metrics {
     /// `plugin`'s consumer lag on this host, from its latest statistics.
     pub fn set_lag(&self, plugin: &str, lag: i64) {
         self.consumer_lag.with_label_values(&[plugin]).set(lag);
-        self.lags
-            .lock()
-            .expect("metrics lock")
-            .insert(plugin.to_string(), lag);
+        self.lags.locked().insert(plugin.to_string(), lag);
     }
 
     /// `plugin`'s consumer lag, once its statistics came.
     pub fn lag(&self, plugin: &str) -> Option<i64> {
-        self.lags.lock().expect("metrics lock").get(plugin).copied()
+        self.lags.locked().get(plugin).copied()
     }
 
     /// Counts one event of `plugin` parked in the dead-letter path, when
@@ -257,8 +255,7 @@ impl Metrics {
     pub fn describe(&self, name: &str, help: String, buckets: Vec<f64>) -> Result<(), MetricError> {
         check_name(name)?;
         self.descriptions
-            .lock()
-            .expect("metrics lock")
+            .locked()
             .insert(name.to_string(), (help, buckets));
         Ok(())
     }
@@ -297,7 +294,7 @@ impl Metrics {
                     name.to_string(),
                     values.iter().map(|v| v.to_string()).collect(),
                 );
-                let mut shares = self.gauge_shares.lock().expect("metrics lock");
+                let mut shares = self.gauge_shares.locked();
                 let parts = shares.entry(key).or_default();
                 parts.insert(slot, value);
                 g.with_label_values(values).set(parts.values().sum());
@@ -308,8 +305,8 @@ impl Metrics {
     /// Drops `slot`'s shares of every gauge of `plugin`: its partition went
     /// to another consumer, which reports it from now on.
     pub fn forget_gauge_slot(&self, plugin: &str, slot: i32) {
-        let families = self.families.lock().expect("metrics lock");
-        let mut shares = self.gauge_shares.lock().expect("metrics lock");
+        let families = self.families.locked();
+        let mut shares = self.gauge_shares.locked();
         for ((name, values), parts) in shares.iter_mut() {
             if values.last().map(String::as_str) != Some(plugin) || parts.remove(&slot).is_none() {
                 continue;
@@ -362,7 +359,7 @@ impl Metrics {
         let mut values: Vec<&str> = sorted.iter().map(|(_, v)| v.as_str()).collect();
         values.push(plugin);
 
-        let mut families = self.families.lock().expect("metrics lock");
+        let mut families = self.families.locked();
         if !families.contains_key(name) {
             let family = self.create_family(name, wanted, &names)?;
             families.insert(name.to_string(), family);
@@ -394,8 +391,7 @@ impl Metrics {
     ) -> Result<Family, MetricError> {
         let (help, buckets) = self
             .descriptions
-            .lock()
-            .expect("metrics lock")
+            .locked()
             .get(name)
             .cloned()
             .unwrap_or_else(|| (format!("{name}, reported by a plugin"), Vec::new()));

@@ -235,13 +235,20 @@ impl Reloader {
         for running in self.running.values() {
             running.stop.request();
         }
+        // Every consumer is waited for, whatever one of them did: a panic
+        // of one must not keep the others from committing and leaving.
         let mut result = Ok(());
         for (name, running) in std::mem::take(&mut self.running) {
-            if let Err(e) = running.thread.join().expect("a consumer thread panicked") {
-                tracing::error!(plugin = name, "consumer failed: {e:#}");
-                if result.is_ok() {
-                    result = Err(e);
+            let failure = match running.thread.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(panic) => {
+                    anyhow::anyhow!("the consumer thread panicked: {}", panic_message(&panic))
                 }
+            };
+            tracing::error!(plugin = name, "consumer failed: {failure:#}");
+            if result.is_ok() {
+                result = Err(failure.context(format!("the consumer of {name} failed")));
             }
         }
         result
@@ -252,8 +259,21 @@ fn join(name: &str, thread: JoinHandle<Result<()>>) {
     match thread.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(plugin = name, "consumer failed: {e:#}"),
-        Err(_) => tracing::error!(plugin = name, "consumer thread panicked"),
+        Err(panic) => tracing::error!(
+            plugin = name,
+            "consumer thread panicked: {}",
+            panic_message(&panic)
+        ),
     }
+}
+
+/// What a panic said, if it said it as text.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// Compiles and checks a version, and proves that an instance of it

@@ -186,10 +186,25 @@ fn a_rejected_event_is_parked_and_the_partition_goes_on() {
         &format!("[config]\nreject = \"{victim}\"\n"),
     );
     let kafka = kafka_config(&setup, &brokers, &topic, "reject");
-    let host = start_host(&setup);
+    // Settings of one kind of client only go to that kind: neither the
+    // consumer nor the dead-letter producer warns about the other's.
+    append_config(
+        &setup,
+        "[kafka.librdkafka]\n\"fetch.min.bytes\" = \"1\"\n\"linger.ms\" = \"5\"\n",
+    );
+    let log = std::fs::File::create(setup.path("host.log")).unwrap();
+    let host = host_command(&setup, "metrics.prom")
+        .env("PLUGBOARD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     // Lag 0: the offsets after the rejected event are committed too.
     wait_for_zero_lag(&kafka, &["picky"]);
     stop(host);
+    let log = std::fs::read_to_string(setup.path("host.log")).unwrap();
+    assert!(log.contains("dead-lettered"), "{log}");
+    assert!(!log.contains("CONFWARN"), "{log}");
     let dead = read_topic(&brokers, &format!("{topic}.dlq.picky"), 1);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["plugboard.failure-class"], "rejected");

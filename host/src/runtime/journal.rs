@@ -2,6 +2,7 @@
 //! requests — recorded for `plugboard replay`, which prints it per event.
 //! Outgoing HTTP is captured by default: answered by a stub and never sent.
 
+use crate::locks::Lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -55,12 +56,12 @@ impl Journal {
     }
 
     pub fn record(&self, line: impl Into<String>) {
-        self.lines.lock().expect("journal lock").push(line.into());
+        self.lines.locked().push(line.into());
     }
 
     /// Everything recorded since the last call.
     pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.lines.lock().expect("journal lock"))
+        std::mem::take(&mut *self.lines.locked())
     }
 }
 

@@ -17,7 +17,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::locks::Lock;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -116,7 +118,7 @@ impl StateDb {
     /// transaction keeps the file consistent, so one panic must not stop
     /// every plugin's state.
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+        self.conn.locked()
     }
 
     fn get(&self, scope: &Scope, bucket: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {

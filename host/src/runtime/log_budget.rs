@@ -3,6 +3,7 @@
 //! dropped and counted, with one warning per second saying how many, so a
 //! plugin logging in a loop costs the host almost nothing.
 
+use crate::locks::Lock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,7 @@ impl LogBudget {
 
     /// Whether one more line may be written now.
     pub fn admit(&self) -> bool {
-        let mut b = self.bucket.lock().expect("log budget lock");
+        let mut b = self.bucket.locked();
         let now = Instant::now();
         let elapsed = now.duration_since(b.refilled).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.per_second).min(self.per_second);

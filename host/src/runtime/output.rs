@@ -2,6 +2,7 @@
 //! plugin's name, and the last lines are kept so that a trap can be reported
 //! with what the plugin printed before it (a Rust panic message, say).
 
+use crate::locks::Lock;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
@@ -40,7 +41,7 @@ impl GuestOutput {
 
     /// The latest lines, oldest first, and forgets them.
     pub fn take_tail(&self) -> Vec<String> {
-        self.tail.lock().expect("output lock").drain(..).collect()
+        self.tail.locked().drain(..).collect()
     }
 }
 
@@ -77,7 +78,7 @@ impl LineWriter {
         } else if self.output.budget.admit() {
             tracing::info!(target: "plugin", plugin = &*self.output.plugin, "output: {text}");
         }
-        let mut tail = self.output.tail.lock().expect("output lock");
+        let mut tail = self.output.tail.locked();
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }

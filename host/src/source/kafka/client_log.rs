@@ -4,6 +4,7 @@
 //! logged as it comes; repeats within [`QUIET`] are counted and summed up
 //! in the next line of that kind.
 
+use crate::locks::Lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ impl ClientLog {
     /// Whether a line of `kind` is logged now; if so, how many were held
     /// back since the last one.
     fn admit(&self, kind: &str) -> Option<u64> {
-        let mut seen = self.seen.lock().expect("client log lock");
+        let mut seen = self.seen.locked();
         let now = Instant::now();
         match seen.get_mut(kind) {
             Some((last, repeats)) if now.duration_since(*last) < QUIET => {

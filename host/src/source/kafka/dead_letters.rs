@@ -12,7 +12,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::client_log::{ClientLog, ProducerContext};
-use super::{client_config, dead_letter_topic};
+use super::{Role, client_config, dead_letter_topic};
 use crate::config::KafkaConfig;
 use crate::dispatch::Failure;
 use crate::hold::Cause;
@@ -24,14 +24,11 @@ pub struct DeadLetters {
     producer: FutureProducer<ProducerContext>,
     pub topic: String,
     plugin: String,
-    /// Drives the producer's futures; every partition worker of the plugin
-    /// blocks on it, so it is multi-threaded.
-    runtime: tokio::runtime::Runtime,
 }
 
 impl DeadLetters {
     pub fn new(kafka: &KafkaConfig, plugin: &str) -> Result<Self> {
-        let producer = client_config(kafka)
+        let producer = client_config(kafka, Role::Producer)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("client.id", format!("plugboard-{plugin}-dlq"))
@@ -43,10 +40,6 @@ impl DeadLetters {
             producer,
             topic: dead_letter_topic(kafka, plugin),
             plugin: plugin.to_string(),
-            runtime: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?,
         })
     }
 
@@ -99,11 +92,18 @@ impl DeadLetters {
             if let Some(payload) = original.payload() {
                 record = record.payload(payload);
             }
-            match self
-                .runtime
-                .block_on(self.producer.send(record, Duration::from_secs(30)))
-            {
-                Ok(_) => {
+            // The producer's own thread completes the delivery report: the
+            // worker just waits for it, no async runtime needed.
+            let delivered = match self.producer.send_result(record) {
+                Ok(report) => match futures::executor::block_on(report) {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e.to_string()),
+                    Err(_) => Err("the producer dropped the delivery report".to_string()),
+                },
+                Err((e, _)) => Err(e.to_string()),
+            };
+            match delivered {
+                Ok(()) => {
                     metrics.dead_lettered(&self.plugin, failure.class.as_str());
                     if let Some(lasted) = metrics.holds.release(&self.plugin, original.partition())
                     {
@@ -125,7 +125,7 @@ impl DeadLetters {
                     );
                     return true;
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     let reason =
                         format!("cannot write to the dead-letter topic {}: {e}", self.topic);
                     if metrics

@@ -9,6 +9,7 @@
 //! settled is stored and committed before the partitions go, so their next
 //! owner starts right after the last settled event.
 
+use crate::locks::Lock;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,13 @@ struct Owned {
     /// Messages polled while the worker was full, in order.
     held: VecDeque<OwnedMessage>,
     paused: bool,
+    /// The first offset not yet settled, once a message came: where a
+    /// worker that dies is restarted from.
+    next: Option<i64>,
+    /// Workers of this partition that died, for the restart backoff.
+    deaths: u32,
+    /// When the replacement of a dead worker may start.
+    restart_at: Option<std::time::Instant>,
 }
 
 /// The consumer context: it owns the workers, so rebalance callbacks (which
@@ -84,8 +92,9 @@ impl Partitions {
     /// worker on the partition's first message.
     pub fn route(&self, consumer: &GroupConsumer, message: OwnedMessage) {
         let partition = message.partition();
-        let mut owned = self.owned.lock().expect("partitions lock");
+        let mut owned = self.owned.locked();
         let entry = self.own(&mut owned, partition);
+        entry.next.get_or_insert(message.offset());
         if entry.held.is_empty() && entry.worker.queued() < self.capacity {
             entry.worker.send(message);
             return;
@@ -102,15 +111,83 @@ impl Partitions {
             worker: Worker::spawn(self.setup.clone(), partition),
             held: VecDeque::new(),
             paused: false,
+            next: None,
+            deaths: 0,
+            restart_at: None,
         })
+    }
+
+    /// A worker that ended without being asked to (a panic in the host)
+    /// would leave its partition paused for good. It is replaced, after a
+    /// backoff that grows with each death, and the partition is read again
+    /// from its first unsettled offset, so nothing is skipped.
+    fn revive(&self, consumer: &GroupConsumer, partition: i32, entry: &mut Owned) {
+        if !entry.worker.died() || self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let Some(at) = entry.restart_at else {
+            entry.deaths += 1;
+            let wait = std::time::Duration::from_millis(100 << entry.deaths.min(8));
+            entry.restart_at = Some(now + wait);
+            tracing::error!(
+                plugin = self.plugin,
+                partition,
+                "the partition worker panicked (a bug of the host: its message is above); \
+                 restarting it in {wait:?} from offset {}",
+                entry
+                    .next
+                    .map_or("the last commit".to_string(), |o| o.to_string())
+            );
+            self.setup.live.current().metrics().holds.hold(
+                &self.plugin,
+                partition,
+                Cause::Host,
+                "the partition worker stopped; restarting it",
+            );
+            return;
+        };
+        if now < at {
+            return;
+        }
+        entry.restart_at = None;
+        let dead = std::mem::replace(
+            &mut entry.worker,
+            Worker::spawn(self.setup.clone(), partition),
+        );
+        dead.stop();
+        entry.held.clear();
+        if let Some(next) = entry.next {
+            let timeout = std::time::Duration::from_secs(5);
+            if let Err(e) = consumer.seek(&self.topic, partition, Offset::Offset(next), timeout) {
+                tracing::error!(
+                    plugin = self.plugin,
+                    partition,
+                    "cannot read the partition again from offset {next}: {e}"
+                );
+            }
+        }
+        if entry.paused {
+            entry.paused = !self.pause(consumer, partition, false);
+        }
+        self.setup
+            .live
+            .current()
+            .metrics()
+            .holds
+            .release(&self.plugin, partition);
     }
 
     /// Moves held messages on to workers that have room again, and resumes
     /// a paused partition once nothing is held and its worker is down to
     /// half its capacity.
     pub fn drain_held(&self, consumer: &GroupConsumer) {
-        let mut owned = self.owned.lock().expect("partitions lock");
+        let mut owned = self.owned.locked();
         for (&partition, entry) in owned.iter_mut() {
+            self.revive(consumer, partition, entry);
+            if entry.restart_at.is_some() {
+                continue;
+            }
             while !entry.held.is_empty() && entry.worker.queued() < self.capacity {
                 let message = entry.held.pop_front().expect("not empty");
                 entry.worker.send(message);
@@ -124,22 +201,18 @@ impl Partitions {
     /// Whether some partition waits for its worker; the poll loop then
     /// polls briefly, so a resume is not late by a whole poll timeout.
     pub fn any_paused(&self) -> bool {
-        self.owned
-            .lock()
-            .expect("partitions lock")
-            .values()
-            .any(|o| o.paused)
+        self.owned.locked().values().any(|o| o.paused)
     }
 
     /// Stores the offsets workers have settled; librdkafka commits stored
     /// offsets every `commit_interval_ms`.
     pub fn store_settled(&self, consumer: &GroupConsumer) {
-        let settled = self.settled.lock().expect("settled lock");
+        let settled = self.settled.locked();
         while let Ok(Settled { partition, offset }) = settled.try_recv() {
-            self.stored
-                .lock()
-                .expect("stored lock")
-                .insert(partition, offset + 1);
+            if let Some(entry) = self.owned.locked().get_mut(&partition) {
+                entry.next = Some(offset + 1);
+            }
+            self.stored.locked().insert(partition, offset + 1);
             if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
                 tracing::warn!(
                     plugin = &*self.setup.live.current().name,
@@ -155,7 +228,7 @@ impl Partitions {
     /// settled and commits it.
     pub fn release(&self, consumer: &GroupConsumer, partitions: Option<&[i32]>) {
         let stopped: Vec<(i32, Owned)> = {
-            let mut owned = self.owned.lock().expect("partitions lock");
+            let mut owned = self.owned.locked();
             match partitions {
                 None => std::mem::take(&mut *owned).into_iter().collect(),
                 Some(list) => list
@@ -213,8 +286,8 @@ impl Partitions {
     /// Logs, per partition, the settled offsets the broker has not
     /// acknowledged: their events are delivered again after a restart.
     fn report_uncommitted(&self) {
-        let stored = self.stored.lock().expect("stored lock");
-        let committed = self.committed.lock().expect("committed lock");
+        let stored = self.stored.locked();
+        let committed = self.committed.locked();
         let behind: Vec<String> = stored
             .iter()
             .filter_map(|(p, next)| {
@@ -368,7 +441,7 @@ impl ConsumerContext for Partitions {
         if result.is_err() {
             return;
         }
-        let mut committed = self.committed.lock().expect("committed lock");
+        let mut committed = self.committed.locked();
         for element in offsets.elements() {
             if let Offset::Offset(o) = element.offset() {
                 committed.insert(element.partition(), o);
@@ -380,7 +453,7 @@ impl ConsumerContext for Partitions {
     /// instance reports its partition's state even before new events come.
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            let mut owned = self.owned.lock().expect("partitions lock");
+            let mut owned = self.owned.locked();
             for element in list.elements() {
                 self.own(&mut owned, element.partition());
             }

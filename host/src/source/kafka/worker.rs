@@ -78,6 +78,11 @@ impl Worker {
         let _ = self.inbox.send(message);
     }
 
+    /// Whether the worker ended without being asked to: it panicked.
+    pub fn died(&self) -> bool {
+        self.thread.is_finished() && !self.stop.is_requested()
+    }
+
     /// Asks the worker to stop after its batch in flight, without waiting.
     pub fn request_stop(&self) {
         self.stop.request();
