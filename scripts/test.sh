@@ -22,9 +22,16 @@ fi
 export PLUGBOARD_TEST_LANGS=rust,js,python,go
 export PATH=$PWD/target/pyenv/bin:$PWD/target/tools/bin:$PATH
 
+echo "==> checking formatting (host and plugins workspaces)"
+cargo fmt --all --check
+(cd plugins && cargo fmt --all --check)
+
 scripts/build-plugins.sh
 echo "==> building the host and the example CRM"
 cargo build --release --locked --workspace --bins
+echo "==> clippy, warnings as errors (host and plugins workspaces)"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+(cd plugins && cargo clippy --release --locked --workspace --all-targets -- -D warnings)
 echo "==> starting Apache Kafka for the Kafka tests"
 started_kafka=0
 if ! scripts/kafka.sh status >/dev/null 2>&1; then

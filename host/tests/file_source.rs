@@ -85,7 +85,10 @@ fn sample_file_end_to_end_and_replay_changes_nothing() {
             assert_eq!(seen["duckdb"]["distinct_event_ids"], distinct.len());
             assert_eq!(seen["pyarrow"]["rows"], valid.len());
         }
-        None => eprintln!("DuckDB/pyarrow check skipped: PLUGBOARD_TEST_PYTHON is not set"),
+        None => common::skip(
+            "the DuckDB/pyarrow check",
+            "PLUGBOARD_TEST_PYTHON is not set (scripts/test.sh sets it)",
+        ),
     }
 
     // Metrics: gauges from the newest versions, events counted once each.

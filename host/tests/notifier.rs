@@ -91,7 +91,10 @@ fn languages(others: &[&'static str]) -> Vec<(&'static str, &'static str)> {
         if listed.split(',').any(|l| l == lang) {
             languages.push((lang, component));
         } else {
-            eprintln!("{lang} notifier skipped: not in PLUGBOARD_TEST_LANGS");
+            common::skip(
+                &format!("the {lang} notifier"),
+                "not in PLUGBOARD_TEST_LANGS (scripts/test.sh lists every language)",
+            );
         }
     }
     languages

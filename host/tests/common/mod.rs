@@ -14,6 +14,19 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// Whether the suite runs in CI (`CI=true`), where every prerequisite must
+/// be there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A prerequisite of `what` is missing: in CI the test fails, since a skip
+/// would pass for nothing; elsewhere it says what is skipped and why.
+pub fn skip(what: &str, why: &str) {
+    assert!(!in_ci(), "{what} cannot run: {why}");
+    eprintln!("skipped {what}: {why}");
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
