@@ -8,7 +8,6 @@ use std::fmt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 
@@ -130,7 +129,7 @@ pub fn check(runtime: &Runtime, path: &Path) -> Result<Report> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut report = Report {
         size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        sha256: crate::runtime::sha256_hex(&bytes),
         imports: Vec::new(),
         exports: Vec::new(),
         problems: Vec::new(),

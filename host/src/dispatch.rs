@@ -486,14 +486,18 @@ struct Head {
     held_since: Option<Instant>,
 }
 
-/// Exponential backoff with "equal jitter": half the step fixed, half
-/// random, so retries of many partitions do not hit a recovering service in
-/// lock-step.
+/// The plugin's backoff before its `attempt`-th retry (from 1).
 pub fn backoff(limits: &crate::config::Limits, attempt: u32) -> Duration {
-    let step = limits
-        .backoff_initial
+    jittered_backoff(limits.backoff_initial, limits.backoff_max, attempt)
+}
+
+/// Exponential backoff with "equal jitter": the step doubles from `initial`
+/// up to `max`, half of it fixed, half random, so retries of many
+/// partitions do not hit a recovering service in lock-step.
+pub fn jittered_backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let step = initial
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(limits.backoff_max);
+        .min(max);
     let half = step / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
 }

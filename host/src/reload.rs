@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 
 use crate::catalog::{Catalog, LivePlugin};
 use crate::config::{HostConfig, KafkaConfig, PluginSpec, scan_plugins};
-use crate::runtime::{Prepared, Runtime};
+use crate::runtime::{Prepared, Runtime, sha256_hex};
 use crate::shutdown::Shutdown;
 
 /// Quiet time after the last file event before the folder is rescanned:
@@ -40,16 +39,23 @@ struct Fingerprint {
     manifest: Option<String>,
 }
 
-fn fingerprint(spec: &PluginSpec) -> Result<Fingerprint> {
-    let hash = |path: &Path| -> Result<String> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(hex::encode(Sha256::digest(&bytes)))
+/// The fingerprint of `spec`, and the component's bytes it was taken
+/// from: those very bytes are compiled, so the version's sha256 and its
+/// fingerprint never disagree.
+fn fingerprint(spec: &PluginSpec) -> Result<(Fingerprint, Vec<u8>)> {
+    let read = |path: &Path| -> Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
-    Ok(Fingerprint {
-        component: hash(&spec.component)?,
-        manifest: spec.manifest.as_deref().map(hash).transpose()?,
-    })
+    let component = read(&spec.component)?;
+    let manifest = match spec.manifest.as_deref() {
+        Some(path) => Some(sha256_hex(&read(path)?)),
+        None => None,
+    };
+    let fingerprint = Fingerprint {
+        component: sha256_hex(&component),
+        manifest,
+    };
+    Ok((fingerprint, component))
 }
 
 /// A plugin consuming on a thread of its own.
@@ -121,7 +127,7 @@ impl Reloader {
                     continue;
                 }
             };
-            let fingerprint = match fingerprint(&spec) {
+            let (fingerprint, bytes) = match fingerprint(&spec) {
                 Ok(f) => f,
                 Err(err) => {
                     self.fail(&name, None, &format!("{err:#}"));
@@ -134,7 +140,7 @@ impl Reloader {
                 continue;
             }
             let began = Instant::now();
-            match load(&self.runtime, spec) {
+            match load(&self.runtime, spec, &bytes) {
                 Ok(prepared) => {
                     self.failed.remove(&name);
                     self.catalog.loaded(&prepared);
@@ -153,6 +159,7 @@ impl Reloader {
                     match self.running.get_mut(&name) {
                         Some(running) => {
                             running.live.swap(prepared);
+                            self.runtime.metrics().new_plugin_version(&name);
                             running.fingerprint = fingerprint;
                         }
                         None => self.start(name, prepared, fingerprint),
@@ -276,10 +283,11 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("no message")
 }
 
-/// Compiles and checks a version, and proves that an instance of it
-/// initialises with its config, before anything is swapped.
-pub fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Prepared> {
-    let prepared = runtime.prepare(spec)?;
+/// Compiles and checks a version (`bytes`, read from its component file),
+/// and proves that an instance of it initialises with its config, before
+/// anything is swapped.
+pub fn load(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<Prepared> {
+    let prepared = runtime.prepare_bytes(spec, bytes)?;
     prepared.instantiate(None)?;
     Ok(prepared)
 }

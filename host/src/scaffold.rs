@@ -183,15 +183,7 @@ fn gitignore(lang: Lang) -> &'static str {
 
 /// Writes a new project for `name` in `dir`; returns the files written.
 pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if !valid {
-        bail!(
-            "plugin name `{name}`: use only a-z, 0-9, `-` and `_` (it names the consumer group and metrics)"
-        );
-    }
+    crate::config::check_plugin_name(name)?;
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!(
             "{} exists and is not empty: choose another --dir",

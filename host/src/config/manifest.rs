@@ -56,6 +56,7 @@ pub struct Limits {
     pub memory_limit_bytes: usize,
     pub timeout: Duration,
     pub log_lines_per_second: u32,
+    pub max_series: usize,
 }
 
 impl Limits {
@@ -71,6 +72,10 @@ impl Limits {
     /// many); the rest are dropped and counted, so a log flood cannot
     /// drown the host's log or its disk.
     pub const DEFAULT_LOG_LINES_PER_SECOND: u64 = 100;
+    /// Metric series a plugin may create: a label fed from event data (a
+    /// booking id, say) would otherwise grow the host's memory and every
+    /// scrape without bound.
+    pub const DEFAULT_MAX_SERIES: u64 = 1000;
 
     /// Applies `plugin`'s values over `host`'s over the defaults.
     pub fn resolve(host: &LimitsFile, plugin: &LimitsFile) -> Self {
@@ -119,6 +124,7 @@ impl Limits {
                 Self::DEFAULT_LOG_LINES_PER_SECOND,
             )
             .min(u32::MAX as u64) as u32,
+            max_series: pick(plugin.max_series, host.max_series, Self::DEFAULT_MAX_SERIES) as usize,
         }
     }
 }
@@ -345,14 +351,19 @@ pub fn scan_plugins(host: &HostConfig) -> Result<BTreeMap<String, Result<PluginS
 }
 
 fn check_name(name: &str, dir: &Path) -> Result<()> {
+    check_plugin_name(name).with_context(|| dir.display().to_string())
+}
+
+/// A plugin name names its consumer group, dead-letter topic and metrics:
+/// only a-z, 0-9, `-` and `_`.
+pub fn check_plugin_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !ok {
         bail!(
-            "{}: plugin name `{name}` must use only a-z, 0-9, `-` and `_` (it names the consumer group and metrics)",
-            dir.display()
+            "plugin name `{name}` must use only a-z, 0-9, `-` and `_` (it names the consumer group and metrics)"
         );
     }
     Ok(())

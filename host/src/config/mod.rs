@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 pub use manifest::{
-    FolderGrant, Limits, PluginSpec, load_plugins, manifest_from_text, normalise_origin,
-    parse_manifest, scan_plugins,
+    FolderGrant, Limits, PluginSpec, check_plugin_name, load_plugins, manifest_from_text,
+    normalise_origin, parse_manifest, scan_plugins,
 };
 use template::Text;
 
@@ -156,6 +156,9 @@ pub struct LimitsFile {
     /// Log and output lines a plugin may write per second; more are
     /// dropped and counted.
     pub log_lines_per_second: Option<u64>,
+    /// Metric series (name and label values) a plugin may create; more are
+    /// dropped and counted.
+    pub max_series: Option<u64>,
 }
 
 impl HostConfig {

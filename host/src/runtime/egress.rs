@@ -33,14 +33,18 @@ type ResponseFuture = Box<
 >;
 
 impl Egress {
+    /// The request's origin, normalised as grants are, so they compare
+    /// equal.
     fn origin_of(request: &http::Request<WasiBody>) -> String {
         let uri = request.uri();
-        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
-        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "http" { 80 } else { 443 });
-        format!("{scheme}://{host}:{port}")
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let host = uri.host().unwrap_or_default();
+        let raw = match uri.port_u16() {
+            Some(port) => format!("{scheme}://{host}:{port}"),
+            None => format!("{scheme}://{host}"),
+        };
+        // A scheme that cannot be granted is never allowed anyway.
+        crate::config::normalise_origin(&raw).unwrap_or(raw)
     }
 }
 

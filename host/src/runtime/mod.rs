@@ -154,8 +154,15 @@ impl Runtime {
         let bytes = std::fs::read(&spec.component).with_context(|| {
             format!("cannot read plugin component {}", spec.component.display())
         })?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let component = Component::new(&self.engine, &bytes)
+        self.prepare_bytes(spec, &bytes)
+    }
+
+    /// [`Runtime::prepare`] of `bytes`, read from `spec.component` by the
+    /// caller: the version's sha256 is of the very bytes compiled, even if
+    /// the file changes meanwhile.
+    pub fn prepare_bytes(&self, spec: PluginSpec, bytes: &[u8]) -> Result<Prepared> {
+        let sha256 = sha256_hex(bytes);
+        let component = Component::new(&self.engine, bytes)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid component", spec.component.display()))?;
         let pre = self
@@ -208,6 +215,12 @@ impl Runtime {
             handled: Arc::default(),
         })
     }
+}
+
+/// The sha256 of `bytes` in hex: how plugin versions are named in logs,
+/// `/plugins` and dead-letter records.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] from a thread of its
@@ -316,6 +329,7 @@ impl Prepared {
             log_budget: self.log_budget.clone(),
             journal: self.journal.clone(),
             pending_metrics: Vec::new(),
+            max_series: spec.limits.max_series,
         };
         let mut store = Store::new(&self.engine, state);
         if self.budgets {

@@ -12,7 +12,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::plugboard::plugin::{log, metrics as wit_metrics, types};
 use super::egress::Egress;
 use super::journal::{Journal, series};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Update};
 
 /// Per-instance host state. One per Store; never shared between plugins.
 pub struct PluginState {
@@ -35,13 +35,15 @@ pub struct PluginState {
     /// counts (like its state writes), so a batch delivered again is never
     /// counted twice.
     pub(super) pending_metrics: Vec<MetricOp>,
+    /// Metric series the plugin may create.
+    pub(super) max_series: usize,
 }
 
 /// One metric update a plugin made during a call.
-pub(super) enum MetricOp {
-    Counter(String, Vec<(String, String)>, f64),
-    Gauge(String, Vec<(String, String)>, f64),
-    Histogram(String, Vec<(String, String)>, f64),
+pub(super) struct MetricOp {
+    name: String,
+    labels: Vec<(String, String)>,
+    update: Update,
 }
 
 impl PluginState {
@@ -50,20 +52,13 @@ impl PluginState {
         // Taken and given back, so the next call reuses the allocation.
         let mut ops = std::mem::take(&mut self.pending_metrics);
         for op in ops.drain(..) {
-            let r = match &op {
-                MetricOp::Counter(name, labels, delta) => {
-                    self.metrics
-                        .plugin_counter_add(&self.plugin, name, labels, *delta)
-                }
-                MetricOp::Gauge(name, labels, value) => {
-                    self.metrics
-                        .plugin_gauge_set(&self.plugin, self.slot, name, labels, *value)
-                }
-                MetricOp::Histogram(name, labels, value) => {
-                    self.metrics
-                        .plugin_histogram_observe(&self.plugin, name, labels, *value)
-                }
-            };
+            let r = self.metrics.plugin_update(
+                &self.plugin,
+                &op.name,
+                &op.labels,
+                op.update,
+                self.max_series,
+            );
             self.report(r);
         }
         self.pending_metrics = ops;
@@ -134,7 +129,7 @@ impl log::Host for PluginState {
 
 impl wit_metrics::Host for PluginState {
     fn describe(&mut self, name: String, help: String, buckets: Vec<f64>) {
-        self.report(self.metrics.describe(&name, help, buckets));
+        self.report(self.metrics.describe(&self.plugin, &name, help, buckets));
     }
 
     fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
@@ -142,8 +137,11 @@ impl wit_metrics::Host for PluginState {
         if let Some(journal) = &self.journal {
             journal.record(format!("metric {} += {delta}", series(&name, &labels)));
         }
-        self.pending_metrics
-            .push(MetricOp::Counter(name, labels, delta));
+        self.pending_metrics.push(MetricOp {
+            name,
+            labels,
+            update: Update::Add(delta),
+        });
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
@@ -151,8 +149,14 @@ impl wit_metrics::Host for PluginState {
         if let Some(journal) = &self.journal {
             journal.record(format!("metric {} = {value}", series(&name, &labels)));
         }
-        self.pending_metrics
-            .push(MetricOp::Gauge(name, labels, value));
+        self.pending_metrics.push(MetricOp {
+            name,
+            labels,
+            update: Update::Set {
+                slot: self.slot,
+                value,
+            },
+        });
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
@@ -160,8 +164,11 @@ impl wit_metrics::Host for PluginState {
         if let Some(journal) = &self.journal {
             journal.record(format!("metric {} observe {value}", series(&name, &labels)));
         }
-        self.pending_metrics
-            .push(MetricOp::Histogram(name, labels, value));
+        self.pending_metrics.push(MetricOp {
+            name,
+            labels,
+            update: Update::Observe(value),
+        });
     }
 }
 

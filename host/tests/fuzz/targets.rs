@@ -244,6 +244,7 @@ pub fn host_config(data: &[u8]) {
         "memory_limit_mb",
         "timeout_ms",
         "log_lines_per_second",
+        "max_series",
         "security.protocol",
     ];
     let Ok(mut text) = toml_text(&mut u, &keys) else {

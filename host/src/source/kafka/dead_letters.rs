@@ -83,8 +83,9 @@ impl DeadLetters {
                 value: Some(value),
             });
         }
-        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers.clone());
             if let Some(key) = original.key() {
                 record = record.key(key);
@@ -138,10 +139,14 @@ impl DeadLetters {
                             "{reason}; the partition holds and retries"
                         );
                     }
+                    let delay = crate::dispatch::jittered_backoff(
+                        Duration::from_millis(100),
+                        Duration::from_secs(10),
+                        attempt,
+                    );
                     if !shutdown.sleep(delay) {
                         return false;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

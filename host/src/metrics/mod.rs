@@ -1,16 +1,19 @@
 //! The Prometheus registry: the host's own metrics, and the metrics plugins
-//! report through the `metrics` import (each series gets a `plugin` label).
+//! report through the `metrics` import ([`plugin`]: kept per plugin, each
+//! series with a `plugin` label).
 //!
 //! Rendered in the text exposition format, for `--metrics-out` (as
 //! node_exporter's textfile collector reads it) and the admin endpoint.
+
+pub mod plugin;
 
 use crate::locks::Lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use prometheus::{
-    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+pub use plugin::{Kind, Update};
 
 /// Why a plugin's metric call was ignored.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +24,11 @@ pub enum MetricError {
         "`{name}` has an invalid label name `{label}`: use [a-zA-Z_][a-zA-Z0-9_]*, not `plugin`"
     )]
     BadLabel { name: String, label: String },
-    #[error("`{name}` is a {existing}, not a {wanted}")]
+    #[error("`{name}` is a {}, not a {}", existing.as_str(), wanted.as_str())]
     KindMismatch {
         name: String,
-        existing: &'static str,
-        wanted: &'static str,
+        existing: Kind,
+        wanted: Kind,
     },
     #[error("`{name}` was first used with labels {expected:?}, now with {got:?}")]
     LabelMismatch {
@@ -35,39 +38,11 @@ pub enum MetricError {
     },
     #[error("counter `{0}` cannot decrease: add a value >= 0")]
     NegativeCounter(String),
-    #[error("`{name}`: {source}")]
-    Prometheus {
-        name: String,
-        source: prometheus::Error,
-    },
+    #[error(
+        "`{name}`: the plugin has {max} metric series, its `max_series`; new series are dropped and counted in plugboard_plugin_series_dropped_total"
+    )]
+    OverBudget { name: String, max: usize },
 }
-
-/// A metric family created by a plugin, with the label names (sorted,
-/// `plugin` last) it was created with.
-enum Family {
-    Counter(CounterVec, Vec<String>),
-    Gauge(GaugeVec, Vec<String>),
-    Histogram(HistogramVec, Vec<String>),
-}
-
-impl Family {
-    fn kind(&self) -> &'static str {
-        match self {
-            Family::Counter(..) => "counter",
-            Family::Gauge(..) => "gauge",
-            Family::Histogram(..) => "histogram",
-        }
-    }
-
-    fn label_names(&self) -> &[String] {
-        match self {
-            Family::Counter(_, l) | Family::Gauge(_, l) | Family::Histogram(_, l) => l,
-        }
-    }
-}
-
-/// A plugin series: family name and label values, `plugin` last.
-type SeriesKey = (String, Vec<String>);
 
 /// All metrics of one host process.
 pub struct Metrics {
@@ -102,13 +77,10 @@ pub struct Metrics {
     consumer_lag: prometheus::IntGaugeVec,
     /// The same, for `/plugins`: absent until the first statistics.
     lags: Mutex<HashMap<String, i64>>,
-    families: Mutex<HashMap<String, Family>>,
-    /// Each slot's share of every plugin gauge series, keyed by family name
-    /// and label values (`plugin` last).
-    gauge_shares: Mutex<HashMap<SeriesKey, BTreeMap<i32, f64>>>,
-    /// Help and buckets a plugin gave with `describe`, used when the family
-    /// is created.
-    descriptions: Mutex<HashMap<String, (String, Vec<f64>)>>,
+    /// Series plugins wanted over their `max_series`.
+    series_dropped: IntCounterVec,
+    /// Every plugin's own metrics, by plugin name.
+    plugins: Mutex<BTreeMap<String, plugin::PluginFamilies>>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -218,10 +190,14 @@ impl Metrics {
                 g
             },
             lags: Mutex::default(),
+            series_dropped: counter(
+                &registry,
+                "plugboard_plugin_series_dropped_total",
+                "Metric updates dropped because they would create a series over the plugin's max_series",
+                &["plugin"],
+            ),
             registry,
-            families: Mutex::default(),
-            gauge_shares: Mutex::default(),
-            descriptions: Mutex::default(),
+            plugins: Mutex::default(),
         }
     }
 
@@ -245,188 +221,106 @@ impl Metrics {
         self.dead_letters.with_label_values(&[plugin, class]).inc();
     }
 
-    /// Every metric in the Prometheus text format.
+    /// Every metric in the Prometheus text format: the host's, then the
+    /// plugins'.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(plugin::render(&self.plugins.locked()));
         TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
+            .encode_to_string(&families)
             .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
     }
 
-    pub fn describe(&self, name: &str, help: String, buckets: Vec<f64>) -> Result<(), MetricError> {
+    /// Help and histogram buckets `plugin` gives its metric `name`, used
+    /// when the family is created.
+    pub fn describe(
+        &self,
+        plugin: &str,
+        name: &str,
+        help: String,
+        buckets: Vec<f64>,
+    ) -> Result<(), MetricError> {
         check_name(name)?;
-        self.descriptions
+        self.plugins
             .locked()
-            .insert(name.to_string(), (help, buckets));
+            .entry(plugin.to_string())
+            .or_default()
+            .describe(name, help, buckets);
         Ok(())
     }
 
-    pub fn plugin_counter_add(
+    /// Applies one of `plugin`'s metric updates. A gauge's series shows the
+    /// sum of every slot's (partition's) share; see [`plugin`].
+    pub fn plugin_update(
         &self,
         plugin: &str,
         name: &str,
         labels: &[(String, String)],
-        delta: f64,
+        update: Update,
+        max_series: usize,
     ) -> Result<(), MetricError> {
-        if delta < 0.0 || delta.is_nan() {
+        check_name(name)?;
+        if let Update::Add(delta) = update
+            && (delta < 0.0 || delta.is_nan())
+        {
             return Err(MetricError::NegativeCounter(name.to_string()));
         }
-        self.with_family(plugin, name, labels, "counter", |family, values| {
-            if let Family::Counter(c, _) = family {
-                c.with_label_values(values).inc_by(delta);
+        let mut sorted: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        sorted.sort();
+        for (label, _) in &sorted {
+            if !valid_label(label) {
+                return Err(MetricError::BadLabel {
+                    name: name.to_string(),
+                    label: label.to_string(),
+                });
             }
-        })
-    }
-
-    /// Sets `slot`'s share of a plugin gauge; the series shows the sum of
-    /// all shares. Each partition's instance knows only its partition's
-    /// bookings, so a gauge it computes is a share of the whole.
-    pub fn plugin_gauge_set(
-        &self,
-        plugin: &str,
-        slot: i32,
-        name: &str,
-        labels: &[(String, String)],
-        value: f64,
-    ) -> Result<(), MetricError> {
-        self.with_family(plugin, name, labels, "gauge", |family, values| {
-            if let Family::Gauge(g, _) = family {
-                let key = (
-                    name.to_string(),
-                    values.iter().map(|v| v.to_string()).collect(),
-                );
-                let mut shares = self.gauge_shares.locked();
-                let parts = shares.entry(key).or_default();
-                parts.insert(slot, value);
-                g.with_label_values(values).set(parts.values().sum());
+        }
+        let mut plugins = self.plugins.locked();
+        let families = plugins.entry(plugin.to_string()).or_default();
+        match families.apply(name, &sorted, update, max_series) {
+            Ok(()) => Ok(()),
+            Err(plugin::Refused::OverBudget) => {
+                let dropped = self.series_dropped.with_label_values(&[plugin]);
+                dropped.inc();
+                // Said once; the counter tells the rest.
+                if dropped.get() == 1 {
+                    return Err(MetricError::OverBudget {
+                        name: name.to_string(),
+                        max: max_series,
+                    });
+                }
+                Ok(())
             }
-        })
+            Err(plugin::Refused::Kind { existing, wanted }) => Err(MetricError::KindMismatch {
+                name: name.to_string(),
+                existing,
+                wanted,
+            }),
+            Err(plugin::Refused::Labels { expected, got }) => Err(MetricError::LabelMismatch {
+                name: name.to_string(),
+                expected,
+                got,
+            }),
+        }
     }
 
     /// Drops `slot`'s shares of every gauge of `plugin`: its partition went
     /// to another consumer, which reports it from now on.
     pub fn forget_gauge_slot(&self, plugin: &str, slot: i32) {
-        let families = self.families.locked();
-        let mut shares = self.gauge_shares.locked();
-        for ((name, values), parts) in shares.iter_mut() {
-            if values.last().map(String::as_str) != Some(plugin) || parts.remove(&slot).is_none() {
-                continue;
-            }
-            if let Some(Family::Gauge(g, _)) = families.get(name) {
-                let values: Vec<&str> = values.iter().map(String::as_str).collect();
-                g.with_label_values(&values).set(parts.values().sum());
-            }
+        if let Some(families) = self.plugins.locked().get_mut(plugin) {
+            families.forget_slot(slot);
         }
     }
 
-    pub fn plugin_histogram_observe(
-        &self,
-        plugin: &str,
-        name: &str,
-        labels: &[(String, String)],
-        value: f64,
-    ) -> Result<(), MetricError> {
-        self.with_family(plugin, name, labels, "histogram", |family, values| {
-            if let Family::Histogram(h, _) = family {
-                h.with_label_values(values).observe(value);
-            }
-        })
-    }
-
-    /// Finds or creates the family `name` and applies `f` to the series with
-    /// `labels` plus `plugin`.
-    fn with_family(
-        &self,
-        plugin: &str,
-        name: &str,
-        labels: &[(String, String)],
-        wanted: &'static str,
-        f: impl FnOnce(&Family, &[&str]),
-    ) -> Result<(), MetricError> {
-        check_name(name)?;
-        let mut sorted: Vec<&(String, String)> = labels.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut names: Vec<String> = Vec::with_capacity(sorted.len() + 1);
-        for (label, _) in &sorted {
-            if !valid_label(label) {
-                return Err(MetricError::BadLabel {
-                    name: name.to_string(),
-                    label: label.clone(),
-                });
-            }
-            names.push(label.clone());
+    /// A new version of `plugin` goes live: the series the old one wrote
+    /// are shown again only once the new one writes them.
+    pub fn new_plugin_version(&self, plugin: &str) {
+        if let Some(families) = self.plugins.locked().get_mut(plugin) {
+            families.new_version();
         }
-        names.push("plugin".to_string());
-        let mut values: Vec<&str> = sorted.iter().map(|(_, v)| v.as_str()).collect();
-        values.push(plugin);
-
-        let mut families = self.families.locked();
-        if !families.contains_key(name) {
-            let family = self.create_family(name, wanted, &names)?;
-            families.insert(name.to_string(), family);
-        }
-        let family = &families[name];
-        if family.kind() != wanted {
-            return Err(MetricError::KindMismatch {
-                name: name.to_string(),
-                existing: family.kind(),
-                wanted,
-            });
-        }
-        if family.label_names() != names.as_slice() {
-            return Err(MetricError::LabelMismatch {
-                name: name.to_string(),
-                expected: family.label_names().to_vec(),
-                got: names,
-            });
-        }
-        f(family, &values);
-        Ok(())
-    }
-
-    fn create_family(
-        &self,
-        name: &str,
-        kind: &str,
-        labels: &[String],
-    ) -> Result<Family, MetricError> {
-        let (help, buckets) = self
-            .descriptions
-            .locked()
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| (format!("{name}, reported by a plugin"), Vec::new()));
-        let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let err = |source| MetricError::Prometheus {
-            name: name.to_string(),
-            source,
-        };
-        let family = match kind {
-            "counter" => Family::Counter(
-                CounterVec::new(Opts::new(name, help), &label_refs).map_err(err)?,
-                labels.to_vec(),
-            ),
-            "gauge" => Family::Gauge(
-                GaugeVec::new(Opts::new(name, help), &label_refs).map_err(err)?,
-                labels.to_vec(),
-            ),
-            _ => {
-                let mut opts = HistogramOpts::new(name, help);
-                if !buckets.is_empty() {
-                    opts = opts.buckets(buckets);
-                }
-                Family::Histogram(
-                    HistogramVec::new(opts, &label_refs).map_err(err)?,
-                    labels.to_vec(),
-                )
-            }
-        };
-        let collector: Box<dyn prometheus::core::Collector> = match &family {
-            Family::Counter(c, _) => Box::new(c.clone()),
-            Family::Gauge(g, _) => Box::new(g.clone()),
-            Family::Histogram(h, _) => Box::new(h.clone()),
-        };
-        self.registry.register(collector).map_err(err)?;
-        Ok(family)
     }
 }
 
@@ -458,59 +352,133 @@ fn valid_label(label: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn l(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(k.to_string(), v.to_string())]
+    }
+
+    fn set(slot: i32, value: f64) -> Update {
+        Update::Set { slot, value }
+    }
+
     #[test]
     fn plugin_metrics_render_with_plugin_label() {
         let m = Metrics::new();
-        let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         m.describe(
+            "metrics",
             "bookings_current",
             "Bookings by latest state".into(),
             vec![],
         )
         .unwrap();
-        m.plugin_gauge_set("metrics", 0, "bookings_current", &l("state", "paid"), 3.0)
-            .unwrap();
-        m.plugin_counter_add("metrics", "x_total", &[], 2.0)
-            .unwrap();
+        let up = |name, labels: &[(String, String)], u| {
+            m.plugin_update("metrics", name, labels, u, 1000)
+        };
+        up("bookings_current", &l("state", "paid"), set(0, 3.0)).unwrap();
+        up("x_total", &[], Update::Add(2.0)).unwrap();
+        up("took_seconds", &[], Update::Observe(0.2)).unwrap();
         let text = m.render();
         assert!(
             text.contains("# HELP bookings_current Bookings by latest state"),
             "{text}"
         );
+        assert!(text.contains("# TYPE bookings_current gauge"), "{text}");
         assert!(
             text.contains(r#"bookings_current{plugin="metrics",state="paid"} 3"#),
             "{text}"
         );
         assert!(text.contains(r#"x_total{plugin="metrics"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"took_seconds_bucket{plugin="metrics",le="0.25"} 1"#),
+            "{text}"
+        );
         assert!(matches!(
-            m.plugin_counter_add("metrics", "bookings_current", &l("state", "paid"), 1.0),
+            up("bookings_current", &l("state", "paid"), Update::Add(1.0)),
             Err(MetricError::KindMismatch { .. })
         ));
         assert!(matches!(
-            m.plugin_gauge_set("metrics", 0, "bookings_current", &l("city", "x"), 1.0),
+            up("bookings_current", &l("city", "x"), set(0, 1.0)),
             Err(MetricError::LabelMismatch { .. })
         ));
-        assert!(
-            m.plugin_gauge_set("metrics", 0, "bad-name", &[], 1.0)
-                .is_err()
+        assert!(up("bad-name", &[], set(0, 1.0)).is_err());
+        assert!(up("plugboard_events_total", &[], set(0, 1.0)).is_err());
+        assert!(up("x_total", &[], Update::Add(-1.0)).is_err());
+    }
+
+    #[test]
+    fn plugins_using_one_name_never_break_each_other() {
+        let m = Metrics::new();
+        // Same kind: one family, a series per plugin.
+        m.plugin_update("a", "seen_total", &[], Update::Add(1.0), 1000)
+            .unwrap();
+        m.plugin_update("b", "seen_total", &l("kind", "x"), Update::Add(2.0), 1000)
+            .unwrap();
+        // Another kind under the same name: both are kept, each as its own.
+        m.plugin_update("a", "level", &[], set(0, 1.0), 1000)
+            .unwrap();
+        m.plugin_update("b-2", "level", &[], Update::Add(5.0), 1000)
+            .unwrap();
+        let text = m.render();
+        assert_eq!(
+            text.matches("# TYPE seen_total counter").count(),
+            1,
+            "{text}"
         );
+        assert!(text.contains(r#"seen_total{plugin="a"} 1"#), "{text}");
         assert!(
-            m.plugin_gauge_set("metrics", 0, "plugboard_events_total", &[], 1.0)
-                .is_err()
+            text.contains(r#"seen_total{kind="x",plugin="b"} 2"#),
+            "{text}"
         );
+        assert!(text.contains(r#"a_level{plugin="a"} 1"#), "{text}");
+        assert!(text.contains(r#"b_2_level{plugin="b-2"} 5"#), "{text}");
+        assert!(!text.contains("\nlevel{"), "{text}");
+    }
+
+    #[test]
+    fn series_over_a_plugins_budget_are_dropped_and_counted() {
+        let m = Metrics::new();
+        for i in 0..5 {
+            let r = m.plugin_update("p", "by_id", &l("id", &i.to_string()), set(0, 1.0), 3);
+            assert_eq!(r.is_ok(), i != 3, "update {i}: {r:?}");
+        }
+        // Series that exist still take updates.
+        m.plugin_update("p", "by_id", &l("id", "0"), set(0, 7.0), 3)
+            .unwrap();
+        // Another plugin has a budget of its own.
+        m.plugin_update("q", "by_id", &l("id", "9"), set(0, 1.0), 3)
+            .unwrap();
+        let text = m.render();
+        assert!(text.contains(r#"by_id{id="0",plugin="p"} 7"#), "{text}");
+        assert!(!text.contains(r#"id="3""#), "{text}");
+        assert!(
+            text.contains(r#"plugboard_plugin_series_dropped_total{plugin="p"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_new_version_shows_only_the_series_it_writes() {
+        let m = Metrics::new();
+        m.plugin_update("p", "old_total", &[], Update::Add(4.0), 1000)
+            .unwrap();
+        m.plugin_update("p", "kept_total", &[], Update::Add(1.0), 1000)
+            .unwrap();
+        m.new_plugin_version("p");
+        m.plugin_update("p", "kept_total", &[], Update::Add(1.0), 1000)
+            .unwrap();
+        let text = m.render();
+        assert!(!text.contains("old_total"), "{text}");
+        assert!(text.contains(r#"kept_total{plugin="p"} 2"#), "{text}");
     }
 
     #[test]
     fn a_gauge_is_the_sum_of_the_partitions_shares_until_one_is_revoked() {
         let m = Metrics::new();
-        let paid = vec![("state".to_string(), "paid".to_string())];
+        let paid = l("state", "paid");
         let series = r#"bookings_current{plugin="metrics",state="paid"}"#;
-        m.plugin_gauge_set("metrics", 0, "bookings_current", &paid, 3.0)
-            .unwrap();
-        m.plugin_gauge_set("metrics", 1, "bookings_current", &paid, 4.0)
-            .unwrap();
-        m.plugin_gauge_set("metrics", 1, "bookings_current", &paid, 5.0)
-            .unwrap();
+        for (slot, value) in [(0, 3.0), (1, 4.0), (1, 5.0)] {
+            m.plugin_update("metrics", "bookings_current", &paid, set(slot, value), 1000)
+                .unwrap();
+        }
         assert!(
             m.render().contains(&format!("{series} 8")),
             "{}",
