@@ -15,7 +15,6 @@ use plugboard::config::{Limits, PluginSpec};
 use plugboard::metrics::Metrics;
 use plugboard::runtime::Runtime;
 use plugboard::runtime::convert::{Envelope, to_wit};
-use prost::Message;
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
@@ -42,6 +41,7 @@ fn spec(component: &Path) -> PluginSpec {
         )]
         .into_iter()
         .collect(),
+        payload: false,
     }
 }
 
@@ -52,8 +52,7 @@ fn main() {
             .into_iter()
             .next()
             .unwrap();
-        let payload = e.encode_to_vec();
-        to_wit(&e, Envelope::default(), payload)
+        to_wit(&e, Envelope::default(), None)
     };
     println!(
         "{:<11} {:>9} {:>12} {:>11} {:>10} {:>12}",
@@ -92,12 +91,14 @@ fn main() {
         let mut instance = prepared.instantiate(Some(0)).unwrap();
         let batch = std::slice::from_ref(&event);
         for _ in 0..200 {
-            instance.handle(batch).unwrap();
+            let d = instance.handle(batch);
+            assert!(matches!(d, plugboard::runtime::Disposition::All), "{d}");
         }
         let calls = 2000;
         let began = Instant::now();
         for _ in 0..calls {
-            instance.handle(batch).unwrap();
+            let d = instance.handle(batch);
+            assert!(matches!(d, plugboard::runtime::Disposition::All), "{d}");
         }
         let per_call = began.elapsed() / calls;
         println!(

@@ -52,6 +52,13 @@ pub struct VersionStatus {
     pub loaded_at: String,
     #[serde(serialize_with = "load_counter")]
     pub handled: Arc<AtomicU64>,
+    /// How this version broke the plugin contract, if it did.
+    #[serde(serialize_with = "faulty")]
+    pub faulty: Arc<Mutex<Option<String>>>,
+}
+
+fn faulty<S: serde::Serializer>(c: &Arc<Mutex<Option<String>>>, s: S) -> Result<S::Ok, S::Error> {
+    c.locked().serialize(s)
 }
 
 fn load_counter<S: serde::Serializer>(c: &Arc<AtomicU64>, s: S) -> Result<S::Ok, S::Error> {
@@ -121,6 +128,7 @@ impl Catalog {
                 sha256: prepared.sha256.clone(),
                 loaded_at,
                 handled: prepared.handled.clone(),
+                faulty: prepared.faulty.clone(),
             });
         });
     }

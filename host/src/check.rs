@@ -58,11 +58,11 @@ fn capability(name: &str) -> &'static str {
 const EXPECTED: [(&str, &str); 2] = [
     (
         "init",
-        "func(list<tuple<string, string>>) -> result<_, string>",
+        "func(list<tuple<string, string>>) -> result<_, variant{retry, reject}>",
     ),
     (
         "handle",
-        "func(list<record{booking, envelope, payload}>) -> record{handled, failure}",
+        "func(list<record{booking, envelope, payload}>) -> variant{all, stopped}",
     ),
 ];
 
@@ -152,6 +152,15 @@ pub fn check(runtime: &Runtime, path: &Path) -> Result<Report> {
     }
     for (name, _) in ty.exports(runtime.engine()) {
         report.exports.push(name.to_string());
+    }
+    let names = report
+        .imports
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .chain(report.exports.iter().map(String::as_str));
+    if let Some(problem) = crate::runtime::bindings::other_contract(names) {
+        report.problems.push(problem);
+        return Ok(report);
     }
     match runtime.linker().instantiate_pre(&component) {
         Err(err) => report.problems.push(format!(

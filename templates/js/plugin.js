@@ -1,9 +1,11 @@
 // {{name}}: a plugboard plugin. The host calls `init` once per instance
 // with the manifest's [config], then `handle` with batches of booking
 // events, in order; see wit/plugin.wit for the whole contract.
-import { log } from 'plugboard:plugin/log@0.1.0';
+import { log } from 'plugboard:plugin/log@0.2.0';
 
 export const handler = {
+  // Throw { tag: 'reject', val: why } for a config that can never work,
+  // { tag: 'retry', val: why } if something it needs is down for now.
   init(config) {},
 
   handle(batch) {
@@ -11,6 +13,9 @@ export const handler = {
       const b = event.booking;
       log('info', `${b.bookingId} v${b.version} ${b.state}`);
     }
-    return { handled: batch.length, failure: undefined };
+    // Or { tag: 'stopped', val: { handled: i, failure } } at the first event
+    // not handled, with failure { tag: 'retry', val: { reason, afterMs } }
+    // or { tag: 'reject', val: reason }.
+    return { tag: 'all' };
   },
 };

@@ -2,8 +2,8 @@
 // host's log, with a count per state in the host's metrics. It shows that a
 // plugin in JavaScript gets the same typed events as a Rust one: no protobuf
 // library, no Kafka client.
-import { log } from 'plugboard:plugin/log@0.1.0';
-import { counterAdd, describe } from 'plugboard:plugin/metrics@0.1.0';
+import { log } from 'plugboard:plugin/log@0.2.0';
+import { counterAdd, describe } from 'plugboard:plugin/metrics@0.2.0';
 
 let prefix = 'audit';
 
@@ -26,6 +26,6 @@ export const handler = {
       );
       counterAdd('audit_events_total', [{ name: 'state', value: b.state }], 1);
     }
-    return { handled: batch.length, failure: undefined };
+    return { tag: 'all' };
   },
 };

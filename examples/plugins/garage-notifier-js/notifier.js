@@ -14,7 +14,7 @@ const decoder = new TextDecoder();
 
 function parseUrl(url) {
   const m = /^(https?):\/\/([^/]+)(\/.*)?$/.exec(url);
-  if (!m) throw `webhook_url \`${url}\` must be http(s)://host[:port][/path]`;
+  if (!m) throw { tag: 'reject', val: `webhook_url \`${url}\` must be http(s)://host[:port][/path]` };
   return { scheme: m[1], authority: m[2], path: m[3] ?? '/' };
 }
 
@@ -97,15 +97,16 @@ function notify(event) {
 export const handler = {
   init(config) {
     const url = config.find(([k]) => k === 'webhook_url')?.[1];
-    if (!url) throw 'config `webhook_url` is required';
+    // A config that can never work: init-error::reject.
+    if (!url) throw { tag: 'reject', val: 'config `webhook_url` is required' };
     webhook = parseUrl(url);
   },
 
   handle(batch) {
     for (let i = 0; i < batch.length; i++) {
       const failure = notify(batch[i]);
-      if (failure) return { handled: i, failure };
+      if (failure) return { tag: 'stopped', val: { handled: i, failure } };
     }
-    return { handled: batch.length, failure: undefined };
+    return { tag: 'all' };
   },
 };

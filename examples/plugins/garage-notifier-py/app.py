@@ -13,7 +13,15 @@ from datetime import datetime, timezone
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.exports.handler import BatchOutcome, Failure_Reject, Failure_Retry, RetryInfo
+from wit_world.exports.handler import (
+    BatchOutcome_All,
+    BatchOutcome_Stopped,
+    Failure_Reject,
+    Failure_Retry,
+    InitError_Reject,
+    RetryInfo,
+    Stop,
+)
 from wit_world.imports import outgoing_handler, wasi_http_types as http
 from wit_world.imports.plugboard_plugin_types import BookingState
 
@@ -95,15 +103,15 @@ class Handler(exports.Handler):
     def init(self, config):
         url = dict(config).get("webhook_url")
         if not url:
-            raise Err("config `webhook_url` is required")
+            raise Err(InitError_Reject("config `webhook_url` is required"))
         m = re.match(r"^(https?)://([^/]+)(/.*)?$", url)
         if not m:
-            raise Err(f"webhook_url `{url}` must be http(s)://host[:port][/path]")
+            raise Err(InitError_Reject(f"webhook_url `{url}` must be http(s)://host[:port][/path]"))
         WEBHOOK.update(scheme=m.group(1), authority=m.group(2), path=m.group(3) or "/")
 
     def handle(self, batch):
         for i, event in enumerate(batch):
             failure = notify(event)
             if failure is not None:
-                return BatchOutcome(handled=i, failure=failure)
-        return BatchOutcome(handled=len(batch), failure=None)
+                return BatchOutcome_Stopped(Stop(handled=i, failure=failure))
+        return BatchOutcome_All()

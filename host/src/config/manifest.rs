@@ -30,6 +30,8 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// Config values handed to `init`, environment references expanded.
     pub config: BTreeMap<String, String>,
+    /// Whether events carry their protobuf encoding (`event.payload`).
+    pub payload: bool,
 }
 
 /// A host folder made visible to the plugin at `guest_path`.
@@ -140,6 +142,9 @@ struct ManifestFile {
     /// Empty (the default) means none.
     #[serde(default)]
     allow_hosts: Vec<Origin>,
+    /// Hand the plugin each event's protobuf encoding too.
+    #[serde(default)]
+    payload: bool,
     /// The one folder the plugin may read and write.
     #[serde(default)]
     folder: Option<FolderFile>,
@@ -251,6 +256,7 @@ pub fn manifest_from_text(
             .into_iter()
             .map(|(k, v)| (k, v.into_string()))
             .collect(),
+        payload: raw.payload,
     })
 }
 

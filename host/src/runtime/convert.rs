@@ -17,7 +17,12 @@ pub struct Envelope {
 
 /// Builds the record handed to plugins. `event` must have passed
 /// [`crate::decode::validate`], which guarantees the enums are known.
-pub fn to_wit(event: &pb::BookingEvent, envelope: Envelope, payload: Vec<u8>) -> wit::Event {
+/// `payload` (the protobuf encoding) only for plugins that asked for it.
+pub fn to_wit(
+    event: &pb::BookingEvent,
+    envelope: Envelope,
+    payload: Option<Vec<u8>>,
+) -> wit::Event {
     wit::Event {
         booking: booking(event),
         envelope: wit::Envelope {

@@ -3,9 +3,9 @@
 //! made from it.
 //!
 //! In: a [`PluginSpec`] (component file + grants). Out: an initialised
-//! instance whose `handle` returns the plugin's [`BatchOutcome`] or a
-//! [`CallError`]. A trap or timeout poisons only that instance: drop it and
-//! make another from the same [`Prepared`].
+//! instance whose `handle` ends in exactly one [`Disposition`]. A trap or
+//! timeout poisons only that instance: drop it and make another from the
+//! same [`Prepared`].
 
 pub mod bindings;
 pub mod convert;
@@ -26,7 +26,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::config::PluginSpec;
 use crate::metrics::Metrics;
-use bindings::{BatchOutcome, Plugin, PluginPre, wit};
+use bindings::{BatchOutcome, Failure, InitError, Plugin, PluginPre, Stop, wit};
 use egress::Egress;
 use output::GuestOutput;
 pub use state::PluginState;
@@ -38,27 +38,84 @@ const PROBE_SLOT: i32 = -1;
 /// most its timeout plus one tick past it.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Why a call into a plugin did not return an outcome.
+/// Why an instance could not be made and initialised.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The plugin trapped (a panic, an out-of-bounds access, memory over
-    /// budget). The instance is poisoned.
+    /// The instance is poisoned: it trapped or ran out of time.
+    #[error("{0}")]
+    Poisoned(Poison),
+    /// `init` refused this config for good: this version cannot serve.
+    #[error("plugin init failed: {0}")]
+    InitRejected(String),
+    /// `init` failed for now (a service it needs is down): try again.
+    #[error("plugin init failed for now: {0}")]
+    InitRetry(String),
+    /// A part of the host failed (the state store, a granted folder).
+    #[error("{0}")]
+    Host(String),
+}
+
+/// How an instance was poisoned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Poison {
+    /// A panic, an out-of-bounds access, memory over budget.
     #[error("plugin trapped: {0}")]
     Trap(String),
-    /// The call ran past the plugin's time budget and was interrupted. The
-    /// instance is poisoned.
+    /// The call ran past the plugin's time budget and was interrupted.
     #[error("plugin ran past its {0:?} time budget and was interrupted")]
     Timeout(Duration),
-    /// `init` returned an error: the plugin refuses this config.
-    #[error("plugin init failed: {0}")]
-    Init(String),
-    /// The plugin returned an outcome that breaks the contract.
-    #[error("plugin broke the handler contract: {0}")]
+}
+
+/// How one `handle` call ended: exactly one of these.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Every event of the batch is handled; the call's state writes and
+    /// metric updates count.
+    All,
+    /// The plugin handled the first `handled` events and said why the next
+    /// one failed.
+    Stopped {
+        handled: usize,
+        failure: Failure,
+        /// The call had written state or metrics, which were dropped: even
+        /// its handled prefix has not counted yet.
+        dropped: bool,
+        /// State writes were among them: the instance's memory may be ahead
+        /// of its store, so it must be rebuilt before the next call.
+        state_dropped: bool,
+    },
+    /// The instance trapped or timed out; nothing of the call counts.
+    Poisoned(Poison),
+    /// A part of the host failed under the call (the state store); nothing
+    /// of it counts, and the batch is delivered again.
+    HostFailed(String),
+    /// The answer breaks the contract; nothing of it counts.
     Contract(String),
-    /// What the call wrote to its state could not be saved; the call's
-    /// outcome is void and the batch is delivered again.
-    #[error("plugin state could not be saved: {0}")]
-    State(String),
+}
+
+impl std::fmt::Display for Disposition {
+    /// How `plugboard replay` and the logs say it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disposition::All => write!(f, "ok"),
+            Disposition::Stopped {
+                failure: Failure::Retry(info),
+                ..
+            } => match info.after_ms {
+                Some(ms) => write!(f, "retry after {ms} ms: {}", info.reason),
+                None => write!(f, "retry: {}", info.reason),
+            },
+            Disposition::Stopped {
+                failure: Failure::Reject(reason),
+                ..
+            } => write!(f, "reject: {reason}"),
+            Disposition::Poisoned(poison) => write!(f, "{poison}"),
+            Disposition::HostFailed(reason) => write!(f, "host failure: {reason}"),
+            Disposition::Contract(reason) => {
+                write!(f, "plugin broke the handler contract: {reason}")
+            }
+        }
+    }
 }
 
 /// The process-wide engine and linker. Cheap to clone.
@@ -165,6 +222,18 @@ impl Runtime {
         let component = Component::new(&self.engine, bytes)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid component", spec.component.display()))?;
+        let ty = component.component_type();
+        let names: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .chain(ty.exports(&self.engine).map(|(n, _)| n.to_string()))
+            .collect();
+        if let Some(problem) = bindings::other_contract(names.iter().map(String::as_str)) {
+            anyhow::bail!(
+                "{} is not a plugin for this host: {problem}",
+                spec.component.display()
+            );
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -213,6 +282,7 @@ impl Runtime {
             journal: self.journal.clone(),
             log_budget,
             handled: Arc::default(),
+            faulty: Arc::default(),
         })
     }
 }
@@ -259,11 +329,20 @@ pub struct Prepared {
     log_budget: Arc<log_budget::LogBudget>,
     /// Events this version handled, for `/plugins` during a rollout.
     pub handled: Arc<std::sync::atomic::AtomicU64>,
+    /// How this version last broke the contract, if it did: `/plugins`
+    /// shows it as faulty.
+    pub faulty: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Prepared {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// This version broke the contract: `/plugins` says so.
+    pub fn mark_faulty(&self, reason: &str) {
+        use crate::locks::Lock;
+        *self.faulty.locked() = Some(reason.to_string());
     }
 
     /// Makes a fresh sandboxed instance and runs `init` with the manifest's
@@ -296,7 +375,7 @@ impl Prepared {
             };
             wasi.preopened_dir(&folder.host_path, &folder.guest_path, perms)
                 .map_err(|e| {
-                    CallError::Init(format!(
+                    CallError::Host(format!(
                         "cannot open granted folder {}: {e}",
                         folder.host_path.display()
                     ))
@@ -341,7 +420,7 @@ impl Prepared {
         let plugin = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, timeout, &output))?;
+            .map_err(|e| CallError::Poisoned(classify(e, timeout, &output)))?;
         let mut config: Vec<(String, String)> = spec
             .config
             .iter()
@@ -356,13 +435,16 @@ impl Prepared {
         let init = plugin
             .plugboard_plugin_handler()
             .call_init(&mut store, &config)
-            .map_err(|e| classify(e, timeout, &output))?;
+            .map_err(|e| CallError::Poisoned(classify(e, timeout, &output)))?;
         let data = store.data_mut();
         if let Some(reason) = data.kv.take_failure() {
             // `init` failed because the store did: the host's failure.
-            return Err(CallError::State(reason));
+            return Err(CallError::Host(reason));
         }
-        init.map_err(CallError::Init)?;
+        init.map_err(|e| match e {
+            InitError::Reject(reason) => CallError::InitRejected(reason),
+            InitError::Retry(reason) => CallError::InitRetry(reason),
+        })?;
         if partition.is_none() {
             // A probe only checks that the version starts: what its `init`
             // wrote is not state of any partition.
@@ -370,7 +452,7 @@ impl Prepared {
         } else {
             data.kv
                 .commit()
-                .map_err(|e| CallError::State(format!("{e:#}")))?;
+                .map_err(|e| CallError::Host(format!("plugin state could not be saved: {e:#}")))?;
             data.apply_metrics();
         }
         Ok(Instance {
@@ -394,88 +476,76 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Calls `handle` with a fresh deadline and checks the outcome against
-    /// the contract.
+    /// Calls `handle` with a fresh deadline and sorts how it ended.
     ///
     /// What the call wrote to its state and its metric updates count only
     /// if it handled its whole batch: a call that stops early may have
     /// written for events it did not handle, and those are delivered again.
-    /// So a partial outcome drops them ([`Answer::dropped`]), and the caller
-    /// delivers the handled prefix again on its own to have them counted
-    /// once.
-    pub fn handle(&mut self, batch: &[wit::Event]) -> Result<Answer, CallError> {
+    /// So a stopped call drops them (see [`Disposition::Stopped`]), and the
+    /// caller delivers the handled prefix again on its own to have them
+    /// counted once.
+    pub fn handle(&mut self, batch: &[wit::Event]) -> Disposition {
         self.store.set_epoch_deadline(self.ticks);
         // Only what this call prints may explain its trap.
         self.output.take_tail();
-        let outcome = match self
+        let outcome = self
             .plugin
             .plugboard_plugin_handler()
-            .call_handle(&mut self.store, batch)
-        {
+            .call_handle(&mut self.store, batch);
+        let data = self.store.data_mut();
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
-                let data = self.store.data_mut();
                 data.discard_call();
                 data.kv.take_failure();
-                return Err(classify(e, self.timeout, &self.output));
+                return Disposition::Poisoned(classify(e, self.timeout, &self.output));
             }
         };
-        let data = self.store.data_mut();
         if let Some(reason) = data.kv.take_failure() {
             // The plugin answered about a store that failed under it.
             data.discard_call();
-            return Err(CallError::State(reason));
+            return Disposition::HostFailed(reason);
         }
-        let handled = outcome.handled as usize;
-        if handled > batch.len() {
-            data.discard_call();
-            return Err(CallError::Contract(format!(
-                "reported {handled} events handled of a batch of {}",
-                batch.len()
-            )));
+        match outcome {
+            BatchOutcome::All => {
+                if let Err(e) = data.kv.commit() {
+                    data.discard_call();
+                    return Disposition::HostFailed(format!(
+                        "plugin state could not be saved: {e:#}"
+                    ));
+                }
+                data.apply_metrics();
+                Disposition::All
+            }
+            BatchOutcome::Stopped(Stop { handled, failure }) => {
+                let handled = handled as usize;
+                if handled >= batch.len() {
+                    data.discard_call();
+                    return Disposition::Contract(format!(
+                        "stopped after {handled} handled events of a batch of {}: answer `all` when every event is handled",
+                        batch.len()
+                    ));
+                }
+                let state_dropped = data.kv.has_pending();
+                let dropped = data.discard_call();
+                Disposition::Stopped {
+                    handled,
+                    failure,
+                    dropped,
+                    state_dropped,
+                }
+            }
         }
-        if handled < batch.len() {
-            let state_dropped = data.kv.has_pending();
-            let dropped = data.discard_call();
-            return Ok(Answer {
-                outcome,
-                dropped,
-                state_dropped,
-            });
-        }
-        if let Err(e) = data.kv.commit() {
-            data.discard_call();
-            return Err(CallError::State(format!("{e:#}")));
-        }
-        data.apply_metrics();
-        Ok(Answer {
-            outcome,
-            dropped: false,
-            state_dropped: false,
-        })
     }
-}
-
-/// What one `handle` call answered, and what the host made of its effects.
-#[derive(Debug)]
-pub struct Answer {
-    pub outcome: BatchOutcome,
-    /// The call did not handle its whole batch and had written state or
-    /// metrics: those were dropped, so even its handled prefix has not
-    /// counted yet.
-    pub dropped: bool,
-    /// State writes were among what was dropped: the instance's memory may
-    /// be ahead of its store, so it must be rebuilt before the next call.
-    pub state_dropped: bool,
 }
 
 /// Sorts a wasmtime error into trap or timeout. A trap's message is the
 /// trap itself plus what the plugin printed last (for a Rust plugin, the
 /// panic message), which says far more than the wasm backtrace.
-fn classify(err: wasmtime::Error, timeout: Duration, output: &GuestOutput) -> CallError {
+fn classify(err: wasmtime::Error, timeout: Duration, output: &GuestOutput) -> Poison {
     let trap = err.downcast_ref::<wasmtime::Trap>().copied();
     if trap == Some(wasmtime::Trap::Interrupt) {
-        return CallError::Timeout(timeout);
+        return Poison::Timeout(timeout);
     }
     tracing::debug!("plugin trap: {err:?}");
     let what = match trap {
@@ -485,9 +555,9 @@ fn classify(err: wasmtime::Error, timeout: Duration, output: &GuestOutput) -> Ca
     let mut printed = output.take_tail();
     printed.retain(|l| !l.starts_with("note: run with `RUST_BACKTRACE"));
     if printed.is_empty() {
-        CallError::Trap(what)
+        Poison::Trap(what)
     } else {
-        CallError::Trap(format!(
+        Poison::Trap(format!(
             "{what}; the plugin printed: {}",
             printed.join(" | ")
         ))

@@ -41,11 +41,13 @@ pub fn source_name(path: &Path) -> String {
 }
 
 /// `event` as plugins get it from line `number` of a file: partition 0,
-/// the line number as offset, the booking id as key.
+/// the line number as offset, the booking id as key; its protobuf encoding
+/// if `payload`.
 pub fn to_wit(
     event: &crate::event::BookingEvent,
     source: &str,
     number: u64,
+    payload: bool,
 ) -> crate::runtime::bindings::wit::Event {
     use prost::Message;
     let envelope = crate::runtime::convert::Envelope {
@@ -56,5 +58,5 @@ pub fn to_wit(
         timestamp_ms: None,
         headers: Vec::new(),
     };
-    crate::runtime::convert::to_wit(event, envelope, event.encode_to_vec())
+    crate::runtime::convert::to_wit(event, envelope, payload.then(|| event.encode_to_vec()))
 }

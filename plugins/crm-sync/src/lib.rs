@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use plugboard_guest::http::{self, Method};
 use plugboard_guest::log::log;
 use plugboard_guest::metrics::counter_add;
-use plugboard_guest::{BatchOutcome, BookingEvent, Event, Failure, Guest, Level, RetryInfo};
+use plugboard_guest::{
+    BatchOutcome, BookingEvent, Event, Failure, Guest, InitError, Level, RetryInfo,
+};
 use serde_json::{Value, json};
 
 /// HubSpot accepts at most 100 inputs per batch call.
@@ -53,7 +55,7 @@ enum SyncError {
 struct CrmSync;
 
 impl Guest for CrmSync {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<(), InitError> {
         let config: HashMap<String, String> = config.into_iter().collect();
         let base = config
             .get("base_url")
@@ -85,7 +87,7 @@ impl Guest for CrmSync {
             let crm = crm.as_ref().expect("init ran before handle");
             let all: Vec<&BookingEvent> = batch.iter().map(|e| &e.booking).collect();
             match crm.sync(&all) {
-                Ok(()) => BatchOutcome::all(&batch),
+                Ok(()) => BatchOutcome::All,
                 Err(SyncError::Transient(t)) => retry(0, t),
                 // One record spoils a whole batch call: find it by going one
                 // event at a time, in order.
@@ -94,17 +96,14 @@ impl Guest for CrmSync {
                         match crm.sync(&[event]) {
                             Ok(()) => {}
                             Err(SyncError::Permanent(reason)) => {
-                                return BatchOutcome {
-                                    handled: i as u32,
-                                    failure: Some(Failure::Reject(reason)),
-                                };
+                                return BatchOutcome::stop(i, Failure::Reject(reason));
                             }
                             Err(SyncError::Transient(t)) => {
                                 return retry(i, t);
                             }
                         }
                     }
-                    BatchOutcome::all(&batch)
+                    BatchOutcome::All
                 }
             }
         })
@@ -126,10 +125,7 @@ fn retry(handled: usize, t: Transient) -> BatchOutcome {
     };
     let after = after_ms.map_or(String::new(), |ms| format!(" (it asks to wait {ms} ms)"));
     log(Level::Info, &format!("{what}, will retry{after}: {reason}"));
-    BatchOutcome {
-        handled: handled as u32,
-        failure: Some(Failure::Retry(RetryInfo { reason, after_ms })),
-    }
+    BatchOutcome::stop(handled, Failure::Retry(RetryInfo { reason, after_ms }))
 }
 
 impl Crm {

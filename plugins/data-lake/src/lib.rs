@@ -29,7 +29,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use plugboard_guest::metrics::counter_add;
-use plugboard_guest::{BatchOutcome, Event, Failure, Guest, RetryInfo};
+use plugboard_guest::{BatchOutcome, Event, Failure, Guest, InitError, RetryInfo};
 
 /// Hive's name for a partition whose value is missing.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -45,7 +45,7 @@ thread_local! {
 struct DataLake;
 
 impl Guest for DataLake {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<(), InitError> {
         let get = |key: &str| {
             config
                 .iter()
@@ -78,20 +78,17 @@ impl Guest for DataLake {
             Ok(files) => {
                 counter_add("lake_rows_written_total", &[], batch.len() as f64);
                 counter_add("lake_files_written_total", &[], files as f64);
-                BatchOutcome {
-                    handled: batch.len() as u32,
-                    failure: None,
-                }
+                BatchOutcome::All
             }
             // A full disk or a vanished folder may recover: nothing of this
             // batch counts as written until every file is renamed in place.
-            Err(reason) => BatchOutcome {
-                handled: 0,
-                failure: Some(Failure::Retry(RetryInfo {
+            Err(reason) => BatchOutcome::stop(
+                0,
+                Failure::Retry(RetryInfo {
                     reason,
                     after_ms: None,
-                })),
-            },
+                }),
+            ),
         }
     }
 }

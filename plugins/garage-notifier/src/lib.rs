@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use plugboard_guest::http::{self, Method, Origin};
-use plugboard_guest::{BatchOutcome, BookingState, Event, Failure, Guest, RetryInfo};
+use plugboard_guest::{BatchOutcome, BookingState, Event, Failure, Guest, InitError, RetryInfo};
 
 struct Webhook {
     origin: Origin,
@@ -30,7 +30,7 @@ fn rfc3339(seconds: i64) -> String {
 struct Notifier;
 
 impl Guest for Notifier {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<(), InitError> {
         let url = config
             .iter()
             .find(|(k, _)| k == "webhook_url")
@@ -53,13 +53,10 @@ impl Guest for Notifier {
             let webhook = w.as_ref().expect("init ran");
             for (i, event) in batch.iter().enumerate() {
                 if let Err(failure) = notify(webhook, event) {
-                    return BatchOutcome {
-                        handled: i as u32,
-                        failure: Some(failure),
-                    };
+                    return BatchOutcome::stop(i, failure);
                 }
             }
-            BatchOutcome::all(&batch)
+            BatchOutcome::All
         })
     }
 }

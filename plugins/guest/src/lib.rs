@@ -3,13 +3,13 @@
 //! [`Guest`] and calls [`export_plugin!`]:
 //!
 //! ```ignore
-//! use plugboard_guest::{BatchOutcome, Event, Guest};
+//! use plugboard_guest::{BatchOutcome, Event, Guest, InitError};
 //!
 //! struct MyPlugin;
 //!
 //! impl Guest for MyPlugin {
-//!     fn init(_config: Vec<(String, String)>) -> Result<(), String> { Ok(()) }
-//!     fn handle(batch: Vec<Event>) -> BatchOutcome { BatchOutcome::all(&batch) }
+//!     fn init(_config: Vec<(String, String)>) -> Result<(), InitError> { Ok(()) }
+//!     fn handle(_batch: Vec<Event>) -> BatchOutcome { BatchOutcome::All }
 //! }
 //!
 //! plugboard_guest::export_plugin!(MyPlugin);
@@ -26,7 +26,9 @@ wit_bindgen::generate!({
 
 pub mod http;
 
-pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, Guest, RetryInfo};
+pub use exports::plugboard::plugin::handler::{
+    BatchOutcome, Failure, Guest, InitError, RetryInfo, Stop,
+};
 pub use plugboard::plugin::log::{self, Level};
 pub use plugboard::plugin::metrics;
 pub use plugboard::plugin::types::*;
@@ -63,19 +65,25 @@ impl Timestamp {
 }
 
 impl BatchOutcome {
-    /// Every event of `batch` is handled.
-    pub fn all<T>(batch: &[T]) -> Self {
-        BatchOutcome {
-            handled: batch.len() as u32,
-            failure: None,
-        }
-    }
-
     /// The first `handled` events are done; the next one failed.
     pub fn stop(handled: usize, failure: Failure) -> Self {
-        BatchOutcome {
+        BatchOutcome::Stopped(Stop {
             handled: handled as u32,
-            failure: Some(failure),
-        }
+            failure,
+        })
+    }
+}
+
+/// A config error is permanent: `?` on a `String` or `&str` error in `init`
+/// rejects the config. Say [`InitError::Retry`] for a transient failure.
+impl From<String> for InitError {
+    fn from(reason: String) -> Self {
+        InitError::Reject(reason)
+    }
+}
+
+impl From<&str> for InitError {
+    fn from(reason: &str) -> Self {
+        InitError::Reject(reason.to_string())
     }
 }

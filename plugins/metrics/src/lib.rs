@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use plugboard_guest::metrics::{self as m, Label};
 use plugboard_guest::store::{self, Bucket};
-use plugboard_guest::{BatchOutcome, BookingState, Event, Failure, Guest, RetryInfo};
+use plugboard_guest::{BatchOutcome, BookingState, Event, Failure, Guest, InitError, RetryInfo};
 use serde::{Deserialize, Serialize};
 
 const STATES: [BookingState; 6] = [
@@ -111,7 +111,7 @@ fn set<T: Serialize>(bucket: &Bucket, key: &str, value: &T) -> Result<(), String
 struct Metrics;
 
 impl Guest for Metrics {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<(), InitError> {
         let open = |name: &str| {
             store::open(name).map_err(|e| format!("cannot open state bucket {name}: {e}"))
         };
@@ -169,20 +169,17 @@ impl Guest for Metrics {
             TOTALS.with(|t| apply(buckets, &mut t.borrow_mut(), &batch))
         });
         match result {
-            Ok(()) => BatchOutcome::all(&batch),
+            Ok(()) => BatchOutcome::All,
             // The host keeps nothing this call wrote unless it handled the
             // whole batch; it delivers the events ahead of `at` again.
-            Err(Stop::Reject { at, reason }) => BatchOutcome {
-                handled: at as u32,
-                failure: Some(Failure::Reject(reason)),
-            },
-            Err(Stop::Retry { at, reason }) => BatchOutcome {
-                handled: at as u32,
-                failure: Some(Failure::Retry(RetryInfo {
+            Err(Stop::Reject { at, reason }) => BatchOutcome::stop(at, Failure::Reject(reason)),
+            Err(Stop::Retry { at, reason }) => BatchOutcome::stop(
+                at,
+                Failure::Retry(RetryInfo {
                     reason,
                     after_ms: None,
-                })),
-            },
+                }),
+            ),
         }
     }
 }

@@ -16,9 +16,12 @@ import (
 	types "wit_component/plugboard_plugin_types"
 )
 
-func Init(config []witTypes.Tuple2[string, string]) witTypes.Result[witTypes.Unit, string] {
+// Init returns witTypes.Err[witTypes.Unit](handler.MakeInitErrorReject(why))
+// for a config that can never work, MakeInitErrorRetry(why) if something it
+// needs is down for now.
+func Init(config []witTypes.Tuple2[string, string]) witTypes.Result[witTypes.Unit, handler.InitError] {
 	defer witRuntime.Reset()
-	return witTypes.Ok[witTypes.Unit, string](witTypes.Unit{})
+	return witTypes.Ok[witTypes.Unit, handler.InitError](witTypes.Unit{})
 }
 
 func Handle(batch []types.Event) handler.BatchOutcome {
@@ -28,5 +31,7 @@ func Handle(batch []types.Event) handler.BatchOutcome {
 		plugboard_plugin_log.Log(plugboard_plugin_log.Level_Info,
 			fmt.Sprintf("%s v%d state %d", b.BookingId, b.Version, b.State))
 	}
-	return handler.BatchOutcome{Handled: uint32(len(batch)), Failure: witTypes.None[handler.Failure]()}
+	// Or handler.MakeBatchOutcomeStopped(handler.Stop{Handled: uint32(i),
+	// Failure: handler.MakeFailureReject(why)}) at the first event not handled.
+	return handler.MakeBatchOutcomeAll()
 }

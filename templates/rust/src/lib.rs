@@ -8,14 +8,14 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::plugboard::plugin::handler::{BatchOutcome, Guest};
+use exports::plugboard::plugin::handler::{BatchOutcome, Guest, InitError};
 use plugboard::plugin::log::{Level, log};
 use plugboard::plugin::types::Event;
 
 struct Plugin;
 
 impl Guest for Plugin {
-    fn init(_config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(_config: Vec<(String, String)>) -> Result<(), InitError> {
         Ok(())
     }
 
@@ -27,10 +27,7 @@ impl Guest for Plugin {
                 &format!("{} v{} {:?}", b.booking_id, b.version, b.state),
             );
         }
-        BatchOutcome {
-            handled: batch.len() as u32,
-            failure: None,
-        }
+        BatchOutcome::All
     }
 }
 

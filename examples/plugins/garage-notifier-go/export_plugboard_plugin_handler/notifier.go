@@ -26,7 +26,7 @@ var webhook struct{ scheme, authority, path string }
 
 var urlPattern = regexp.MustCompile(`^(https?)://([^/]+)(/.*)?$`)
 
-func Init(config []witTypes.Tuple2[string, string]) witTypes.Result[witTypes.Unit, string] {
+func Init(config []witTypes.Tuple2[string, string]) witTypes.Result[witTypes.Unit, handler.InitError] {
 	defer witRuntime.Reset()
 	for _, kv := range config {
 		if kv.F0 != "webhook_url" {
@@ -35,25 +35,25 @@ func Init(config []witTypes.Tuple2[string, string]) witTypes.Result[witTypes.Uni
 		// Lifted strings live in the argument arena: keep copies.
 		m := urlPattern.FindStringSubmatch(strings.Clone(kv.F1))
 		if m == nil {
-			return witTypes.Err[witTypes.Unit](fmt.Sprintf("webhook_url `%s` must be http(s)://host[:port][/path]", kv.F1))
+			return witTypes.Err[witTypes.Unit](handler.MakeInitErrorReject(fmt.Sprintf("webhook_url `%s` must be http(s)://host[:port][/path]", kv.F1)))
 		}
 		webhook.scheme, webhook.authority, webhook.path = m[1], m[2], m[3]
 		if webhook.path == "" {
 			webhook.path = "/"
 		}
-		return witTypes.Ok[witTypes.Unit, string](witTypes.Unit{})
+		return witTypes.Ok[witTypes.Unit, handler.InitError](witTypes.Unit{})
 	}
-	return witTypes.Err[witTypes.Unit]("config `webhook_url` is required")
+	return witTypes.Err[witTypes.Unit](handler.MakeInitErrorReject("config `webhook_url` is required"))
 }
 
 func Handle(batch []types.Event) handler.BatchOutcome {
 	defer witRuntime.Reset()
 	for i, event := range batch {
 		if failure := notify(event.Booking); failure.IsSome() {
-			return handler.BatchOutcome{Handled: uint32(i), Failure: failure}
+			return handler.MakeBatchOutcomeStopped(handler.Stop{Handled: uint32(i), Failure: failure.Some()})
 		}
 	}
-	return handler.BatchOutcome{Handled: uint32(len(batch)), Failure: witTypes.None[handler.Failure]()}
+	return handler.MakeBatchOutcomeAll()
 }
 
 func retry(reason string, afterMs witTypes.Option[uint32]) witTypes.Option[handler.Failure] {

@@ -152,6 +152,7 @@ fn settle(
     messages: &[OwnedMessage],
     stop: &Shutdown,
 ) -> bool {
+    let wants_payload = dispatcher.prepared().spec.payload;
     let mut events = Vec::with_capacity(messages.len());
     let mut event_message = Vec::with_capacity(messages.len());
     let mut failed: Vec<(usize, Failure)> = Vec::new();
@@ -159,7 +160,8 @@ fn settle(
         let payload = message.payload().unwrap_or_default();
         match decode::from_protobuf(payload) {
             Ok(event) => {
-                events.push(convert::to_wit(&event, envelope(message), payload.to_vec()));
+                let bytes = wants_payload.then(|| payload.to_vec());
+                events.push(convert::to_wit(&event, envelope(message), bytes));
                 event_message.push(i);
             }
             Err(err) => {
