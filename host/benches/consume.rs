@@ -118,10 +118,10 @@ fn plugboard_noop(brokers: &str, topic: &str, noop: &Path) -> (Duration, String)
     let config = HostConfig::load(&config_file).unwrap();
     let kafka = config.kafka.clone().unwrap();
     let shutdown = Shutdown::new();
-    let metrics = dir.path().join("metrics.prom");
     let started = Instant::now();
-    let elapsed = std::thread::scope(|scope| {
-        let host = scope.spawn(|| plugboard::run::run_kafka(&config, &shutdown, Some(&metrics)));
+    let (elapsed, summary) = std::thread::scope(|scope| {
+        let host = scope
+            .spawn(|| plugboard::run::run(&config, &plugboard::source::Source::Kafka, &shutdown));
         // Lag is unknown (an error) until the group has committed once.
         while plugboard::source::kafka::group_lag(&kafka, "noop").unwrap_or(i64::MAX) > 0 {
             assert!(!host.is_finished(), "plugboard stopped early");
@@ -129,11 +129,10 @@ fn plugboard_noop(brokers: &str, topic: &str, noop: &Path) -> (Duration, String)
         }
         let elapsed = started.elapsed();
         shutdown.request();
-        host.join().unwrap().unwrap();
-        elapsed
+        (elapsed, host.join().unwrap().unwrap())
     });
-    let pauses = std::fs::read_to_string(&metrics)
-        .unwrap()
+    let pauses = summary
+        .metrics
         .lines()
         .find_map(|l| l.strip_prefix("plugboard_partition_pauses_total{plugin=\"noop\"} "))
         .unwrap_or("0")

@@ -39,6 +39,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod check;
+pub mod commit;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
@@ -54,6 +55,7 @@ pub mod replay;
 pub mod run;
 pub mod runtime;
 pub mod scaffold;
+pub mod settle;
 pub mod shutdown;
 pub mod source;
 pub mod summary;

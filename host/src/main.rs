@@ -4,14 +4,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use plugboard::config::HostConfig;
 use plugboard::metrics::Metrics;
-use plugboard::run::{FileRunOptions, run_file};
+use plugboard::run::{Run, write_metrics};
 use plugboard::runtime::Runtime;
+use plugboard::shutdown::Shutdown;
+use plugboard::source::Source;
 
 /// Consumes booking events and dispatches them to sandboxed WebAssembly
 /// plugins.
@@ -150,21 +153,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics_out,
         } => {
             let config = HostConfig::load(&config)?;
-            let Some(events) = events else {
-                let shutdown = plugboard::shutdown::Shutdown::on_signals()?;
-                plugboard::run::run_kafka(&config, &shutdown, metrics_out.as_deref())?;
-                return Ok(ExitCode::SUCCESS);
-            };
-            let shutdown = plugboard::shutdown::Shutdown::on_signals()?;
-            let summary = run_file(
-                &config,
-                &FileRunOptions {
+            let source = match events {
+                Some(events) => Source::File {
                     events,
                     dead_letter,
-                    metrics_out,
                 },
-                &shutdown,
-            )?;
+                None => Source::Kafka,
+            };
+            let shutdown = Shutdown::on_signals()?;
+            let run = Run::start(&config, &source)?;
+            if let Some(addr) = run.admin_addr() {
+                // For scripts and tests that asked for port 0.
+                println!("admin listening on http://{addr}");
+            }
+            if let (Source::Kafka, Some(kafka)) = (&source, &config.kafka) {
+                exit_if_stop_hangs(&shutdown, Duration::from_millis(kafka.shutdown_timeout_ms));
+            }
+            let summary = run.finish(&shutdown)?;
+            if let Some(path) = &metrics_out {
+                write_metrics(path, &summary.metrics)?;
+            }
+            if let Source::Kafka = source {
+                tracing::info!("{summary}");
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{summary}");
             Ok(if summary.all_plugins_ran() {
                 ExitCode::SUCCESS
@@ -260,4 +272,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// A stop must not hang on a plugin stuck in a long call: past `deadline`
+/// after the signal, the process exits (code 3), and what was not
+/// committed is delivered again.
+fn exit_if_stop_hangs(shutdown: &Shutdown, deadline: Duration) {
+    let shutdown = shutdown.clone();
+    std::thread::spawn(move || {
+        shutdown.wait();
+        std::thread::sleep(deadline);
+        tracing::error!("shutdown took longer than {deadline:?}; exiting without a final commit");
+        std::process::exit(3);
+    });
 }

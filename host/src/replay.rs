@@ -171,7 +171,6 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
     };
     print_journal(&mut out, &journal);
 
-    let source = file::source_name(&options.events);
     let mut not_ok = 0;
     let mut counts = [0usize; 5];
     for line in file::read_lines(&options.events)? {
@@ -183,7 +182,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
                 continue;
             }
         };
-        let wit_event = file::to_wit(&event, &source, line.number, prepared.spec.payload);
+        let wit_event = crate::settle::to_wit(&line, &event, prepared.spec.payload);
         let disposition = instance.handle(std::slice::from_ref(&wit_event));
         let outcome = disposition.to_string();
         match disposition {

@@ -1,49 +1,123 @@
-//! Shutdown: a flag raised by SIGINT/SIGTERM (or by code) that every loop
-//! checks between units of work, so a stop finishes the batch in flight,
-//! commits and leaves the consumer group instead of dying mid-batch.
+//! Shutdown: a token raised by SIGINT/SIGTERM (or by code) that loops wait
+//! on between units of work, so a stop finishes the batch in flight,
+//! commits and leaves the consumer group instead of dying mid-batch. A
+//! loop that sleeps (a backoff, a poll for changes) wakes as soon as the
+//! token is raised, not at the end of its sleep.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+
+use crate::locks::Lock;
 
 #[derive(Clone, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
+pub struct Shutdown(Arc<Token>);
+
+#[derive(Default)]
+struct Token {
+    /// Read on hot paths (per polled message) without a lock.
+    requested: AtomicBool,
+    /// Taken by waiters and by `request` around the notification, so a
+    /// waiter never misses it.
+    lock: Mutex<()>,
+    raised: Condvar,
+}
 
 impl Shutdown {
+    /// A token nothing has raised yet.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A flag that SIGINT and SIGTERM raise.
+    /// A token that SIGINT and SIGTERM raise, from a thread of its own (a
+    /// signal handler may not take a lock).
     pub fn on_signals() -> Result<Self> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
         let shutdown = Self::new();
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, shutdown.0.clone())?;
-        }
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .context("cannot listen for SIGINT and SIGTERM")?;
+        let raise = shutdown.clone();
+        std::thread::Builder::new()
+            .name("plugboard-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    tracing::info!(signal, "stopping: finishing the batches in flight");
+                    raise.request();
+                }
+            })
+            .context("cannot start the signal thread")?;
         Ok(shutdown)
     }
 
+    /// Raises the token; every waiter wakes.
     pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.requested.store(true, Ordering::SeqCst);
+        let _guard = self.0.lock.locked();
+        self.0.raised.notify_all();
     }
 
     pub fn is_requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.requested.load(Ordering::SeqCst)
     }
 
-    /// Sleeps up to `duration`; returns early (false) when shutdown is
-    /// requested meanwhile.
+    /// Sleeps up to `duration`; returns early (false) when the token is
+    /// raised meanwhile, true if the whole time passed.
     pub fn sleep(&self, duration: Duration) -> bool {
         let end = Instant::now() + duration;
+        let mut guard = self.0.lock.locked();
         while !self.is_requested() {
             let now = Instant::now();
             if now >= end {
                 return true;
             }
-            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+            guard = self
+                .0
+                .raised
+                .wait_timeout(guard, end - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
         false
+    }
+
+    /// Waits until the token is raised.
+    pub fn wait(&self) {
+        let mut guard = self.0.lock.locked();
+        while !self.is_requested() {
+            guard = self
+                .0
+                .raised
+                .wait(guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleeper_wakes_when_the_token_is_raised() {
+        let shutdown = Shutdown::new();
+        let raise = shutdown.clone();
+        let began = Instant::now();
+        let sleeper = std::thread::spawn(move || shutdown.sleep(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(50));
+        raise.request();
+        assert!(!sleeper.join().unwrap(), "the sleep was cut short");
+        assert!(began.elapsed() < Duration::from_secs(5));
+        assert!(raise.is_requested());
+        raise.wait();
+    }
+
+    #[test]
+    fn a_sleep_that_is_not_interrupted_lasts() {
+        let shutdown = Shutdown::new();
+        let began = Instant::now();
+        assert!(shutdown.sleep(Duration::from_millis(30)));
+        assert!(began.elapsed() >= Duration::from_millis(30));
     }
 }

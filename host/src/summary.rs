@@ -1,4 +1,4 @@
-//! The report printed at the end of a file run.
+//! What a run did: the report `main` prints at its end.
 
 use std::fmt;
 use std::time::Duration;
@@ -18,17 +18,26 @@ pub struct PluginReport {
 /// What a run did, for people and for tests.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    pub lines: u64,
+    /// `file:<name>` or the topic.
+    pub source: String,
+    /// Records read: the lines of a file. Kafka counts per plugin.
+    pub read: Option<u64>,
+    /// Lines of a file that did not decode (under Kafka they are counted by
+    /// each plugin, in the metrics).
     pub decode_failures: u64,
     pub plugins: Vec<PluginReport>,
     pub elapsed: Duration,
-    pub dead_letter_file: std::path::PathBuf,
+    /// The dead-letter file, or the topics' name pattern.
+    pub dead_letters: String,
+    /// Every metric at the end, in the Prometheus text format.
+    pub metrics: String,
 }
 
 impl Summary {
-    /// Lines per second through the whole pipeline, all plugins included.
+    /// Records per second through the whole pipeline, all plugins
+    /// included (a file run).
     pub fn events_per_second(&self) -> f64 {
-        self.lines as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.read.unwrap_or(0) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// True when every plugin loaded and the run was not stopped; then
@@ -42,14 +51,16 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} events read, {} failed decoding, in {:.2?} ({:.0} events/s)",
-            self.lines,
-            self.decode_failures,
-            self.elapsed,
-            self.events_per_second()
-        )?;
+        match self.read {
+            Some(read) => writeln!(
+                f,
+                "{read} events read, {} failed decoding, in {:.2?} ({:.0} events/s)",
+                self.decode_failures,
+                self.elapsed,
+                self.events_per_second()
+            )?,
+            None => writeln!(f, "consumed {} for {:.2?}", self.source, self.elapsed)?,
+        }
         writeln!(
             f,
             "  {:<20} {:>9} {:>9} {:>13}  component",
@@ -80,6 +91,6 @@ impl fmt::Display for Summary {
                 )?,
             }
         }
-        write!(f, "dead letters: {}", self.dead_letter_file.display())
+        write!(f, "dead letters: {}", self.dead_letters)
     }
 }

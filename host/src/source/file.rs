@@ -3,6 +3,7 @@
 //! the same file gives every event the same identity.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -12,6 +13,8 @@ pub struct Line {
     /// 1-based line number: the event's offset.
     pub number: u64,
     pub text: String,
+    /// `file:<file name>`, the same for every line of a file.
+    pub source: Arc<str>,
 }
 
 /// Reads every non-blank line. Blank lines are skipped, but still counted,
@@ -19,6 +22,7 @@ pub struct Line {
 pub fn read_lines(path: &Path) -> Result<Vec<Line>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read events file {}", path.display()))?;
+    let source: Arc<str> = Arc::from(source_name(path));
     Ok(text
         .lines()
         .enumerate()
@@ -26,6 +30,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<Line>> {
         .map(|(i, l)| Line {
             number: i as u64 + 1,
             text: l.to_string(),
+            source: source.clone(),
         })
         .collect())
 }
@@ -40,23 +45,30 @@ pub fn source_name(path: &Path) -> String {
     )
 }
 
-/// `event` as plugins get it from line `number` of a file: partition 0,
-/// the line number as offset, the booking id as key; its protobuf encoding
-/// if `payload`.
-pub fn to_wit(
-    event: &crate::event::BookingEvent,
-    source: &str,
-    number: u64,
-    payload: bool,
-) -> crate::runtime::bindings::wit::Event {
-    use prost::Message;
-    let envelope = crate::runtime::convert::Envelope {
-        source: source.to_string(),
-        partition: 0,
-        offset: number as i64,
-        key: Some(event.booking_id.clone().into_bytes()),
-        timestamp_ms: None,
-        headers: Vec::new(),
-    };
-    crate::runtime::convert::to_wit(event, envelope, payload.then(|| event.encode_to_vec()))
+/// A line of the file is a record: JSON, partition 0, the line number as
+/// offset, the booking id as key.
+impl super::Record for Line {
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn decode(&self) -> Result<crate::event::BookingEvent, crate::decode::DecodeError> {
+        crate::decode::from_json(&self.text)
+    }
+
+    fn envelope(&self, event: &crate::event::BookingEvent) -> crate::runtime::convert::Envelope {
+        crate::runtime::convert::Envelope {
+            source: self.source.to_string(),
+            partition: 0,
+            offset: self.number as i64,
+            key: Some(event.booking_id.clone().into_bytes()),
+            timestamp_ms: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn payload(&self, event: &crate::event::BookingEvent) -> Vec<u8> {
+        use prost::Message;
+        event.encode_to_vec()
+    }
 }

@@ -14,8 +14,7 @@
 //! partition's [`worker`]; [`partitions`] pauses a partition whose worker is
 //! behind and stops workers on revoke.
 
-mod client_log;
-mod dead_letters;
+pub(crate) mod client_log;
 mod partitions;
 mod worker;
 
@@ -29,7 +28,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::catalog::LivePlugin;
 use crate::config::KafkaConfig;
 use crate::shutdown::Shutdown;
-use dead_letters::DeadLetters;
 use partitions::{GroupConsumer, Partitions};
 use worker::WorkerSetup;
 
@@ -52,7 +50,7 @@ const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
 /// and a setting only the other kind knows is left out, instead of making
 /// librdkafka warn (CONFWARN) on every start.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(crate) enum Role {
     Consumer,
     Producer,
 }
@@ -122,7 +120,7 @@ const PRODUCER_ONLY: &[&str] = &[
     "compression.level",
 ];
 
-fn client_config(kafka: &KafkaConfig, role: Role) -> ClientConfig {
+pub(crate) fn client_config(kafka: &KafkaConfig, role: Role) -> ClientConfig {
     let other_only = match role {
         Role::Consumer => PRODUCER_ONLY,
         Role::Producer => CONSUMER_ONLY,
@@ -152,7 +150,7 @@ pub fn consume(kafka: &KafkaConfig, live: Arc<LivePlugin>, shutdown: &Shutdown) 
     let plugin = prepared.name.to_string();
     let group = format!("{}{}", kafka.group_prefix, plugin);
     let topic = kafka.topic.0.clone();
-    let dead_letters = Arc::new(DeadLetters::new(kafka, &plugin)?);
+    let dead_letters = Arc::new(crate::dead_letter::topic::Topic::new(kafka, &plugin)?);
     tracing::info!(
         plugin,
         group,

@@ -24,7 +24,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_log::ClientLog;
-use super::worker::{Settled, Worker, WorkerSetup};
+use super::worker::{Worker, WorkerSetup};
+use crate::commit::{Offsets, Settled};
 use crate::hold::{ALL_PARTITIONS, Cause};
 
 /// One owned partition.
@@ -54,10 +55,9 @@ pub struct Partitions {
     /// Set at shutdown: the revoke that leaving the group brings keeps the
     /// gauges, which the final metrics still report.
     closing: AtomicBool,
-    /// Offsets stored and offsets the broker acknowledged as committed, per
-    /// partition: what a stop without the broker leaves uncommitted.
-    stored: Mutex<BTreeMap<i32, i64>>,
-    committed: Mutex<BTreeMap<i32, i64>>,
+    /// What was stored and committed: what a stop without the broker
+    /// leaves uncommitted.
+    offsets: Offsets,
     /// Set while librdkafka reports the brokers unreachable.
     broker_down: AtomicBool,
     log: ClientLog,
@@ -76,8 +76,7 @@ impl Partitions {
         Partitions {
             topic: topic.to_string(),
             plugin: plugin.to_string(),
-            stored: Mutex::default(),
-            committed: Mutex::default(),
+            offsets: Offsets::default(),
             broker_down: AtomicBool::new(false),
             log: ClientLog::new(plugin.to_string()),
             setup,
@@ -212,7 +211,7 @@ impl Partitions {
             if let Some(entry) = self.owned.locked().get_mut(&partition) {
                 entry.next = Some(offset + 1);
             }
-            self.stored.locked().insert(partition, offset + 1);
+            self.offsets.stored(&Settled { partition, offset });
             if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
                 tracing::warn!(
                     plugin = &*self.setup.live.current().name,
@@ -286,21 +285,7 @@ impl Partitions {
     /// Logs, per partition, the settled offsets the broker has not
     /// acknowledged: their events are delivered again after a restart.
     fn report_uncommitted(&self) {
-        let stored = self.stored.locked();
-        let committed = self.committed.locked();
-        let behind: Vec<String> = stored
-            .iter()
-            .filter_map(|(p, next)| {
-                let done = committed.get(p).copied().unwrap_or(-1);
-                (*next > done).then(|| {
-                    if done < 0 {
-                        format!("partition {p}: up to offset {}", next - 1)
-                    } else {
-                        format!("partition {p}: offsets {done}..={}", next - 1)
-                    }
-                })
-            })
-            .collect();
+        let behind = self.offsets.uncommitted();
         if behind.is_empty() {
             tracing::warn!(
                 plugin = self.plugin,
@@ -441,10 +426,9 @@ impl ConsumerContext for Partitions {
         if result.is_err() {
             return;
         }
-        let mut committed = self.committed.locked();
         for element in offsets.elements() {
             if let Offset::Offset(o) = element.offset() {
-                committed.insert(element.partition(), o);
+                self.offsets.committed(element.partition(), o);
             }
         }
     }

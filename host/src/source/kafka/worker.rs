@@ -12,26 +12,22 @@ use std::time::Duration;
 
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
-use super::dead_letters::DeadLetters;
 use crate::catalog::LivePlugin;
-use crate::decode;
-use crate::dispatch::{Dispatcher, Failure, FailureClass, Outcome};
-use crate::runtime::convert::{self, Envelope};
+use crate::commit::Settled;
+use crate::dead_letter::DeadLetters;
+use crate::decode::{self, DecodeError};
+use crate::dispatch::Dispatcher;
+use crate::event::BookingEvent;
+use crate::runtime::convert::Envelope;
+use crate::settle::settle;
 use crate::shutdown::Shutdown;
-
-/// A settled prefix of a partition: every offset up to and including
-/// `offset` has its final outcome.
-pub struct Settled {
-    pub partition: i32,
-    pub offset: i64,
-}
 
 /// What a worker needs besides its partition.
 #[derive(Clone)]
 pub struct WorkerSetup {
     /// The plugin version to serve, read again before every batch.
     pub live: Arc<LivePlugin>,
-    pub dead_letters: Arc<DeadLetters>,
+    pub dead_letters: Arc<dyn DeadLetters<OwnedMessage>>,
     pub settled: Sender<Settled>,
 }
 
@@ -131,11 +127,19 @@ fn run(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        if stop.is_requested() || !settle(&mut dispatcher, &dead_letters, &batch, &stop) {
+        if stop.is_requested() {
             break;
         }
-        let offset = batch.last().expect("non-empty").offset();
-        if settled.send(Settled { partition, offset }).is_err() {
+        let done = settle(&mut dispatcher, &batch, &*dead_letters, &stop);
+        if done > 0 {
+            // The settled prefix may be committed, even if the rest of the
+            // batch is not settled (a stop came while it held).
+            let offset = batch[done - 1].offset();
+            if settled.send(Settled { partition, offset }).is_err() {
+                break;
+            }
+        }
+        if done < batch.len() {
             break;
         }
         queued.fetch_sub(batch.len(), Ordering::SeqCst);
@@ -143,61 +147,25 @@ fn run(
     }
 }
 
-/// Decodes, dispatches and dead-letters one batch of a partition. Returns
-/// false if `stop` came before every message had its final outcome: then
-/// nothing of this batch may be stored.
-fn settle(
-    dispatcher: &mut Dispatcher,
-    dead_letters: &DeadLetters,
-    messages: &[OwnedMessage],
-    stop: &Shutdown,
-) -> bool {
-    let wants_payload = dispatcher.prepared().spec.payload;
-    let mut events = Vec::with_capacity(messages.len());
-    let mut event_message = Vec::with_capacity(messages.len());
-    let mut failed: Vec<(usize, Failure)> = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let payload = message.payload().unwrap_or_default();
-        match decode::from_protobuf(payload) {
-            Ok(event) => {
-                let bytes = wants_payload.then(|| payload.to_vec());
-                events.push(convert::to_wit(&event, envelope(message), bytes));
-                event_message.push(i);
-            }
-            Err(err) => {
-                dispatcher
-                    .prepared()
-                    .metrics()
-                    .decode_failures
-                    .with_label_values(&[message.topic()])
-                    .inc();
-                failed.push((
-                    i,
-                    Failure {
-                        class: FailureClass::Decode,
-                        reason: err.to_string(),
-                        attempts: 0,
-                    },
-                ))
-            }
-        }
+/// A Kafka message is a record: protobuf, with its topic, partition,
+/// offset, key, timestamp and headers.
+impl crate::source::Record for OwnedMessage {
+    fn source(&self) -> &str {
+        self.topic()
     }
-    if !events.is_empty() {
-        let outcomes = dispatcher.deliver(&events, stop);
-        if outcomes.len() < events.len() {
-            return false;
-        }
-        for (k, outcome) in outcomes.into_iter().enumerate() {
-            if let Outcome::DeadLetter(failure) = outcome {
-                failed.push((event_message[k], failure));
-            }
-        }
+
+    fn decode(&self) -> Result<BookingEvent, DecodeError> {
+        decode::from_protobuf(Message::payload(self).unwrap_or_default())
     }
-    failed.sort_by_key(|(i, _)| *i);
-    let version = dispatcher.prepared();
-    failed
-        .iter()
-        .all(|(i, failure)| dead_letters.write(&messages[*i], failure, version, stop))
+
+    fn envelope(&self, _event: &BookingEvent) -> Envelope {
+        envelope(self)
+    }
+
+    fn payload(&self, _event: &BookingEvent) -> Vec<u8> {
+        // The bytes as produced, not a re-encoding.
+        Message::payload(self).unwrap_or_default().to_vec()
+    }
 }
 
 fn envelope(message: &OwnedMessage) -> Envelope {

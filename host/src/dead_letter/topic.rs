@@ -11,22 +11,22 @@ use anyhow::{Context, Result};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::client_log::{ClientLog, ProducerContext};
-use super::{Role, client_config, dead_letter_topic};
 use crate::config::KafkaConfig;
 use crate::dispatch::Failure;
 use crate::hold::Cause;
 use crate::runtime::Prepared;
 use crate::shutdown::Shutdown;
+use crate::source::kafka::client_log::{ClientLog, ProducerContext};
+use crate::source::kafka::{Role, client_config, dead_letter_topic};
 
 /// One plugin's dead-letter topic.
-pub struct DeadLetters {
+pub struct Topic {
     producer: FutureProducer<ProducerContext>,
     pub topic: String,
     plugin: String,
 }
 
-impl DeadLetters {
+impl Topic {
     pub fn new(kafka: &KafkaConfig, plugin: &str) -> Result<Self> {
         let producer = client_config(kafka, Role::Producer)
             .set("acks", "all")
@@ -36,18 +36,19 @@ impl DeadLetters {
                 "{plugin} dead letters"
             ))))
             .context("cannot create the dead-letter producer")?;
-        Ok(DeadLetters {
+        Ok(Topic {
             producer,
             topic: dead_letter_topic(kafka, plugin),
             plugin: plugin.to_string(),
         })
     }
+}
 
+impl super::DeadLetters<OwnedMessage> for Topic {
     /// Writes the original message with the failure in `plugboard.*`
     /// headers (`sha256` of `version`, the plugin version that failed),
-    /// retrying until the broker acknowledges it, then counts it. Returns
-    /// false if shutdown came first.
-    pub fn write(
+    /// retrying until the broker acknowledges it, then counts it.
+    fn park(
         &self,
         original: &OwnedMessage,
         failure: &Failure,
