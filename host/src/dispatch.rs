@@ -31,6 +31,7 @@ use rand::Rng;
 
 use crate::catalog::LivePlugin;
 use crate::hold::Cause;
+use crate::observe::HostEvent;
 use crate::runtime::bindings::{Failure as PluginFailure, wit};
 use crate::runtime::{CallError, Disposition, Instance, Poison, Prepared};
 use crate::shutdown::Shutdown;
@@ -374,11 +375,13 @@ impl Dispatcher {
             return true;
         }
         self.stats.retried += 1;
-        self.prepared
-            .metrics()
-            .retries
-            .with_label_values(&[&*self.prepared.name])
-            .inc();
+        HostEvent::Retried {
+            plugin: &self.prepared.name,
+            partition: self.slot,
+            attempt: head.attempts,
+            reason: &reason,
+        }
+        .emit(self.prepared.metrics());
         stop.sleep(backoff(&self.prepared.spec.limits, head.attempts))
     }
 
@@ -443,11 +446,12 @@ impl Dispatcher {
 
     /// Discards the instance; the next call gets a fresh one.
     fn rebuild(&mut self, reason: &str) {
-        self.prepared
-            .metrics()
-            .instance_restarts
-            .with_label_values(&[&*self.prepared.name, reason])
-            .inc();
+        HostEvent::InstanceRebuilt {
+            plugin: &self.prepared.name,
+            partition: self.slot,
+            reason,
+        }
+        .emit(self.prepared.metrics());
         self.instance = None;
     }
 

@@ -25,6 +25,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::catalog::{Catalog, LivePlugin};
 use crate::config::{HostConfig, KafkaConfig, PluginSpec, scan_plugins};
+use crate::observe::HostEvent;
 use crate::runtime::{Prepared, Runtime, sha256_hex};
 use crate::shutdown::Shutdown;
 
@@ -155,17 +156,12 @@ impl Reloader {
                     self.failed.remove(&name);
                     self.retry_init.remove(&name);
                     self.catalog.loaded(&prepared);
-                    tracing::info!(
-                        plugin = name,
-                        sha256 = &prepared.sha256[..12],
-                        "version loaded in {:.0?}",
-                        began.elapsed()
-                    );
-                    self.runtime
-                        .metrics()
-                        .plugin_loads
-                        .with_label_values(&[&name, "loaded"])
-                        .inc();
+                    HostEvent::PluginLoaded {
+                        plugin: &name,
+                        sha256: &prepared.sha256,
+                        took: began.elapsed(),
+                    }
+                    .emit(self.runtime.metrics());
                     let prepared = Arc::new(prepared);
                     match self.running.get_mut(&name) {
                         Some(running) => {
@@ -197,24 +193,16 @@ impl Reloader {
     }
 
     fn fail(&mut self, name: &str, fingerprint: Option<Fingerprint>, error: &str) {
-        let serving = self.running.contains_key(name);
-        if serving {
-            tracing::error!(
-                plugin = name,
-                "new version rejected, the previous one keeps serving: {error}"
-            );
-        } else {
-            tracing::error!(plugin = name, "cannot load: {error}");
+        HostEvent::LoadFailed {
+            plugin: name,
+            error,
+            serving: self.running.contains_key(name),
         }
+        .emit(self.runtime.metrics());
         if let Some(f) = fingerprint {
             self.failed.insert(name.to_string(), f);
         }
         self.catalog.failed(name, error);
-        self.runtime
-            .metrics()
-            .plugin_loads
-            .with_label_values(&[name, "failed"])
-            .inc();
     }
 
     fn start(&mut self, name: String, prepared: Arc<Prepared>, fingerprint: Fingerprint) {
@@ -318,7 +306,7 @@ pub fn load(runtime: &Runtime, spec: PluginSpec, bytes: &[u8]) -> Result<Prepare
 }
 
 /// Watches `dir` and sends a unit on `changed` after each burst of changes
-/// to it, once it has been quiet for [`DEBOUNCE`]. The watcher lives as
+/// to it, once it has been quiet for `DEBOUNCE`. The watcher lives as
 /// long as the returned value.
 pub fn watch(dir: &Path, changed: Sender<()>) -> Result<notify::RecommendedWatcher> {
     let (events_tx, events) = std::sync::mpsc::channel::<notify::Event>();

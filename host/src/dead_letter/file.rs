@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use crate::dispatch::{Failure, FailureClass};
 use crate::locks::Lock;
+use crate::observe::HostEvent;
 use crate::runtime::Prepared;
 use crate::shutdown::Shutdown;
 use crate::source::file::Line;
@@ -87,14 +88,22 @@ impl super::DeadLetters<Line> for Collected {
     fn park(&self, line: &Line, failure: &Failure, version: &Prepared, _stop: &Shutdown) -> bool {
         let decode = failure.class == FailureClass::Decode;
         if decode {
+            // Every plugin meets a line that does not decode; it is parked
+            // once, for no plugin (and counted by decode).
             if !self.undecodable.locked().insert(line.number) {
                 return true;
             }
             tracing::warn!(line = line.number, "dead-lettered: {}", failure.reason);
         } else {
-            version
-                .metrics()
-                .dead_lettered(&version.name, failure.class.as_str());
+            HostEvent::DeadLettered {
+                plugin: &version.name,
+                partition: 0,
+                offset: line.number as i64,
+                class: failure.class,
+                reason: &failure.reason,
+                sink: "the dead-letter file",
+            }
+            .emit(version.metrics());
         }
         self.records.locked().push(FileRecord {
             line: line.number,

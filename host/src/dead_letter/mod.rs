@@ -1,7 +1,7 @@
 //! The dead-letter path: where an event that will never be handled is
 //! parked with the reason, so nothing is dropped silently. One interface,
-//! [`DeadLetters`], with a sink per source: an NDJSON [`file`] for the file
-//! source, a Kafka [`topic`] per plugin for the Kafka source.
+//! [`DeadLetters`], with a sink per source: an NDJSON `file` for the file
+//! source, a Kafka `topic` per plugin for the Kafka source.
 
 pub mod file;
 pub mod topic;

@@ -14,6 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::config::KafkaConfig;
 use crate::dispatch::Failure;
 use crate::hold::Cause;
+use crate::observe::HostEvent;
 use crate::runtime::Prepared;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::client_log::{ClientLog, ProducerContext};
@@ -106,7 +107,15 @@ impl super::DeadLetters<OwnedMessage> for Topic {
             };
             match delivered {
                 Ok(()) => {
-                    metrics.dead_lettered(&self.plugin, failure.class.as_str());
+                    HostEvent::DeadLettered {
+                        plugin: &self.plugin,
+                        partition: original.partition(),
+                        offset: original.offset(),
+                        class: failure.class,
+                        reason: &failure.reason,
+                        sink: &self.topic,
+                    }
+                    .emit(metrics);
                     if let Some(lasted) = metrics.holds.release(&self.plugin, original.partition())
                     {
                         tracing::info!(
@@ -116,15 +125,6 @@ impl super::DeadLetters<OwnedMessage> for Topic {
                             self.topic
                         );
                     }
-                    tracing::warn!(
-                        plugin = self.plugin,
-                        partition = original.partition(),
-                        offset = original.offset(),
-                        class = failure.class.as_str(),
-                        "dead-lettered to {}: {}",
-                        self.topic,
-                        failure.reason
-                    );
                     return true;
                 }
                 Err(e) => {

@@ -5,7 +5,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugboard:plugin/plugin",
     with: {
-        "wasi:keyvalue/store.bucket": super::kv::Bucket,
+        "wasi:keyvalue/store.bucket": super::imports::keyvalue::Bucket,
     },
 });
 

@@ -1,6 +1,7 @@
-//! What one plugin instance's Store holds, and the host side of the imports
-//! it may call: the granted WASI context, outgoing HTTP behind the egress
-//! policy, and the plugin's log and metrics.
+//! What one plugin instance's Store holds: the granted WASI context, the
+//! egress policy, the key-value view, the log budget and the metric updates
+//! of the call in progress. The imports that use them are in
+//! [`super::imports`].
 
 use std::sync::Arc;
 
@@ -9,9 +10,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::plugboard::plugin::{log, metrics as wit_metrics, types};
-use super::egress::Egress;
-use super::journal::{Journal, series};
+use super::bindings::plugboard::plugin::types;
+use super::imports::egress::Egress;
+use super::journal::Journal;
 use crate::metrics::{Metrics, Update};
 
 /// Per-instance host state. One per Store; never shared between plugins.
@@ -27,7 +28,7 @@ pub struct PluginState {
     /// The share of the plugin's gauges this instance sets: its partition.
     pub(super) slot: i32,
     /// `wasi:keyvalue` state, with this call's writes pending.
-    pub(super) kv: super::kv::KvState,
+    pub(super) kv: super::imports::keyvalue::KvState,
     pub(super) log_budget: Arc<super::log_budget::LogBudget>,
     /// Set by `plugboard replay`: log lines and metrics are recorded there.
     pub(super) journal: Option<Journal>,
@@ -41,9 +42,9 @@ pub struct PluginState {
 
 /// One metric update a plugin made during a call.
 pub(super) struct MetricOp {
-    name: String,
-    labels: Vec<(String, String)>,
-    update: Update,
+    pub(super) name: String,
+    pub(super) labels: Vec<(String, String)>,
+    pub(super) update: Update,
 }
 
 impl PluginState {
@@ -95,93 +96,3 @@ impl WasiHttpView for PluginState {
 
 /// The types interface has no functions; the bindings still want a host.
 impl types::Host for PluginState {}
-
-impl log::Host for PluginState {
-    fn log(&mut self, level: log::Level, message: String) {
-        let plugin = &*self.plugin;
-        let level_name = match level {
-            log::Level::Trace => "trace",
-            log::Level::Debug => "debug",
-            log::Level::Info => "info",
-            log::Level::Warn => "warn",
-            log::Level::Error => "error",
-        };
-        self.metrics
-            .plugin_log_lines
-            .with_label_values(&[plugin, level_name])
-            .inc();
-        if let Some(journal) = &self.journal {
-            journal.record(format!("log {level_name}: {message}"));
-            return;
-        }
-        if !self.log_budget.admit() {
-            return;
-        }
-        match level {
-            log::Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
-            log::Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
-            log::Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
-        }
-    }
-}
-
-impl wit_metrics::Host for PluginState {
-    fn describe(&mut self, name: String, help: String, buckets: Vec<f64>) {
-        self.report(self.metrics.describe(&self.plugin, &name, help, buckets));
-    }
-
-    fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
-        let labels = pairs(labels);
-        if let Some(journal) = &self.journal {
-            journal.record(format!("metric {} += {delta}", series(&name, &labels)));
-        }
-        self.pending_metrics.push(MetricOp {
-            name,
-            labels,
-            update: Update::Add(delta),
-        });
-    }
-
-    fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
-        let labels = pairs(labels);
-        if let Some(journal) = &self.journal {
-            journal.record(format!("metric {} = {value}", series(&name, &labels)));
-        }
-        self.pending_metrics.push(MetricOp {
-            name,
-            labels,
-            update: Update::Set {
-                slot: self.slot,
-                value,
-            },
-        });
-    }
-
-    fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
-        let labels = pairs(labels);
-        if let Some(journal) = &self.journal {
-            journal.record(format!("metric {} observe {value}", series(&name, &labels)));
-        }
-        self.pending_metrics.push(MetricOp {
-            name,
-            labels,
-            update: Update::Observe(value),
-        });
-    }
-}
-
-impl PluginState {
-    /// A misused metric is the plugin's bug, not a reason to trap it: log it
-    /// once per call site and go on.
-    fn report(&self, result: Result<(), crate::metrics::MetricError>) {
-        if let Err(err) = result {
-            tracing::warn!(plugin = &*self.plugin, "metric ignored: {err}");
-        }
-    }
-}
-
-fn pairs(labels: Vec<wit_metrics::Label>) -> Vec<(String, String)> {
-    labels.into_iter().map(|l| (l.name, l.value)).collect()
-}

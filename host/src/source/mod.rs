@@ -14,7 +14,7 @@ use crate::runtime::convert::Envelope;
 /// What a run reads.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// An NDJSON file, to its end: see [`file`].
+    /// An NDJSON file, to its end: see [`mod@file`].
     File {
         events: PathBuf,
         /// Default: `<events>.dead-letter.ndjson` beside the input.

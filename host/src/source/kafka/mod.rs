@@ -11,7 +11,7 @@
 //!
 //! One thread polls (serving rebalances and heartbeats, so a long retry
 //! never trips `max.poll.interval.ms`) and routes each message to its
-//! partition's [`worker`]; [`partitions`] pauses a partition whose worker is
+//! partition's `worker`; `partitions` pauses a partition whose worker is
 //! behind and stops workers on revoke.
 
 pub(crate) mod client_log;

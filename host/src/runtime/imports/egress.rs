@@ -6,18 +6,26 @@ use std::sync::Arc;
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::journal::{EgressMode, Journal};
 use crate::metrics::Metrics;
+use crate::runtime::journal::{EgressMode, Journal};
+use crate::runtime::state::PluginState;
+
+/// Adds `wasi:http/outgoing-handler`, every request checked by [`Egress`].
+pub fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<PluginState>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)
+}
 
 /// Per-instance egress policy, consulted by wasi-http before every request.
 pub struct Egress {
-    pub(super) plugin: Arc<str>,
+    pub(crate) plugin: Arc<str>,
     /// Normalised origins (`scheme://host:port`); empty grants nothing.
-    pub(super) allowed: Arc<[String]>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(crate) allowed: Arc<[String]>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Set by `plugboard replay`: requests are recorded, and answered by a
     /// stub unless sending is allowed.
-    pub(super) journal: Option<Journal>,
+    pub(crate) journal: Option<Journal>,
 }
 
 type ResponseFuture = Box<

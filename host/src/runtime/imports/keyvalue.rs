@@ -23,10 +23,16 @@ use crate::locks::Lock;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use wasmtime::component::Resource;
+use wasmtime::component::{HasSelf, Linker, Resource};
 
-use super::bindings::wasi::keyvalue::{atomics, batch, store};
-use super::state::PluginState;
+use crate::runtime::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::runtime::state::PluginState;
+
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    store::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)?;
+    atomics::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)?;
+    batch::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)
+}
 
 /// Longest key a plugin may use, in bytes.
 const MAX_KEY: usize = 1024;
@@ -147,9 +153,12 @@ impl StateDb {
 
     /// Applies one call's writes atomically. The transaction takes the
     /// write lock first, so an increment's read and write are one step for
-    /// every other instance and every other host sharing the file.
-    fn apply(&self, scope: &Scope, writes: &Writes) -> Result<()> {
+    /// every other instance and every other host sharing the file. Returns
+    /// how long it waited for the connection.
+    fn apply(&self, scope: &Scope, writes: &Writes) -> Result<std::time::Duration> {
+        let asked = std::time::Instant::now();
         let mut conn = self.lock();
+        let waited = asked.elapsed();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let (plugin, source) = (&*scope.plugin, &*scope.source);
@@ -190,7 +199,7 @@ impl StateDb {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(waited)
     }
 }
 
@@ -247,15 +256,21 @@ impl KvState {
 
     /// Makes the call's writes durable.
     pub fn commit(&mut self) -> Result<()> {
+        self.commit_timed().map(drop)
+    }
+
+    /// [`KvState::commit`], saying how long it waited for the connection
+    /// other instances were committing on.
+    pub fn commit_timed(&mut self) -> Result<std::time::Duration> {
         if self.pending.is_empty() {
-            return Ok(());
+            return Ok(std::time::Duration::ZERO);
         }
         let writes = std::mem::take(&mut self.pending);
         match &self.db {
             Some(db) => db
                 .apply(&self.scope, &writes)
                 .with_context(|| format!("cannot save the state of {}", self.scope.plugin)),
-            None => Ok(()),
+            None => Ok(std::time::Duration::ZERO),
         }
     }
 
@@ -302,7 +317,8 @@ impl KvState {
         }
     }
 
-    fn set(
+    /// Sets (`None`: deletes) `key` at commit.
+    pub fn set(
         &mut self,
         bucket: &str,
         key: String,
@@ -324,7 +340,12 @@ impl KvState {
 
     /// Adds `delta` to `key` at commit, whatever other instances add
     /// meanwhile. Returns the value as this call sees it now.
-    fn increment(&mut self, bucket: &str, key: String, delta: u64) -> Result<u64, store::Error> {
+    pub fn increment(
+        &mut self,
+        bucket: &str,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, store::Error> {
         check_key(&key)?;
         let slot = (bucket.to_string(), key);
         let pending = self.pending.get(&slot).cloned();

@@ -1,0 +1,127 @@
+//! The engine: one per process, with epoch interruption (time budgets),
+//! the compiled-code cache, the epoch ticker, and the linker every import
+//! adds itself to.
+//!
+//! The pooling allocator is left out: an instance is made in tens of
+//! microseconds on demand (once per partition, and after a trap), and
+//! pooling would reserve the largest memory budget of any plugin for every
+//! slot up front.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use super::journal;
+use super::kv;
+use super::state::PluginState;
+use crate::metrics::Metrics;
+
+/// How often the epoch ticks; deadlines are whole ticks, so a call runs at
+/// most its timeout plus one tick past it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The process-wide engine and linker. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(super) engine: Engine,
+    pub(super) linker: Arc<Linker<PluginState>>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Where plugins' `wasi:keyvalue` state lives; none: they have none.
+    pub(super) state: Option<Arc<kv::StateDb>>,
+    /// The source events come from (a topic, `file:<name>`): plugins get
+    /// it as `plugboard.source`, and their state is scoped to it.
+    pub(super) source: Arc<str>,
+    /// Whether time and memory budgets are enforced (always, but in the
+    /// benchmark that measures their cost).
+    pub(super) budgets: bool,
+    /// Set by `plugboard replay`: record what plugins do, capture egress.
+    pub(super) journal: Option<journal::Journal>,
+}
+
+impl Runtime {
+    /// Builds the engine with epoch interruption and, if `cache_dir` is
+    /// given, wasmtime's compiled-code cache there (a warm hit loads in
+    /// about a millisecond instead of compiling for seconds).
+    pub fn new(cache_dir: Option<&Path>, metrics: Arc<Metrics>) -> Result<Self> {
+        Self::build(cache_dir, metrics, true)
+    }
+
+    /// A runtime that enforces no time or memory budget, only to measure
+    /// what the budgets cost (`cargo bench --bench dispatch`). Plugins are
+    /// never run on it.
+    pub fn without_budgets(metrics: Arc<Metrics>) -> Result<Self> {
+        Self::build(None, metrics, false)
+    }
+
+    fn build(cache_dir: Option<&Path>, metrics: Arc<Metrics>, budgets: bool) -> Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(budgets);
+        config.wasm_component_model(true);
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the cache folder {}", dir.display()))?;
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(wasmtime::Cache::new(cache)?));
+        }
+        let engine = Engine::new(&config)?;
+        start_epoch_ticker(&engine);
+
+        let mut linker = Linker::<PluginState>::new(&engine);
+        super::imports::add_to_linker(&mut linker)?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            metrics,
+            state: None,
+            source: Arc::from(""),
+            budgets,
+            journal: None,
+        })
+    }
+
+    /// Records what plugins do in `journal` (for `plugboard replay`).
+    pub fn with_journal(mut self, journal: journal::Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Keeps plugins' state in `db`, scoped to `source`: the topic or
+    /// `file:<name>` the events come from.
+    pub fn with_state(mut self, db: Arc<kv::StateDb>, source: &str) -> Self {
+        self.state = Some(db);
+        self.source = Arc::from(source);
+        self
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn linker(&self) -> &Linker<PluginState> {
+        &self.linker
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] from a thread of its
+/// own, for the life of the process. One ticker per engine.
+fn start_epoch_ticker(engine: &Engine) {
+    // The thread holds only a weak reference: it ends with the engine.
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("plugboard-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}

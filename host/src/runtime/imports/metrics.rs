@@ -1,0 +1,73 @@
+//! `plugboard:plugin/metrics`: a plugin's counters, gauges and histograms.
+//! Updates are held with the call and applied only if it counts (see
+//! `PluginState::apply_metrics`).
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::metrics::Update;
+use crate::runtime::bindings::plugboard::plugin::metrics as wit_metrics;
+use crate::runtime::journal::series;
+use crate::runtime::state::{MetricOp, PluginState};
+
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    wit_metrics::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)
+}
+
+impl wit_metrics::Host for PluginState {
+    fn describe(&mut self, name: String, help: String, buckets: Vec<f64>) {
+        self.report(self.metrics.describe(&self.plugin, &name, help, buckets));
+    }
+
+    fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
+        let labels = pairs(labels);
+        if let Some(journal) = &self.journal {
+            journal.record(format!("metric {} += {delta}", series(&name, &labels)));
+        }
+        self.pending_metrics.push(MetricOp {
+            name,
+            labels,
+            update: Update::Add(delta),
+        });
+    }
+
+    fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
+        let labels = pairs(labels);
+        if let Some(journal) = &self.journal {
+            journal.record(format!("metric {} = {value}", series(&name, &labels)));
+        }
+        self.pending_metrics.push(MetricOp {
+            name,
+            labels,
+            update: Update::Set {
+                slot: self.slot,
+                value,
+            },
+        });
+    }
+
+    fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
+        let labels = pairs(labels);
+        if let Some(journal) = &self.journal {
+            journal.record(format!("metric {} observe {value}", series(&name, &labels)));
+        }
+        self.pending_metrics.push(MetricOp {
+            name,
+            labels,
+            update: Update::Observe(value),
+        });
+    }
+}
+
+impl PluginState {
+    /// A misused metric is the plugin's bug, not a reason to trap it: log it
+    /// once per call site and go on.
+    pub(crate) fn report(&self, result: Result<(), crate::metrics::MetricError>) {
+        if let Err(err) = result {
+            tracing::warn!(plugin = &*self.plugin, "metric ignored: {err}");
+        }
+    }
+}
+
+fn pairs(labels: Vec<wit_metrics::Label>) -> Vec<(String, String)> {
+    labels.into_iter().map(|l| (l.name, l.value)).collect()
+}
