@@ -17,8 +17,8 @@ use crate::config::{LimitsFile, PluginSpec, normalise_origin, parse_manifest};
 use crate::decode;
 use crate::metrics::Metrics;
 use crate::runtime::bindings::Failure;
-use crate::runtime::journal::{EgressMode, Journal, Stubs};
 use crate::runtime::kv::StateDb;
+use crate::runtime::observer::{EgressMode, Journal, Stubs};
 use crate::runtime::{Disposition, Runtime};
 use crate::source::file;
 
@@ -147,14 +147,14 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
         }
         EgressMode::Capture(Arc::new(stubs))
     };
-    let journal = Journal::new(egress);
+    let journal = Arc::new(Journal::new(egress));
     let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let runtime = Runtime::new(Some(&cache_dir), Arc::new(Metrics::new()))?
         .with_state(
             StateDb::open(&scratch.join("state.sqlite"))?,
             &crate::source::file::source_name(&options.events),
         )
-        .with_journal(journal.clone());
+        .with_observer(journal.clone());
     let prepared = runtime.prepare(spec)?;
 
     let mut out = String::new();

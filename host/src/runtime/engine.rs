@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use super::journal;
 use super::kv;
+use super::observer::Observer;
 use super::state::PluginState;
 use crate::metrics::Metrics;
 
@@ -37,7 +37,7 @@ pub struct Runtime {
     /// benchmark that measures their cost).
     pub(super) budgets: bool,
     /// Set by `plugboard replay`: record what plugins do, capture egress.
-    pub(super) journal: Option<journal::Journal>,
+    pub(super) observer: Option<Arc<dyn Observer>>,
 }
 
 impl Runtime {
@@ -78,13 +78,13 @@ impl Runtime {
             state: None,
             source: Arc::from(""),
             budgets,
-            journal: None,
+            observer: None,
         })
     }
 
-    /// Records what plugins do in `journal` (for `plugboard replay`).
-    pub fn with_journal(mut self, journal: journal::Journal) -> Self {
-        self.journal = Some(journal);
+    /// Lets `observer` watch what plugins do (`plugboard replay`).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
         self
     }
 

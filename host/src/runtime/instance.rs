@@ -125,7 +125,7 @@ impl Prepared {
         let output = GuestOutput::new(
             self.name.clone(),
             self.log_budget.clone(),
-            self.journal.clone(),
+            self.observer.clone(),
         );
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(output.clone()).stderr(output.clone());
@@ -160,7 +160,7 @@ impl Prepared {
                 plugin: self.name.clone(),
                 allowed: self.allowed.clone(),
                 metrics: self.metrics.clone(),
-                journal: self.journal.clone(),
+                observer: self.observer.clone(),
             },
             metrics: self.metrics.clone(),
             slot,
@@ -172,7 +172,7 @@ impl Prepared {
                 },
             ),
             log_budget: self.log_budget.clone(),
-            journal: self.journal.clone(),
+            observer: self.observer.clone(),
             pending_metrics: Vec::new(),
             max_series: spec.limits.max_series,
         };

@@ -9,7 +9,9 @@
 //!   granted WASI), whose `handle` ends in exactly one [`Disposition`];
 //! - [`imports`]: the host side of each import (log, metrics, key-value,
 //!   outgoing HTTP), each with its own `add_to_linker`;
-//! - `state`: what one instance's Store holds.
+//! - `state`: what one instance's Store holds;
+//! - [`observer`]: the one interface a caller watches plugins through
+//!   (`plugboard replay` records and captures with it; a host has none).
 //!
 //! A trap or timeout poisons only its instance: drop it and make another
 //! from the same [`Prepared`].
@@ -19,8 +21,8 @@ pub mod convert;
 pub mod engine;
 pub mod imports;
 pub mod instance;
-pub mod journal;
 mod log_budget;
+pub mod observer;
 mod output;
 pub mod plugin;
 mod state;

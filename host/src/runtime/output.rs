@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use super::journal::Journal;
 use super::log_budget::LogBudget;
+use super::observer::Observer;
 
 /// How many of the latest lines are kept for trap reports.
 const TAIL_LINES: usize = 4;
@@ -26,16 +26,20 @@ pub struct GuestOutput {
     plugin: Arc<str>,
     tail: Arc<Mutex<VecDeque<String>>>,
     budget: Arc<LogBudget>,
-    journal: Option<Journal>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl GuestOutput {
-    pub fn new(plugin: Arc<str>, budget: Arc<LogBudget>, journal: Option<Journal>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        budget: Arc<LogBudget>,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Self {
         GuestOutput {
             plugin,
             tail: Arc::default(),
             budget,
-            journal,
+            observer,
         }
     }
 
@@ -73,8 +77,8 @@ impl LineWriter {
             return;
         }
         // The tail is kept whatever the budget: it explains a trap.
-        if let Some(journal) = &self.output.journal {
-            journal.record(format!("output: {text}"));
+        if let Some(observer) = &self.output.observer {
+            observer.record(format!("output: {text}"));
         } else if self.output.budget.admit() {
             tracing::info!(target: "plugin", plugin = &*self.output.plugin, "output: {text}");
         }

@@ -10,8 +10,9 @@ use wasmtime::component::Component;
 
 use super::bindings::{self, PluginPre};
 use super::engine::Runtime;
+use super::observer::Observer;
 use super::state::PluginState;
-use super::{journal, kv, log_budget};
+use super::{kv, log_budget};
 use crate::config::PluginSpec;
 use crate::metrics::Metrics;
 
@@ -89,7 +90,7 @@ impl Runtime {
             state: self.state.clone(),
             source: self.source.clone(),
             budgets: self.budgets,
-            journal: self.journal.clone(),
+            observer: self.observer.clone(),
             log_budget,
             handled: Arc::default(),
             faulty: Arc::default(),
@@ -118,7 +119,7 @@ pub struct Prepared {
     pub(super) state: Option<Arc<kv::StateDb>>,
     pub(super) source: Arc<str>,
     pub(super) budgets: bool,
-    pub(super) journal: Option<journal::Journal>,
+    pub(super) observer: Option<Arc<dyn Observer>>,
     pub(super) log_budget: Arc<log_budget::LogBudget>,
     /// Events this version handled, for `/plugins` during a rollout.
     pub handled: Arc<std::sync::atomic::AtomicU64>,

@@ -12,7 +12,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::plugboard::plugin::types;
 use super::imports::egress::Egress;
-use super::journal::Journal;
+use super::observer::Observer;
 use crate::metrics::{Metrics, Update};
 
 /// Per-instance host state. One per Store; never shared between plugins.
@@ -31,7 +31,7 @@ pub struct PluginState {
     pub(super) kv: super::imports::keyvalue::KvState,
     pub(super) log_budget: Arc<super::log_budget::LogBudget>,
     /// Set by `plugboard replay`: log lines and metrics are recorded there.
-    pub(super) journal: Option<Journal>,
+    pub(super) observer: Option<Arc<dyn Observer>>,
     /// Metric updates of the call in progress: they count only if the call
     /// counts (like its state writes), so a batch delivered again is never
     /// counted twice.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::metrics::Metrics;
-use crate::runtime::journal::{EgressMode, Journal};
+use crate::runtime::observer::Observer;
 use crate::runtime::state::PluginState;
 
 /// Adds `wasi:http/outgoing-handler`, every request checked by [`Egress`].
@@ -25,7 +25,7 @@ pub struct Egress {
     pub(crate) metrics: Arc<Metrics>,
     /// Set by `plugboard replay`: requests are recorded, and answered by a
     /// stub unless sending is allowed.
-    pub(crate) journal: Option<Journal>,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
 }
 
 type ResponseFuture = Box<
@@ -66,8 +66,8 @@ impl WasiHttpHooks for Egress {
         let origin = Self::origin_of(&request);
         let line = format!("http {} {}", request.method(), request.uri());
         if !self.allowed.contains(&origin) {
-            if let Some(journal) = &self.journal {
-                journal.record(format!(
+            if let Some(observer) = &self.observer {
+                observer.record(format!(
                     "{line} -> denied: {origin} is not granted (allow_hosts, or --allow-host)"
                 ));
             }
@@ -83,12 +83,10 @@ impl WasiHttpHooks for Egress {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         _ = fut;
-        if let Some(journal) = self.journal.clone() {
-            match journal.egress.clone() {
-                EgressMode::Capture(stubs) => {
-                    return Box::new(capture(request, line, journal, stubs.answer(&origin)));
-                }
-                EgressMode::Send => journal.record(format!("{line} (sent)")),
+        if let Some(observer) = self.observer.clone() {
+            match observer.answer(&origin) {
+                Some(answer) => return Box::new(capture(request, line, observer, answer)),
+                None => observer.record(format!("{line} (sent)")),
             }
         }
         Box::new(async move {
@@ -107,7 +105,7 @@ impl WasiHttpHooks for Egress {
 async fn capture(
     request: http::Request<WasiBody>,
     line: String,
-    journal: Journal,
+    observer: Arc<dyn Observer>,
     (status, body): (u16, String),
 ) -> Result<
     (
@@ -123,9 +121,9 @@ async fn capture(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    journal.record(format!("{line} -> {status} (stub, not sent)"));
+    observer.record(format!("{line} -> {status} (stub, not sent)"));
     if !sent.is_empty() {
-        journal.record(format!("  body: {}", String::from_utf8_lossy(&sent)));
+        observer.record(format!("  body: {}", String::from_utf8_lossy(&sent)));
     }
     let response = http::Response::builder()
         .status(status)

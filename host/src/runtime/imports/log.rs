@@ -24,8 +24,8 @@ impl log::Host for PluginState {
             .plugin_log_lines
             .with_label_values(&[plugin, level_name])
             .inc();
-        if let Some(journal) = &self.journal {
-            journal.record(format!("log {level_name}: {message}"));
+        if let Some(observer) = &self.observer {
+            observer.record(format!("log {level_name}: {message}"));
             return;
         }
         if !self.log_budget.admit() {

@@ -6,7 +6,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::metrics::Update;
 use crate::runtime::bindings::plugboard::plugin::metrics as wit_metrics;
-use crate::runtime::journal::series;
+use crate::runtime::observer::series;
 use crate::runtime::state::{MetricOp, PluginState};
 
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
@@ -20,8 +20,8 @@ impl wit_metrics::Host for PluginState {
 
     fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
         let labels = pairs(labels);
-        if let Some(journal) = &self.journal {
-            journal.record(format!("metric {} += {delta}", series(&name, &labels)));
+        if let Some(observer) = &self.observer {
+            observer.record(format!("metric {} += {delta}", series(&name, &labels)));
         }
         self.pending_metrics.push(MetricOp {
             name,
@@ -32,8 +32,8 @@ impl wit_metrics::Host for PluginState {
 
     fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
         let labels = pairs(labels);
-        if let Some(journal) = &self.journal {
-            journal.record(format!("metric {} = {value}", series(&name, &labels)));
+        if let Some(observer) = &self.observer {
+            observer.record(format!("metric {} = {value}", series(&name, &labels)));
         }
         self.pending_metrics.push(MetricOp {
             name,
@@ -47,8 +47,8 @@ impl wit_metrics::Host for PluginState {
 
     fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
         let labels = pairs(labels);
-        if let Some(journal) = &self.journal {
-            journal.record(format!("metric {} observe {value}", series(&name, &labels)));
+        if let Some(observer) = &self.observer {
+            observer.record(format!("metric {} observe {value}", series(&name, &labels)));
         }
         self.pending_metrics.push(MetricOp {
             name,

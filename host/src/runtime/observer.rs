@@ -1,10 +1,26 @@
-//! What a plugin did during one call — log lines, output, metrics, outgoing
-//! requests — recorded for `plugboard replay`, which prints it per event.
-//! Outgoing HTTP is captured by default: answered by a stub and never sent.
+//! Watching what plugins do. A runtime may be given one [`Observer`]: it
+//! sees every log and output line, metric update and outgoing request of
+//! the plugins the runtime runs, and is the one place that may step in: it
+//! keeps the lines from the host's log, and may answer a request instead of
+//! letting it go out. A host runs without one; `plugboard replay` uses the
+//! [`Journal`], which records it all per event and captures outgoing HTTP
+//! by default (answered by a stub, never sent).
 
 use crate::locks::Lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+/// What a runtime's caller watches of its plugins.
+pub trait Observer: Send + Sync {
+    /// Something a plugin did, as a line: `log info: ...`, `output: ...`,
+    /// `metric x += 1`, `http POST ... -> 200`. The host's log does not
+    /// print the plugin's own log and output lines while it is watched.
+    fn record(&self, line: String);
+
+    /// How a request to a granted `origin` goes: `None` sends it; a status
+    /// and body answer it here and nothing is sent.
+    fn answer(&self, origin: &str) -> Option<(u16, String)>;
+}
 
 /// Where a plugin's outgoing requests go during a replay.
 #[derive(Clone)]
@@ -55,13 +71,22 @@ impl Journal {
         }
     }
 
-    pub fn record(&self, line: impl Into<String>) {
-        self.lines.locked().push(line.into());
-    }
-
     /// Everything recorded since the last call.
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.lines.locked())
+    }
+}
+
+impl Observer for Journal {
+    fn record(&self, line: String) {
+        self.lines.locked().push(line);
+    }
+
+    fn answer(&self, origin: &str) -> Option<(u16, String)> {
+        match &self.egress {
+            EgressMode::Capture(stubs) => Some(stubs.answer(origin)),
+            EgressMode::Send => None,
+        }
     }
 }
 
