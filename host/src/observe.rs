@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use crate::dispatch::FailureClass;
 use crate::metrics::Metrics;
 
 /// One observable thing the host did.
@@ -17,7 +16,8 @@ pub enum HostEvent<'a> {
         plugin: &'a str,
         partition: i32,
         offset: i64,
-        class: FailureClass,
+        /// The failure class, as the dead-letter records name it.
+        class: &'a str,
         reason: &'a str,
         sink: &'a str,
     },
@@ -67,10 +67,10 @@ impl HostEvent<'_> {
                     plugin,
                     partition,
                     offset,
-                    class = class.as_str(),
+                    class,
                     "dead-lettered to {sink}: {reason}"
                 );
-                metrics.dead_lettered(plugin, class.as_str());
+                metrics.dead_lettered(plugin, class);
             }
             HostEvent::Retried {
                 plugin,
@@ -150,7 +150,7 @@ mod tests {
             plugin: "crm",
             partition: 2,
             offset: 41,
-            class: FailureClass::Rejected,
+            class: "rejected",
             reason: "bad",
             sink: "t.dlq.crm",
         }

@@ -241,7 +241,7 @@ impl<'a> Run<'a> {
             decode_failures: 0,
             plugins,
             elapsed: self.started.elapsed(),
-            dead_letters: crate::source::kafka::dead_letter_topic(kafka, "<plugin>"),
+            dead_letters: crate::source::kafka::client::dead_letter_topic(kafka, "<plugin>"),
             metrics: self.metrics.render(),
         })
     }

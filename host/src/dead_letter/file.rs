@@ -99,7 +99,7 @@ impl super::DeadLetters<Line> for Collected {
                 plugin: &version.name,
                 partition: 0,
                 offset: line.number as i64,
-                class: failure.class,
+                class: failure.class.as_str(),
                 reason: &failure.reason,
                 sink: "the dead-letter file",
             }

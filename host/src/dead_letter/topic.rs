@@ -17,8 +17,8 @@ use crate::hold::Cause;
 use crate::observe::HostEvent;
 use crate::runtime::Prepared;
 use crate::shutdown::Shutdown;
+use crate::source::kafka::client::{Role, client_config, dead_letter_topic};
 use crate::source::kafka::client_log::{ClientLog, ProducerContext};
-use crate::source::kafka::{Role, client_config, dead_letter_topic};
 
 /// One plugin's dead-letter topic.
 pub struct Topic {
@@ -111,7 +111,7 @@ impl super::DeadLetters<OwnedMessage> for Topic {
                         plugin: &self.plugin,
                         partition: original.partition(),
                         offset: original.offset(),
-                        class: failure.class,
+                        class: failure.class.as_str(),
                         reason: &failure.reason,
                         sink: &self.topic,
                     }

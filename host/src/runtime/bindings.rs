@@ -5,11 +5,17 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugboard:plugin/plugin",
     with: {
-        "wasi:keyvalue/store.bucket": super::imports::keyvalue::Bucket,
+        "wasi:keyvalue/store.bucket": Bucket,
     },
 });
 
 pub use self::plugboard::plugin::types as wit;
+
+/// A bucket a plugin opened: just its name; the plugin is the instance's.
+pub struct Bucket {
+    pub(crate) name: String,
+}
+
 pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, InitError, RetryInfo, Stop};
 
 /// The contract this host implements, as components name it.

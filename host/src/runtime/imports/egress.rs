@@ -8,11 +8,10 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::metrics::Metrics;
 use crate::runtime::observer::Observer;
-use crate::runtime::state::PluginState;
 
 /// Adds `wasi:http/outgoing-handler`, every request checked by [`Egress`].
-pub fn add_to_linker(
-    linker: &mut wasmtime::component::Linker<PluginState>,
+pub fn add_to_linker<T: wasmtime_wasi_http::WasiHttpView + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)
 }

@@ -24,15 +24,34 @@ use crate::locks::Lock;
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::component::{HasData, Linker, Resource};
 
+use crate::runtime::bindings::Bucket;
 use crate::runtime::bindings::wasi::keyvalue::{atomics, batch, store};
-use crate::runtime::state::PluginState;
 
-pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    store::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)?;
-    atomics::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)?;
-    batch::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)
+/// What the key-value imports see of an instance's Store: its view of the
+/// state and the table its open buckets live in.
+pub struct KvView<'a> {
+    pub kv: &'a mut KvState,
+    pub table: &'a mut wasmtime::component::ResourceTable,
+}
+
+/// The key-value imports' part of the Store data.
+struct KeyValue;
+
+impl HasData for KeyValue {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Adds `wasi:keyvalue` store, atomics and batch, served from the view
+/// `view` takes of the Store data.
+pub fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KvView<'_>,
+) -> wasmtime::Result<()> {
+    store::add_to_linker::<T, KeyValue>(linker, view)?;
+    atomics::add_to_linker::<T, KeyValue>(linker, view)?;
+    batch::add_to_linker::<T, KeyValue>(linker, view)
 }
 
 /// Longest key a plugin may use, in bytes.
@@ -288,11 +307,6 @@ enum Write {
 /// Pending writes of a call, by (bucket, key).
 type Writes = BTreeMap<(String, String), Write>;
 
-/// A bucket a plugin opened: just its name; the plugin is the instance's.
-pub struct Bucket {
-    name: String,
-}
-
 /// One instance's view of the state.
 pub struct KvState {
     db: Option<Arc<StateDb>>,
@@ -465,7 +479,7 @@ fn check_key(key: &str) -> Result<(), store::Error> {
     Ok(())
 }
 
-impl PluginState {
+impl KvView<'_> {
     fn bucket_name(&self, bucket: &Resource<Bucket>) -> Result<String, store::Error> {
         self.table
             .get(bucket)
@@ -474,7 +488,7 @@ impl PluginState {
     }
 }
 
-impl store::Host for PluginState {
+impl store::Host for KvView<'_> {
     fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, store::Error> {
         self.kv.db()?;
         check_key(&identifier)?;
@@ -484,7 +498,7 @@ impl store::Host for PluginState {
     }
 }
 
-impl store::HostBucket for PluginState {
+impl store::HostBucket for KvView<'_> {
     fn get(
         &mut self,
         bucket: Resource<Bucket>,
@@ -535,7 +549,7 @@ impl store::HostBucket for PluginState {
     }
 }
 
-impl atomics::Host for PluginState {
+impl atomics::Host for KvView<'_> {
     /// The value is a decimal number, as other `wasi:keyvalue` hosts keep it.
     fn increment(
         &mut self,
@@ -548,7 +562,7 @@ impl atomics::Host for PluginState {
     }
 }
 
-impl batch::Host for PluginState {
+impl batch::Host for KvView<'_> {
     fn get_many(
         &mut self,
         bucket: Resource<Bucket>,

@@ -20,7 +20,10 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
     types::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)?;
     log::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
-    keyvalue::add_to_linker(linker)?;
+    keyvalue::add_to_linker(linker, |s| keyvalue::KvView {
+        kv: &mut s.kv,
+        table: &mut s.table,
+    })?;
     egress::add_to_linker(linker)?;
     Ok(())
 }
