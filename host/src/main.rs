@@ -130,7 +130,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PLUGBOARD_LOG")
-                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+                // wasi-http logs each refused connection at WARN; the plugin
+                // gets the error and the host logs the hold it causes.
+                .unwrap_or_else(|_| {
+                    "info,wasmtime=warn,cranelift=warn,wasmtime_wasi_http=error".into()
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
