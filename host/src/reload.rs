@@ -219,7 +219,7 @@ impl Reloader {
             std::thread::Builder::new()
                 .name(format!("{name}-poll"))
                 .spawn(move || {
-                    let result = crate::source::kafka::consume(&kafka, live, &stop);
+                    let result = consume(&kafka, live, &stop);
                     if result.is_err() {
                         // A consumer that cannot go on stops the host.
                         host_shutdown.request();
@@ -285,6 +285,16 @@ fn join(name: &str, thread: JoinHandle<Result<()>>) {
             panic_message(&panic)
         ),
     }
+}
+
+/// Consumes the topic for the plugin `live` serves, its batches settled
+/// through the pipeline into its dead-letter topic.
+fn consume(kafka: &KafkaConfig, live: Arc<LivePlugin>, stop: &Shutdown) -> Result<()> {
+    let topic = crate::dead_letter::topic::Topic::new(kafka, &live.current().name)?;
+    let settle: crate::source::kafka::Settle = Arc::new(move |dispatcher, batch, stop| {
+        crate::settle::settle(dispatcher, batch, &topic, stop)
+    });
+    crate::source::kafka::consume(kafka, live, settle, stop)
 }
 
 /// What a panic said, if it said it as text.

@@ -30,6 +30,7 @@ use crate::config::KafkaConfig;
 use crate::shutdown::Shutdown;
 use client::{Role, client_config};
 use partitions::{GroupConsumer, Partitions};
+pub use worker::Settle;
 use worker::WorkerSetup;
 
 /// Consumer settings plugboard changes from librdkafka's defaults; the
@@ -48,25 +49,29 @@ const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
 ];
 
 /// Consumes the topic for one plugin until `shutdown`, each batch with the
-/// version `live` holds at that moment.
-pub fn consume(kafka: &KafkaConfig, live: Arc<LivePlugin>, shutdown: &Shutdown) -> Result<()> {
+/// version `live` holds at that moment, settled by `settle`.
+pub fn consume(
+    kafka: &KafkaConfig,
+    live: Arc<LivePlugin>,
+    settle: Settle,
+    shutdown: &Shutdown,
+) -> Result<()> {
     let prepared = live.current();
     let plugin = prepared.name.to_string();
     let group = format!("{}{}", kafka.group_prefix, plugin);
     let topic = kafka.topic.0.clone();
-    let dead_letters = Arc::new(crate::dead_letter::topic::Topic::new(kafka, &plugin)?);
     tracing::info!(
         plugin,
         group,
         topic,
-        dead_letters = dead_letters.topic,
+        dead_letters = client::dead_letter_topic(kafka, &plugin),
         "consuming"
     );
     let (settled_tx, settled_rx) = std::sync::mpsc::channel();
     let capacity = kafka.partition_buffer + prepared.spec.limits.batch_size;
     let setup = WorkerSetup {
         live,
-        dead_letters,
+        settle,
         settled: settled_tx,
     };
     let mut config = client_config(kafka, Role::Consumer);

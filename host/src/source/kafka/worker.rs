@@ -14,20 +14,25 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use crate::catalog::LivePlugin;
 use crate::commit::Settled;
-use crate::dead_letter::DeadLetters;
 use crate::decode::{self, DecodeError};
 use crate::dispatch::Dispatcher;
 use crate::event::BookingEvent;
 use crate::runtime::convert::Envelope;
-use crate::settle::settle;
 use crate::shutdown::Shutdown;
+
+/// Settles one batch of a partition and returns how many records from
+/// the start are settled (see [`crate::settle::settle`]).
+pub type Settle = Arc<dyn Fn(&mut Dispatcher, &[OwnedMessage], &Shutdown) -> usize + Send + Sync>;
 
 /// What a worker needs besides its partition.
 #[derive(Clone)]
 pub struct WorkerSetup {
     /// The plugin version to serve, read again before every batch.
     pub live: Arc<LivePlugin>,
-    pub dead_letters: Arc<dyn DeadLetters<OwnedMessage>>,
+    /// How a batch of the partition is settled (decode, dispatch, dead
+    /// letters): the pipeline's stage, handed in by whoever starts the
+    /// consumer.
+    pub settle: Settle,
     pub settled: Sender<Settled>,
 }
 
@@ -106,7 +111,7 @@ fn run(
 ) {
     let WorkerSetup {
         live,
-        dead_letters,
+        settle,
         settled,
     } = setup;
     let mut dispatcher = Dispatcher::lazy(live, partition);
@@ -130,7 +135,7 @@ fn run(
         if stop.is_requested() {
             break;
         }
-        let done = settle(&mut dispatcher, &batch, &*dead_letters, &stop);
+        let done = settle(&mut dispatcher, &batch, &stop);
         if done > 0 {
             // The settled prefix may be committed, even if the rest of the
             // batch is not settled (a stop came while it held).
