@@ -164,9 +164,8 @@ fn the_notifier_sends_identical_requests_in_every_language() {
 #[test]
 fn a_notifier_the_host_denies_rejects_instead_of_waiting_forever() {
     // A request to an origin not granted can never succeed: retrying would
-    // hold the partition until someone grants it. The Go notifier cannot
-    // tell a denial from a refused connection yet.
-    let languages = languages(&["js", "python"]);
+    // hold the partition until someone grants it.
+    let languages = languages(&["js", "python", "go"]);
     let setup = Setup::new();
     let events = common::generated_events(setup.dir.path(), 20, 3);
     for (lang, component) in &languages {

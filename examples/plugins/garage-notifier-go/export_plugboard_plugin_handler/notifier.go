@@ -8,6 +8,7 @@ package export_plugboard_plugin_handler
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -25,6 +26,10 @@ import (
 var webhook struct{ scheme, authority, path string }
 
 var urlPattern = regexp.MustCompile(`^(https?)://([^/]+)(/.*)?$`)
+
+// errDenied: the host refused the request because its origin is not
+// granted. That cannot heal by waiting, so the event is rejected.
+var errDenied = errors.New("the host denied the request")
 
 func Init(config []witTypes.Tuple2[string, string]) witTypes.Result[witTypes.Unit, handler.InitError] {
 	defer witRuntime.Reset()
@@ -87,6 +92,8 @@ func notify(b types.BookingEvent) witTypes.Option[handler.Failure] {
 	})
 	status, retryAfter, err := post(body, b.EventId)
 	switch {
+	case errors.Is(err, errDenied):
+		return reject("webhook refused: " + err.Error() + "; grant the origin in allow_hosts")
 	case err != nil:
 		return retry("webhook unreachable: "+err.Error(), witTypes.None[uint32]())
 	case status >= 200 && status < 300:
@@ -120,6 +127,9 @@ func post(body []byte, key string) (uint16, witTypes.Option[uint32], error) {
 	outgoingBody := request.Body().Ok()
 	pending := outgoing.Handle(request, witTypes.None[*http.RequestOptions]())
 	if pending.IsErr() {
+		if pending.Err().Tag() == http.ErrorCode_HttpRequestDenied {
+			return 0, none, errDenied
+		}
 		return 0, none, fmt.Errorf("request refused")
 	}
 	future := pending.Ok()
@@ -135,7 +145,10 @@ func post(body []byte, key string) (uint16, witTypes.Option[uint32], error) {
 		return 0, none, fmt.Errorf("response taken twice")
 	}
 	if answer.Some().Ok().IsErr() {
-		return 0, none, fmt.Errorf("request failed (denied, refused or timed out)")
+		if answer.Some().Ok().Err().Tag() == http.ErrorCode_HttpRequestDenied {
+			return 0, none, errDenied
+		}
+		return 0, none, fmt.Errorf("request failed (refused or timed out)")
 	}
 	response := answer.Some().Ok().Ok()
 	retryAfter := none
