@@ -244,15 +244,14 @@ impl Dispatcher {
                     continue;
                 }
                 poisoned_or_broken => {
-                    let (class, reason) = match poisoned_or_broken {
-                        Disposition::Poisoned(Poison::Timeout(_)) => {
-                            (FailureClass::Timeout, poisoned_or_broken.to_string())
-                        }
+                    let reason = poisoned_or_broken.to_string();
+                    let class = match poisoned_or_broken {
+                        Disposition::Poisoned(Poison::Timeout(_)) => FailureClass::Timeout,
                         Disposition::Contract(_) => {
-                            self.prepared.mark_faulty(&poisoned_or_broken.to_string());
-                            (FailureClass::Contract, poisoned_or_broken.to_string())
+                            self.prepared.mark_faulty(&reason);
+                            FailureClass::Contract
                         }
-                        _ => (FailureClass::Trap, poisoned_or_broken.to_string()),
+                        _ => FailureClass::Trap,
                     };
                     self.rebuild(class.as_str());
                     tracing::warn!(

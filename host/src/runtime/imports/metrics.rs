@@ -19,41 +19,35 @@ impl wit_metrics::Host for PluginState {
     }
 
     fn counter_add(&mut self, name: String, labels: Vec<wit_metrics::Label>, delta: f64) {
-        let labels = pairs(labels);
-        if let Some(observer) = &self.observer {
-            observer.record(format!("metric {} += {delta}", series(&name, &labels)));
-        }
-        self.pending_metrics.push(MetricOp {
-            name,
-            labels,
-            update: Update::Add(delta),
-        });
+        self.hold_metric(name, labels, Update::Add(delta));
     }
 
     fn gauge_set(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
-        let labels = pairs(labels);
-        if let Some(observer) = &self.observer {
-            observer.record(format!("metric {} = {value}", series(&name, &labels)));
-        }
-        self.pending_metrics.push(MetricOp {
-            name,
-            labels,
-            update: Update::Set {
-                slot: self.slot,
-                value,
-            },
-        });
+        let slot = self.slot;
+        self.hold_metric(name, labels, Update::Set { slot, value });
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<wit_metrics::Label>, value: f64) {
+        self.hold_metric(name, labels, Update::Observe(value));
+    }
+}
+
+impl PluginState {
+    /// Holds one update with the call (shown to an observer now).
+    fn hold_metric(&mut self, name: String, labels: Vec<wit_metrics::Label>, update: Update) {
         let labels = pairs(labels);
         if let Some(observer) = &self.observer {
-            observer.record(format!("metric {} observe {value}", series(&name, &labels)));
+            let change = match update {
+                Update::Add(delta) => format!("+= {delta}"),
+                Update::Set { value, .. } => format!("= {value}"),
+                Update::Observe(value) => format!("observe {value}"),
+            };
+            observer.record(format!("metric {} {change}", series(&name, &labels)));
         }
         self.pending_metrics.push(MetricOp {
             name,
             labels,
-            update: Update::Observe(value),
+            update,
         });
     }
 }
