@@ -64,6 +64,10 @@ enum Command {
         /// events go out as raw bytes.
         #[arg(long)]
         events: Option<PathBuf>,
+        /// Creates the topic with this many partitions first, unless it
+        /// exists (otherwise the broker's auto-creation picks the count).
+        #[arg(long)]
+        partitions: Option<i32>,
     },
     /// Writes realistic booking lifecycles as NDJSON (proto3 JSON), the input
     /// format of `run --events`.
@@ -194,7 +198,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             generate,
             seed,
             events,
+            partitions,
         } => {
+            if let Some(partitions) = partitions {
+                plugboard::produce::create_topic(&brokers, &topic, partitions)?;
+            }
             let input = match (generate, events) {
                 (Some(bookings), _) => plugboard::produce::Input::Generate { bookings, seed },
                 (None, Some(path)) => plugboard::produce::Input::Events(path),

@@ -21,6 +21,35 @@ pub enum Input {
     Events(PathBuf),
 }
 
+/// Creates `topic` with `partitions` partitions (replication 1) unless it
+/// exists; a topic made by the broker's auto-creation would get the
+/// broker's default count instead.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("cannot create the admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .with_context(|| format!("cannot create {topic} at {brokers}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => anyhow::bail!("cannot create {topic} at {brokers}: {code}"),
+        }
+    }
+    Ok(())
+}
+
 /// What was published.
 #[derive(Debug)]
 pub struct Report {

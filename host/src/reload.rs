@@ -291,9 +291,11 @@ fn join(name: &str, thread: JoinHandle<Result<()>>) {
 /// through the pipeline into its dead-letter topic.
 fn consume(kafka: &KafkaConfig, live: Arc<LivePlugin>, stop: &Shutdown) -> Result<()> {
     let topic = crate::dead_letter::topic::Topic::new(kafka, &live.current().name)?;
-    let settle: crate::source::kafka::Settle = Arc::new(move |dispatcher, batch, stop| {
-        crate::settle::settle(dispatcher, batch, &topic, stop)
-    });
+    let settle: crate::source::kafka::Settle = Arc::new(
+        move |dispatcher: &mut crate::dispatch::Dispatcher,
+              batch: &[rdkafka::message::BorrowedMessage<'_>],
+              stop: &Shutdown| { crate::settle::settle(dispatcher, batch, &topic, stop) },
+    );
     crate::source::kafka::consume(kafka, live, settle, stop)
 }
 

@@ -297,8 +297,9 @@ fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
     );
     enable_admin(&setup);
     let kafka = kafka_config(&setup, &brokers, &topic, "scale");
-    // A small buffer, so the pacer's partitions get paused and resumed; a
-    // killed member is noticed after the session timeout: keep it short.
+    // A small buffer, so the pacer's partitions fill their queues and
+    // wait; a killed member is noticed after the session timeout: keep it
+    // short.
     append_config(
         &setup,
         "partition_buffer = 20\n[kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
@@ -334,11 +335,6 @@ fn two_hosts_share_the_partitions_and_one_takes_over_from_the_other() {
     stop(a);
 
     let a = prom(&setup, "a.prom");
-    let pauses = a.get("plugboard_partition_pauses_total", &[("plugin", "pacer")]);
-    assert!(
-        pauses.is_some_and(|p| p > 0.0),
-        "the pacer fell behind, so its partitions were paused: {pauses:?}"
-    );
     assert!(
         handled(&a, "pacer") + b_before >= valid.len() as f64,
         "the survivor handled the rest: a {} + b {b_before} < {}",

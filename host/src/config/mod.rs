@@ -70,10 +70,10 @@ pub struct KafkaConfig {
     /// live hosts must never share one.
     #[serde(default)]
     pub instance_id: Option<Text>,
-    /// Messages fetched ahead of each partition's plugin, beyond the batch
-    /// it is working on. Past this the partition is paused until the plugin
-    /// is down to half, so a slow plugin bounds memory instead of piling up
-    /// fetched messages.
+    /// Messages fetched ahead of each partition's plugin (librdkafka's
+    /// `queued.min.messages`, per partition queue): past this librdkafka
+    /// stops fetching the partition until its plugin catches up, so a slow
+    /// plugin bounds memory instead of piling up fetched messages.
     #[serde(default = "default_partition_buffer")]
     pub partition_buffer: usize,
     /// How long a graceful shutdown may take to finish the batch in flight

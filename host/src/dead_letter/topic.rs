@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use anyhow::Result;
 use rdkafka::config::ClientConfig;
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
@@ -66,13 +66,13 @@ impl Topic {
     }
 }
 
-impl super::DeadLetters<OwnedMessage> for Topic {
+impl<M: Message> super::DeadLetters<M> for Topic {
     /// Writes the original message with the failure in `plugboard.*`
     /// headers (`sha256` of `version`, the plugin version that failed),
     /// retrying until the broker acknowledges it, then counts it.
     fn park(
         &self,
-        original: &OwnedMessage,
+        original: &M,
         failure: &Failure,
         version: &Prepared,
         shutdown: &Shutdown,

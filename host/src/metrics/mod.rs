@@ -64,8 +64,6 @@ pub struct Metrics {
     pub plugin_log_lines: IntCounterVec,
     /// Outgoing requests refused by the egress policy.
     pub egress_denied: IntCounterVec,
-    /// Times a partition was paused because its plugin was behind.
-    pub partition_pauses: IntCounterVec,
     /// Plugin versions loaded or rejected by a (re)load.
     pub plugin_loads: IntCounterVec,
     /// Plugin log and output lines dropped over the plugin's budget.
@@ -155,12 +153,6 @@ impl Metrics {
                 "plugboard_egress_denied_total",
                 "Outgoing HTTP requests refused because the origin was not granted",
                 &["plugin", "origin"],
-            ),
-            partition_pauses: counter(
-                &registry,
-                "plugboard_partition_pauses_total",
-                "Times a partition was paused because its plugin was behind",
-                &["plugin"],
             ),
             plugin_log_dropped: counter(
                 &registry,

@@ -9,10 +9,11 @@
 //! periodically, on revoke and on shutdown. Fails on host errors (no broker,
 //! bad settings); a plugin's failures are outcomes.
 //!
-//! One thread polls (serving rebalances and heartbeats, so a long retry
-//! never trips `max.poll.interval.ms`) and routes each message to its
-//! partition's `worker`; `partitions` pauses a partition whose worker is
-//! behind and stops workers on revoke.
+//! One thread polls the consumer (serving rebalances and heartbeats, so a
+//! long retry never trips `max.poll.interval.ms`); each partition's
+//! messages go from its own librdkafka queue to its `worker`, with no copy
+//! and no hand-off; `partitions` starts and stops workers as partitions
+//! come and go.
 
 pub mod client;
 pub(crate) mod client_log;
@@ -31,18 +32,22 @@ use crate::shutdown::Shutdown;
 use client::{Role, client_config};
 use partitions::{GroupConsumer, Partitions};
 pub use worker::Settle;
-use worker::WorkerSetup;
+use worker::{Broker, WorkerSetup};
 
 /// Consumer settings plugboard changes from librdkafka's defaults; the
 /// `[kafka.librdkafka]` table overrides them.
-const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
+const CONSUMER_DEFAULTS: [(&str, &str); 4] = [
     // The poll thread never blocks on a plugin, so heartbeats are steady: a
     // host that died is noticed in 10 s rather than 45, and its partitions
     // move on (a restart with `instance_id` gets them back at once).
     ("session.timeout.ms", "10000"),
-    // A partition resumed after a pause waits for the fetch request in
+    // A partition whose queue was full waits for the fetch request in
     // flight: 500 ms by default, which made a backlog 2-3x slower to drain.
     ("fetch.wait.max.ms", "50"),
+    // How long the fetcher leaves a partition whose queue holds
+    // `partition_buffer` messages (1 s by default): a plugin drains 2,000
+    // messages in milliseconds, then would wait for the rest of the second.
+    ("fetch.queue.backoff.ms", "10"),
     // The lag `/plugins` and `plugboard_consumer_lag` show, and whether a
     // broker is back, come from these statistics: no extra round trip.
     ("statistics.interval.ms", "1000"),
@@ -68,11 +73,11 @@ pub fn consume(
         "consuming"
     );
     let (settled_tx, settled_rx) = std::sync::mpsc::channel();
-    let capacity = kafka.partition_buffer + prepared.spec.limits.batch_size;
     let setup = WorkerSetup {
         live,
         settle,
         settled: settled_tx,
+        broker: Arc::new(Broker::new(&plugin)),
     };
     let mut config = client_config(kafka, Role::Consumer);
     for (key, value) in CONSUMER_DEFAULTS {
@@ -82,6 +87,12 @@ pub fn consume(
     }
     if let Some(id) = kafka.instance_id.as_ref().filter(|id| !id.0.is_empty()) {
         config.set("group.instance.id", &id.0);
+    }
+    // Each partition's queue holds up to this many messages fetched ahead
+    // of its worker: a slow plugin bounds memory, the others keep flowing.
+    let buffer = kafka.partition_buffer.max(prepared.spec.limits.batch_size);
+    if !kafka.librdkafka.contains_key("queued.min.messages") {
+        config.set("queued.min.messages", buffer.to_string());
     }
     let consumer: GroupConsumer = config
         .set("group.id", &group)
@@ -93,10 +104,10 @@ pub fn consume(
             kafka.commit_interval_ms.to_string(),
         )
         .set("auto.offset.reset", &kafka.start_from)
-        .create_with_context(Partitions::new(
-            &topic, &plugin, setup, settled_rx, capacity,
-        ))
+        .create_with_context(Partitions::new(&topic, &plugin, setup, settled_rx))
         .with_context(|| format!("cannot create the consumer of group {group}"))?;
+    let consumer = Arc::new(consumer);
+    Partitions::attach(&consumer);
     consumer
         .subscribe(&[&topic])
         .with_context(|| format!("cannot subscribe to {topic}"))?;
@@ -104,14 +115,10 @@ pub fn consume(
     let partitions = consumer.context();
     while !shutdown.is_requested() {
         partitions.store_settled(&consumer);
-        partitions.drain_held(&consumer);
-        let timeout = if partitions.any_paused() { 2 } else { 50 };
-        match consumer.poll(Duration::from_millis(timeout)) {
+        partitions.tend(&consumer);
+        match consumer.poll(Duration::from_millis(50)) {
             None => {}
-            Some(Ok(message)) => {
-                partitions.broker_answers();
-                partitions.route(&consumer, message.detach())
-            }
+            Some(Ok(message)) => partitions.stray(&consumer, &message),
             Some(Err(e)) => partitions.consumer_error(&e),
         }
     }

@@ -1,42 +1,34 @@
 //! The partitions a consumer owns right now, each with its worker.
 //!
-//! The poll loop routes every message to its partition's worker. When a
-//! worker has `capacity` messages unsettled the partition is paused (other
-//! partitions keep flowing) and further messages already fetched are held;
-//! it is resumed once the worker is down to half, so the refetch overlaps
-//! with the work left rather than stalling the plugin.
-//! On revoke the workers of the revoked partitions are stopped and what they
-//! settled is stored and committed before the partitions go, so their next
-//! owner starts right after the last settled event.
+//! On assign, each partition's queue is split off the consumer's before
+//! librdkafka starts fetching it, so its messages go to its worker alone,
+//! in order, and the poll loop never touches them. On revoke the workers of
+//! the revoked partitions are stopped and what they settled is stored and
+//! committed before the partitions go, so their next owner starts right
+//! after the last settled event.
 
 use crate::locks::Lock;
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_log::ClientLog;
-use super::worker::{Worker, WorkerSetup};
+use super::worker::{Broker, Worker, WorkerSetup};
 use crate::commit::{Offsets, Settled};
 use crate::hold::{ALL_PARTITIONS, Cause};
 
 /// One owned partition.
 struct Owned {
     worker: Worker,
-    /// Messages polled while the worker was full, in order.
-    held: VecDeque<OwnedMessage>,
-    paused: bool,
-    /// The first offset not yet settled, once a message came: where a
-    /// worker that dies is restarted from.
-    next: Option<i64>,
     /// Workers of this partition that died, for the restart backoff.
     deaths: u32,
     /// When the replacement of a dead worker may start.
@@ -44,12 +36,14 @@ struct Owned {
 }
 
 /// The consumer context: it owns the workers, so rebalance callbacks (which
-/// librdkafka runs inside `poll`) can stop them and commit.
+/// librdkafka runs inside `poll`) can start and stop them and commit.
 pub struct Partitions {
     topic: String,
     plugin: String,
     setup: WorkerSetup,
-    capacity: usize,
+    /// The consumer this is the context of, to split partition queues
+    /// off it (weak: the consumer owns its context).
+    consumer: OnceLock<Weak<GroupConsumer>>,
     owned: Mutex<BTreeMap<i32, Owned>>,
     settled: Mutex<Receiver<Settled>>,
     /// Set at shutdown: the revoke that leaving the group brings keeps the
@@ -58,73 +52,103 @@ pub struct Partitions {
     /// What was stored and committed: what a stop without the broker
     /// leaves uncommitted.
     offsets: Offsets,
-    /// Set while librdkafka reports the brokers unreachable.
-    broker_down: AtomicBool,
+    /// Whether the brokers answer.
+    broker: Arc<Broker>,
     log: ClientLog,
 }
 
 pub type GroupConsumer = BaseConsumer<Partitions>;
 
 impl Partitions {
-    pub fn new(
-        topic: &str,
-        plugin: &str,
-        setup: WorkerSetup,
-        settled: Receiver<Settled>,
-        capacity: usize,
-    ) -> Self {
+    pub fn new(topic: &str, plugin: &str, setup: WorkerSetup, settled: Receiver<Settled>) -> Self {
         Partitions {
             topic: topic.to_string(),
             plugin: plugin.to_string(),
             offsets: Offsets::default(),
-            broker_down: AtomicBool::new(false),
+            broker: setup.broker.clone(),
             log: ClientLog::new(plugin.to_string()),
             setup,
-            capacity,
+            consumer: OnceLock::new(),
             owned: Mutex::new(BTreeMap::new()),
             settled: Mutex::new(settled),
             closing: AtomicBool::new(false),
         }
     }
 
-    /// Hands a polled message to its partition's worker, starting the
-    /// worker on the partition's first message.
-    pub fn route(&self, consumer: &GroupConsumer, message: OwnedMessage) {
-        let partition = message.partition();
+    /// Gives the context its consumer, before it subscribes.
+    pub fn attach(consumer: &Arc<GroupConsumer>) {
+        let _ = consumer.context().consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// A worker for `partition`, reading the partition's own queue; `None`
+    /// if the queue cannot be split (the consumer is going away).
+    fn start_worker(&self, partition: i32) -> Option<Worker> {
+        let consumer = self.consumer.get()?.upgrade()?;
+        let Some(queue) = consumer.split_partition_queue(&self.topic, partition) else {
+            tracing::error!(
+                plugin = self.plugin,
+                partition,
+                "cannot split the partition's queue off the consumer"
+            );
+            return None;
+        };
+        Some(Worker::spawn(self.setup.clone(), partition, queue))
+    }
+
+    /// Starts the workers of newly assigned partitions.
+    fn assign(&self, partitions: &[i32]) {
         let mut owned = self.owned.locked();
-        let entry = self.own(&mut owned, partition);
-        entry.next.get_or_insert(message.offset());
-        if entry.held.is_empty() && entry.worker.queued() < self.capacity {
-            entry.worker.send(message);
-            return;
-        }
-        entry.held.push_back(message);
-        if !entry.paused {
-            entry.paused = self.pause(consumer, partition, true);
+        for &partition in partitions {
+            if owned.contains_key(&partition) {
+                continue;
+            }
+            if let Some(worker) = self.start_worker(partition) {
+                owned.insert(
+                    partition,
+                    Owned {
+                        worker,
+                        deaths: 0,
+                        restart_at: None,
+                    },
+                );
+            }
         }
     }
 
-    /// The entry of `partition`, with a worker started if it had none.
-    fn own<'a>(&self, owned: &'a mut BTreeMap<i32, Owned>, partition: i32) -> &'a mut Owned {
-        owned.entry(partition).or_insert_with(|| Owned {
-            worker: Worker::spawn(self.setup.clone(), partition),
-            held: VecDeque::new(),
-            paused: false,
-            next: None,
-            deaths: 0,
-            restart_at: None,
-        })
+    /// A message on the consumer's own queue: its partition's queue was not
+    /// split in time. It is read again from that offset, through the
+    /// partition's worker, so order holds.
+    pub fn stray(&self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>) {
+        let (partition, offset) = (message.partition(), message.offset());
+        tracing::warn!(
+            plugin = self.plugin,
+            partition,
+            offset,
+            "a message came outside its partition's queue; reading the partition again from it"
+        );
+        if !self.owned.locked().contains_key(&partition) {
+            self.assign(&[partition]);
+        }
+        let timeout = std::time::Duration::from_secs(5);
+        if let Err(e) = consumer.seek(&self.topic, partition, Offset::Offset(offset), timeout) {
+            tracing::error!(
+                plugin = self.plugin,
+                partition,
+                "cannot read the partition again from offset {offset}: {e}"
+            );
+        }
     }
 
     /// A worker that ended without being asked to (a panic in the host)
-    /// would leave its partition paused for good. It is replaced, after a
+    /// would leave its partition unread for good. It is replaced, after a
     /// backoff that grows with each death, and the partition is read again
-    /// from its first unsettled offset, so nothing is skipped.
+    /// from the first offset it had not settled, so nothing is skipped.
     fn revive(&self, consumer: &GroupConsumer, partition: i32, entry: &mut Owned) {
         if !entry.worker.died() || self.closing.load(Ordering::SeqCst) {
             return;
         }
         let now = std::time::Instant::now();
+        let from = entry.worker.unsettled_from();
         let Some(at) = entry.restart_at else {
             entry.deaths += 1;
             let wait = std::time::Duration::from_millis(100 << entry.deaths.min(8));
@@ -134,9 +158,7 @@ impl Partitions {
                 partition,
                 "the partition worker panicked (a bug of the host: its message is above); \
                  restarting it in {wait:?} from offset {}",
-                entry
-                    .next
-                    .map_or("the last commit".to_string(), |o| o.to_string())
+                from.map_or("the last commit".to_string(), |o| o.to_string())
             );
             self.setup.live.current().metrics().holds.hold(
                 &self.plugin,
@@ -149,14 +171,12 @@ impl Partitions {
         if now < at {
             return;
         }
+        let Some(worker) = self.start_worker(partition) else {
+            return;
+        };
         entry.restart_at = None;
-        let dead = std::mem::replace(
-            &mut entry.worker,
-            Worker::spawn(self.setup.clone(), partition),
-        );
-        dead.stop();
-        entry.held.clear();
-        if let Some(next) = entry.next {
+        std::mem::replace(&mut entry.worker, worker).stop();
+        if let Some(next) = from {
             let timeout = std::time::Duration::from_secs(5);
             if let Err(e) = consumer.seek(&self.topic, partition, Offset::Offset(next), timeout) {
                 tracing::error!(
@@ -166,9 +186,6 @@ impl Partitions {
                 );
             }
         }
-        if entry.paused {
-            entry.paused = !self.pause(consumer, partition, false);
-        }
         self.setup
             .live
             .current()
@@ -177,30 +194,12 @@ impl Partitions {
             .release(&self.plugin, partition);
     }
 
-    /// Moves held messages on to workers that have room again, and resumes
-    /// a paused partition once nothing is held and its worker is down to
-    /// half its capacity.
-    pub fn drain_held(&self, consumer: &GroupConsumer) {
+    /// Replaces workers that died.
+    pub fn tend(&self, consumer: &GroupConsumer) {
         let mut owned = self.owned.locked();
         for (&partition, entry) in owned.iter_mut() {
             self.revive(consumer, partition, entry);
-            if entry.restart_at.is_some() {
-                continue;
-            }
-            while !entry.held.is_empty() && entry.worker.queued() < self.capacity {
-                let message = entry.held.pop_front().expect("not empty");
-                entry.worker.send(message);
-            }
-            if entry.paused && entry.held.is_empty() && entry.worker.queued() <= self.capacity / 2 {
-                entry.paused = !self.pause(consumer, partition, false);
-            }
         }
-    }
-
-    /// Whether some partition waits for its worker; the poll loop then
-    /// polls briefly, so a resume is not late by a whole poll timeout.
-    pub fn any_paused(&self) -> bool {
-        self.owned.locked().values().any(|o| o.paused)
     }
 
     /// Stores the offsets workers have settled; librdkafka commits stored
@@ -208,9 +207,6 @@ impl Partitions {
     pub fn store_settled(&self, consumer: &GroupConsumer) {
         let settled = self.settled.locked();
         while let Ok(Settled { partition, offset }) = settled.try_recv() {
-            if let Some(entry) = self.owned.locked().get_mut(&partition) {
-                entry.next = Some(offset + 1);
-            }
             self.offsets.stored(&Settled { partition, offset });
             if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
                 tracing::warn!(
@@ -239,11 +235,6 @@ impl Partitions {
         if stopped.is_empty() {
             return;
         }
-        // A paused partition stays paused across a reassignment in
-        // librdkafka: resume it while it is still ours.
-        for (partition, _) in stopped.iter().filter(|(_, o)| o.paused) {
-            self.pause(consumer, *partition, false);
-        }
         // Stop them all first, then wait: their in-flight batches finish
         // side by side.
         let workers: Vec<Worker> = stopped.into_iter().map(|(_, o)| o.worker).collect();
@@ -254,7 +245,7 @@ impl Partitions {
             worker.stop();
         }
         self.store_settled(consumer);
-        if self.broker_down.load(Ordering::SeqCst) {
+        if self.broker.is_down() {
             // A synchronous commit would wait for the broker; ask for one
             // and say what may be delivered again.
             let _ = consumer.commit_consumer_state(CommitMode::Async);
@@ -279,7 +270,7 @@ impl Partitions {
     pub fn close(&self, consumer: &GroupConsumer) -> bool {
         self.closing.store(true, Ordering::SeqCst);
         self.release(consumer, None);
-        !self.broker_down.load(Ordering::SeqCst)
+        !self.broker.is_down()
     }
 
     /// Logs, per partition, the settled offsets the broker has not
@@ -300,66 +291,9 @@ impl Partitions {
         }
     }
 
-    /// A message came: the broker answers. Called per message, so it only
-    /// reads the flag unless the broker was down.
-    pub fn broker_answers(&self) {
-        if self.broker_down.load(Ordering::Relaxed)
-            && self.broker_down.swap(false, Ordering::SeqCst)
-        {
-            self.broker_back();
-        }
-    }
-
-    fn broker_back(&self) {
-        let metrics = self.setup.live.current().metrics().clone();
-        if let Some(lasted) = metrics.holds.release(&self.plugin, ALL_PARTITIONS) {
-            tracing::info!(
-                plugin = self.plugin,
-                "the broker answers again after {lasted:.1?}"
-            );
-        }
-    }
-
     /// An error the poll loop got; connection trouble holds the consumer.
     pub fn consumer_error(&self, error: &KafkaError) {
         self.error(error.clone(), "");
-    }
-
-    /// Pauses (or resumes) `partition`; true if that took effect.
-    fn pause(&self, consumer: &GroupConsumer, partition: i32, pause: bool) -> bool {
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(&self.topic, partition, Offset::Invalid)
-            .is_err()
-        {
-            return false;
-        }
-        let result = if pause {
-            consumer.pause(&tpl)
-        } else {
-            consumer.resume(&tpl)
-        };
-        let current = self.setup.live.current();
-        let plugin = &*current.name;
-        match result {
-            Ok(()) if pause => {
-                tracing::debug!(plugin, partition, "plugin behind: partition paused");
-                current
-                    .metrics()
-                    .partition_pauses
-                    .with_label_values(&[plugin])
-                    .inc();
-                true
-            }
-            Ok(()) => {
-                tracing::debug!(plugin, partition, "partition resumed");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(plugin, partition, "cannot pause/resume: {e}");
-                false
-            }
-        }
     }
 }
 
@@ -384,7 +318,7 @@ impl ClientContext for Partitions {
             Cause::Host,
             &format!("Kafka: {reason}"),
         );
-        self.broker_down.store(true, Ordering::SeqCst);
+        self.broker.lost();
     }
 
     /// Lag of the owned partitions, and whether a broker is up again.
@@ -416,7 +350,7 @@ impl ClientContext for Partitions {
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
         if up {
-            self.broker_answers();
+            self.broker.answers(&self.setup.live);
         }
     }
 }
@@ -433,18 +367,16 @@ impl ConsumerContext for Partitions {
         }
     }
 
-    /// Starts a worker for every partition assigned, so each plugin
-    /// instance reports its partition's state even before new events come.
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            let mut owned = self.owned.locked();
-            for element in list.elements() {
-                self.own(&mut owned, element.partition());
-            }
-        }
-    }
-
+    /// Assigned partitions get their worker before librdkafka starts
+    /// fetching them: their queues are split off first (a split made after
+    /// the fetch starts lets early messages through the consumer's queue),
+    /// and each plugin instance reports its partition's state even before
+    /// new events come.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            self.assign(&partitions);
+        }
         if let Rebalance::Revoke(list) = rebalance {
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(

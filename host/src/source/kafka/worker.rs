@@ -1,28 +1,80 @@
 //! A partition worker: one thread and one plugin instance per assigned
 //! partition, so partitions are handled concurrently while each keeps its
-//! order. It takes messages from the poll loop through a bounded channel,
-//! settles them in batches and reports the last settled offset back; the
-//! poll loop alone talks to the consumer.
+//! order. It reads its partition's own librdkafka queue (split from the
+//! consumer's), settles the messages in batches straight from librdkafka's
+//! buffers and reports the last settled offset back; the poll loop alone
+//! stores offsets and serves the group.
+//!
+//! Flow control is librdkafka's: a worker that is busy (or holding on a
+//! retry) does not read its queue, and the fetcher stops fetching a
+//! partition whose queue holds `partition_buffer` messages. Other
+//! partitions keep flowing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
+use super::partitions::Partitions;
 use crate::catalog::LivePlugin;
 use crate::commit::Settled;
 use crate::decode::{self, DecodeError};
 use crate::dispatch::Dispatcher;
 use crate::event::BookingEvent;
+use crate::hold::ALL_PARTITIONS;
 use crate::runtime::convert::Envelope;
 use crate::shutdown::Shutdown;
 
 /// Settles one batch of a partition and returns how many records from
 /// the start are settled (see [`crate::settle::settle`]).
-pub type Settle = Arc<dyn Fn(&mut Dispatcher, &[OwnedMessage], &Shutdown) -> usize + Send + Sync>;
+pub type Settle =
+    Arc<dyn for<'m> Fn(&mut Dispatcher, &[BorrowedMessage<'m>], &Shutdown) -> usize + Send + Sync>;
+
+/// A partition's own queue of fetched messages.
+pub type Queue = PartitionQueue<Partitions>;
+
+/// Whether the brokers answer, shared by the poll loop (which learns of
+/// trouble) and the workers (whose messages prove they answer again).
+pub struct Broker {
+    plugin: String,
+    down: AtomicBool,
+}
+
+impl Broker {
+    pub fn new(plugin: &str) -> Self {
+        Broker {
+            plugin: plugin.to_string(),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// The brokers cannot be reached (the consumer holds meanwhile).
+    pub fn lost(&self) {
+        self.down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    /// A message or statistics came: the brokers answer. Called per batch,
+    /// so it only reads the flag unless they were down.
+    pub fn answers(&self, live: &LivePlugin) {
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::SeqCst) {
+            let metrics = live.current().metrics().clone();
+            if let Some(lasted) = metrics.holds.release(&self.plugin, ALL_PARTITIONS) {
+                tracing::info!(
+                    plugin = self.plugin,
+                    "the broker answers again after {lasted:.1?}"
+                );
+            }
+        }
+    }
+}
 
 /// What a worker needs besides its partition.
 #[derive(Clone)]
@@ -34,49 +86,39 @@ pub struct WorkerSetup {
     /// consumer.
     pub settle: Settle,
     pub settled: Sender<Settled>,
+    pub broker: Arc<Broker>,
 }
+
+/// No offset known yet.
+const UNKNOWN: i64 = -1;
 
 /// The poll loop's handle on a running worker.
 pub struct Worker {
-    inbox: Sender<OwnedMessage>,
-    /// Messages sent and not yet settled; the poll loop bounds it.
-    queued: Arc<AtomicUsize>,
+    /// The first offset the worker took and has not settled: where a
+    /// replacement must read again from if it dies.
+    next: Arc<AtomicI64>,
     stop: Shutdown,
     thread: JoinHandle<()>,
 }
 
 impl Worker {
-    /// Starts the worker of `partition`.
-    pub fn spawn(setup: WorkerSetup, partition: i32) -> Worker {
-        let (inbox, messages) = std::sync::mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+    /// Starts the worker of `partition`, reading `queue`.
+    pub fn spawn(setup: WorkerSetup, partition: i32, queue: Queue) -> Worker {
+        let next = Arc::new(AtomicI64::new(UNKNOWN));
         let stop = Shutdown::new();
         let thread = {
-            let (stop, queued) = (stop.clone(), queued.clone());
+            let (stop, next) = (stop.clone(), next.clone());
             std::thread::Builder::new()
                 .name(format!("{}-p{partition}", setup.live.current().name))
-                .spawn(move || run(setup, partition, messages, queued, stop))
+                .spawn(move || run(setup, partition, queue, next, stop))
                 .expect("cannot start a partition worker thread")
         };
-        Worker {
-            inbox,
-            queued,
-            stop,
-            thread,
-        }
+        Worker { next, stop, thread }
     }
 
-    /// Messages handed over and not yet settled.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
-    }
-
-    /// Hands a message over (the caller bounds [`Worker::queued`]).
-    pub fn send(&self, message: OwnedMessage) {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        // A worker that has exited was stopped: the message is left
-        // unsettled, and redelivered from the last commit.
-        let _ = self.inbox.send(message);
+    /// The first offset taken and not settled, if the worker took any.
+    pub fn unsettled_from(&self) -> Option<i64> {
+        Some(self.next.load(Ordering::SeqCst)).filter(|&o| o != UNKNOWN)
     }
 
     /// Whether the worker ended without being asked to: it panicked.
@@ -89,49 +131,59 @@ impl Worker {
         self.stop.request();
     }
 
-    /// Stops taking messages, lets the batch in flight finish (a retry
-    /// backoff is cut short and its batch left unsettled) and waits.
-    /// Messages still queued are not settled: the partition's next owner
-    /// gets them again from the last commit.
+    /// Lets the batch in flight finish (a retry backoff is cut short and
+    /// its batch left unsettled) and waits. Messages still queued are not
+    /// settled: the partition's next owner gets them again from the last
+    /// commit.
     pub fn stop(self) {
         self.stop.request();
-        drop(self.inbox);
         if self.thread.join().is_err() {
             tracing::error!("a partition worker panicked");
         }
     }
 }
 
-fn run(
-    setup: WorkerSetup,
-    partition: i32,
-    messages: Receiver<OwnedMessage>,
-    queued: Arc<AtomicUsize>,
-    stop: Shutdown,
-) {
+fn run(setup: WorkerSetup, partition: i32, queue: Queue, next: Arc<AtomicI64>, stop: Shutdown) {
     let WorkerSetup {
         live,
         settle,
         settled,
+        broker,
     } = setup;
-    let mut dispatcher = Dispatcher::lazy(live, partition);
+    let mut dispatcher = Dispatcher::lazy(live.clone(), partition);
     dispatcher.warm();
-    let mut batch = Vec::new();
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
     while !stop.is_requested() {
         // A reload swaps the version between batches, never within one.
         dispatcher.follow();
         let batch_size = dispatcher.prepared().spec.limits.batch_size;
-        match messages.recv_timeout(Duration::from_millis(200)) {
-            Ok(first) => batch.push(first),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        while batch.len() < batch_size {
-            match messages.try_recv() {
-                Ok(message) => batch.push(message),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        // Short enough that a stop is seen soon; the queue wakes the poll
+        // as soon as a message arrives.
+        match queue.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Ok(first)) => batch.push(first),
+            Some(Err(e)) => {
+                partition_error(&live, partition, &e);
+                continue;
             }
         }
+        while batch.len() < batch_size {
+            match queue.poll(Duration::ZERO) {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(e)) => {
+                    partition_error(&live, partition, &e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let _ = next.compare_exchange(
+            UNKNOWN,
+            batch[0].offset(),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        broker.answers(&live);
         if stop.is_requested() {
             break;
         }
@@ -140,6 +192,7 @@ fn run(
             // The settled prefix may be committed, even if the rest of the
             // batch is not settled (a stop came while it held).
             let offset = batch[done - 1].offset();
+            next.store(offset + 1, Ordering::SeqCst);
             if settled.send(Settled { partition, offset }).is_err() {
                 break;
             }
@@ -147,14 +200,23 @@ fn run(
         if done < batch.len() {
             break;
         }
-        queued.fetch_sub(batch.len(), Ordering::SeqCst);
         batch.clear();
     }
 }
 
+/// An error librdkafka reports on one partition (the brokers' trouble comes
+/// to the poll loop).
+fn partition_error(live: &LivePlugin, partition: i32, error: &rdkafka::error::KafkaError) {
+    tracing::warn!(
+        plugin = &*live.current().name,
+        partition,
+        "Kafka reports on the partition: {error}"
+    );
+}
+
 /// A Kafka message is a record: protobuf, with its topic, partition,
 /// offset, key, timestamp and headers.
-impl crate::source::Record for OwnedMessage {
+impl crate::source::Record for BorrowedMessage<'_> {
     fn source(&self) -> &str {
         self.topic()
     }
@@ -164,29 +226,25 @@ impl crate::source::Record for OwnedMessage {
     }
 
     fn envelope(&self, _event: &BookingEvent) -> Envelope {
-        envelope(self)
+        Envelope {
+            source: self.topic().to_string(),
+            partition: self.partition(),
+            offset: self.offset(),
+            key: self.key().map(<[u8]>::to_vec),
+            timestamp_ms: self.timestamp().to_millis(),
+            headers: self
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
     }
 
     fn payload(&self, _event: &BookingEvent) -> Vec<u8> {
         // The bytes as produced, not a re-encoding.
         Message::payload(self).unwrap_or_default().to_vec()
-    }
-}
-
-fn envelope(message: &OwnedMessage) -> Envelope {
-    Envelope {
-        source: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        timestamp_ms: message.timestamp().to_millis(),
-        headers: message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default(),
     }
 }
