@@ -2,6 +2,8 @@
 //! (`{"status":"error","message":...,"category":...}`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -17,6 +19,16 @@ use crate::store::Store;
 struct App {
     store: Store,
     token: Option<String>,
+    stats: Arc<Stats>,
+}
+
+/// What the CRM was asked, since it started: how a benchmark or a test
+/// knows every record arrived without reading them all back.
+#[derive(Default)]
+struct Stats {
+    upsert_requests: AtomicU64,
+    upsert_inputs: AtomicU64,
+    read_requests: AtomicU64,
 }
 
 pub fn router(store: Store, token: Option<String>) -> Router {
@@ -28,7 +40,12 @@ pub fn router(store: Store, token: Option<String>) -> Router {
         .route("/crm/v3/objects/{object_type}/batch/read", post(batch_read))
         .route("/crm/v3/objects/{object_type}/{id}", get(get_one))
         .route("/crm/v3/objects/{object_type}", get(list))
-        .with_state(App { store, token })
+        .route("/stats", get(stats))
+        .with_state(App {
+            store,
+            token,
+            stats: Arc::default(),
+        })
 }
 
 /// An error response in HubSpot's shape.
@@ -137,7 +154,22 @@ async fn batch_upsert(
         parsed.push((id_property.to_string(), id.to_string(), properties));
     }
     let results = app.store.upsert(&object_type, &parsed)?;
+    app.stats.upsert_requests.fetch_add(1, Ordering::Relaxed);
+    app.stats
+        .upsert_inputs
+        .fetch_add(parsed.len() as u64, Ordering::Relaxed);
     Ok(Json(json!({"status": "COMPLETE", "results": results})))
+}
+
+/// `GET /stats`: batch upserts and reads answered, and the inputs upserted
+/// (not a HubSpot endpoint).
+async fn stats(State(app): State<App>) -> Json<Value> {
+    let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    Json(json!({
+        "upsert_requests": get(&app.stats.upsert_requests),
+        "upsert_inputs": get(&app.stats.upsert_inputs),
+        "read_requests": get(&app.stats.read_requests),
+    }))
 }
 
 async fn batch_read(
@@ -147,6 +179,7 @@ async fn batch_read(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
+    app.stats.read_requests.fetch_add(1, Ordering::Relaxed);
     let body = parse_body(&body)?;
     let id_property = body["idProperty"].as_str();
     let mut results = Vec::new();

@@ -6,6 +6,7 @@
 //! - `POST /crm/v3/objects/{type}/batch/read`: read many by `idProperty`
 //! - `GET  /crm/v3/objects/{type}/{id}?idProperty=booking_id`: read one
 //! - `GET  /crm/v3/objects/{type}?limit=N&after=CURSOR`: page through all
+//! - `GET  /stats`: requests answered and inputs upserted since start
 
 mod api;
 mod store;

@@ -90,6 +90,19 @@ fn upsert_read_and_page_like_hubspot() {
     assert_eq!(read["results"].as_array().unwrap().len(), 1);
     assert_eq!(read["errors"][0]["context"]["ids"][0], "nope");
 
+    // What it was asked, counted: 26 single-input upserts and one read.
+    let base = server.url.trim_end_matches("/crm/v3/objects/bookings");
+    let stats: Value = client
+        .get(format!("{base}/stats"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        stats,
+        json!({"upsert_requests": 26, "upsert_inputs": 26, "read_requests": 1})
+    );
+
     let mut seen = Vec::new();
     let mut after = String::new();
     loop {
