@@ -41,7 +41,7 @@ fn events(n: usize) -> Vec<wit::Event> {
         };
         // With the payload, as a plugin whose manifest asks for it gets
         // it (and as every plugin did before contract 0.2).
-        out.push(to_wit(&e, envelope, Some(payload)));
+        out.push(to_wit(e, envelope, Some(payload)));
     }
     out
 }

@@ -52,7 +52,7 @@ fn main() {
             .into_iter()
             .next()
             .unwrap();
-        to_wit(&e, Envelope::default(), None)
+        to_wit(e, Envelope::default(), None)
     };
     println!(
         "{:<11} {:>9} {:>12} {:>11} {:>10} {:>12}",

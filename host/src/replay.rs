@@ -182,7 +182,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
                 continue;
             }
         };
-        let wit_event = crate::settle::to_wit(&line, &event, prepared.spec.payload);
+        let wit_event = crate::settle::to_wit(&line, event.clone(), prepared.spec.payload);
         let disposition = instance.handle(std::slice::from_ref(&wit_event));
         let outcome = disposition.to_string();
         match disposition {

@@ -29,7 +29,7 @@ pub fn settle<R: Record>(
     for (i, record) in records.iter().enumerate() {
         match record.decode() {
             Ok(event) => {
-                events.push(to_wit(record, &event, wants_payload));
+                events.push(to_wit(record, event, wants_payload));
                 origin.push(i);
             }
             Err(err) => {
@@ -76,10 +76,8 @@ pub fn settle<R: Record>(
 
 /// `record`'s `event` as a plugin gets it: with its protobuf encoding if
 /// the plugin asked for it.
-pub fn to_wit<R: Record>(record: &R, event: &BookingEvent, payload: bool) -> wit::Event {
-    convert::to_wit(
-        event,
-        record.envelope(event),
-        payload.then(|| record.payload(event)),
-    )
+pub fn to_wit<R: Record>(record: &R, event: BookingEvent, payload: bool) -> wit::Event {
+    let envelope = record.envelope(&event);
+    let payload = payload.then(|| record.payload(&event));
+    convert::to_wit(event, envelope, payload)
 }

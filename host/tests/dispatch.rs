@@ -60,7 +60,7 @@ fn lines(n: usize) -> (Vec<Line>, Vec<wit::Event>) {
         .iter()
         .map(|l| {
             let event = plugboard::decode::from_json(&l.text).unwrap();
-            plugboard::settle::to_wit(l, &event, false)
+            plugboard::settle::to_wit(l, event, false)
         })
         .collect();
     (lines, events)

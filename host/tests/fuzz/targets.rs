@@ -155,7 +155,8 @@ fn check_decoded(event: &pb::BookingEvent, payload: &[u8]) {
         timestamp_ms: None,
         headers: Vec::new(),
     };
-    let record = plugboard::runtime::convert::to_wit(event, envelope, Some(payload.to_vec()));
+    let record =
+        plugboard::runtime::convert::to_wit(event.clone(), envelope, Some(payload.to_vec()));
     assert_eq!(record.booking.booking_id, event.booking_id);
     let again = pb::BookingEvent::decode(event.encode_to_vec().as_slice()).expect("round trip");
     assert_eq!(&again, event);
