@@ -189,7 +189,16 @@ async fn batch_read(
             .as_str()
             .ok_or_else(|| bad_request(format!("inputs[{i}].id is required")))?;
         match app.store.find(&object_type, id_property, id)? {
-            Some(object) => results.push(object),
+            Some(mut object) => {
+                // Like HubSpot: only the properties asked for, if a list
+                // was given.
+                if let Some(wanted) = body["properties"].as_array() {
+                    object
+                        .properties
+                        .retain(|name, _| wanted.iter().any(|w| w.as_str() == Some(name)));
+                }
+                results.push(object)
+            }
             None => missing.push(id.to_string()),
         }
     }

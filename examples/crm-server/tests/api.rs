@@ -88,9 +88,30 @@ fn upsert_read_and_page_like_hubspot() {
     assert_eq!(read.status(), 207, "some ids missing");
     let read: Value = read.json().unwrap();
     assert_eq!(read["results"].as_array().unwrap().len(), 1);
-    assert_eq!(read["errors"][0]["context"]["ids"][0], "nope");
+    assert!(
+        read["results"][0]["properties"]["booking_state"].is_string(),
+        "no property list: every property"
+    );
 
-    // What it was asked, counted: 26 single-input upserts and one read.
+    assert_eq!(read["errors"][0]["context"]["ids"][0], "nope");
+    let only: Value = client
+        .post(format!("{}/batch/read", server.url))
+        .bearer_auth("secret")
+        .json(
+            &json!({"idProperty": "booking_id", "properties": ["booking_version"],
+            "inputs": [{"id": "b-03"}]}),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        only["results"][0]["properties"],
+        json!({"booking_version": "2"}),
+        "only the properties asked for"
+    );
+
+    // What it was asked, counted: 26 single-input upserts and two reads.
     let base = server.url.trim_end_matches("/crm/v3/objects/bookings");
     let stats: Value = client
         .get(format!("{base}/stats"))
@@ -100,7 +121,7 @@ fn upsert_read_and_page_like_hubspot() {
         .unwrap();
     assert_eq!(
         stats,
-        json!({"upsert_requests": 26, "upsert_inputs": 26, "read_requests": 1})
+        json!({"upsert_requests": 26, "upsert_inputs": 26, "read_requests": 2})
     );
 
     let mut seen = Vec::new();

@@ -22,7 +22,26 @@ use plugboard_guest::metrics::counter_add;
 use plugboard_guest::{
     BatchOutcome, BookingEvent, Event, Failure, Guest, InitError, Level, RetryInfo,
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
+
+/// The part of a batch read's answer crm-sync uses.
+#[derive(Deserialize, Default)]
+struct ReadAnswer {
+    #[serde(default)]
+    results: Vec<ReadResult>,
+}
+
+#[derive(Deserialize)]
+struct ReadResult {
+    properties: ReadProperties,
+}
+
+#[derive(Deserialize)]
+struct ReadProperties {
+    booking_id: Option<String>,
+    booking_version: Option<String>,
+}
 
 /// HubSpot accepts at most 100 inputs per batch call.
 const BATCH_LIMIT: usize = 100;
@@ -164,16 +183,19 @@ impl Crm {
             "inputs": events.iter().map(|e| json!({"id": e.booking_id})).collect::<Vec<_>>(),
         });
         let response = self.call("batch/read", &body)?;
+        // Only the two properties are read; the rest of the answer is
+        // skipped, not built into a JSON tree.
+        let read: ReadAnswer = serde_json::from_slice(&response).unwrap_or_default();
         let mut held = HashMap::new();
-        for result in response["results"].as_array().into_iter().flatten() {
-            let props = &result["properties"];
+        for result in read.results {
             if let (Some(id), Some(version)) = (
-                props["booking_id"].as_str(),
-                props["booking_version"]
-                    .as_str()
+                result.properties.booking_id,
+                result
+                    .properties
+                    .booking_version
                     .and_then(|v| v.parse().ok()),
             ) {
-                held.insert(id.to_string(), version);
+                held.insert(id, version);
             }
         }
         Ok(held)
@@ -194,7 +216,8 @@ impl Crm {
         Ok(())
     }
 
-    fn call(&self, action: &str, body: &Value) -> Result<Value, SyncError> {
+    /// POSTs `body` to `action`; the answer's body on success.
+    fn call(&self, action: &str, body: &Value) -> Result<Vec<u8>, SyncError> {
         let path = format!("/crm/v3/objects/{}/{action}", self.object_type);
         let body = serde_json::to_vec(body).expect("JSON values serialise");
         let mut headers = vec![
@@ -217,9 +240,11 @@ impl Crm {
                     })
                 }
             })?;
+        if (200..=299).contains(&response.status) {
+            return Ok(response.body);
+        }
         let text = String::from_utf8_lossy(&response.body);
         match response.status {
-            200..=299 => Ok(serde_json::from_slice(&response.body).unwrap_or(Value::Null)),
             408 | 429 | 500..=599 => Err(SyncError::Transient(Transient {
                 reason: format!("POST {path}: HTTP {}: {}", response.status, message(&text)),
                 after_ms: response.retry_after_secs.map(|s| s.saturating_mul(1000)),
