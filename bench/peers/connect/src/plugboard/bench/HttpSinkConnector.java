@@ -1,0 +1,52 @@
+package plugboard.bench;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+import org.apache.kafka.common.config.ConfigDef;
+import org.apache.kafka.connect.connector.Task;
+import org.apache.kafka.connect.sink.SinkConnector;
+
+/**
+ * A minimal HTTP sink for the peer benchmark: every batch Connect hands a
+ * task becomes one POST of HubSpot's batch upsert to crm-example. No such
+ * connector is published on Maven Central, so the benchmark brings its own.
+ * Config: {@code crm.url} (the upsert URL).
+ */
+public class HttpSinkConnector extends SinkConnector {
+    private Map<String, String> props;
+
+    @Override
+    public void start(Map<String, String> props) {
+        this.props = props;
+    }
+
+    @Override
+    public Class<? extends Task> taskClass() {
+        return HttpSinkTask.class;
+    }
+
+    @Override
+    public List<Map<String, String>> taskConfigs(int maxTasks) {
+        List<Map<String, String>> configs = new ArrayList<>();
+        for (int i = 0; i < maxTasks; i++) {
+            configs.add(props);
+        }
+        return configs;
+    }
+
+    @Override
+    public void stop() {}
+
+    @Override
+    public ConfigDef config() {
+        return new ConfigDef().define("crm.url", ConfigDef.Type.STRING, ConfigDef.Importance.HIGH,
+                "The crm-example batch upsert URL");
+    }
+
+    @Override
+    public String version() {
+        return "1";
+    }
+}

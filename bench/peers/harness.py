@@ -1,0 +1,549 @@
+#!/usr/bin/env python3
+"""Runs each system of the peer benchmark on each job and measures it.
+
+Called by scripts/bench-peers.sh, which builds and fetches everything and
+produces the topic; this file only runs and measures. Per run: a fresh
+consumer group reading the topic from the earliest offset, a fresh sink
+(output folder, crm-example database), and these figures:
+
+- wall_s: from starting the process to the last event in its sink;
+- steady_events_per_s: events / (last event - first event in the sink);
+- cpu_s: user + system CPU of the process (/proc/PID/stat, children
+  included) when the last event arrived;
+- peak_rss_mb: the kernel's high-water mark of the process (VmHWM), which
+  sampling could miss.
+
+"In its sink": a line in the output files (file), an input upserted at
+crm-example (http), or the system's own count of events it finished
+(decode: plugboard's handled-events metric, Benthos' output_sent, the bare
+consumer's report). Progress is sampled every 20 ms.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url, timeout=2.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read().decode()
+    except Exception:
+        return None
+
+
+def prom_value(text, name, labels=None):
+    """Sum of the series of metric `name` whose labels include `labels`."""
+    if text is None:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in (labels or {}).items()):
+            total += float(m.group(3))
+    return total
+
+
+def cpu_seconds(pid):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime stime cutime cstime are fields 14-17 of stat (1-based).
+        return sum(int(x) for x in fields[11:15]) / TICKS
+    except OSError:
+        return None
+
+
+def hwm_mb(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class LineCounter:
+    """Counts newline-terminated lines in the files under a folder, reading
+    only what was appended since the last call."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.read = {}
+        self.lines = 0
+
+    def __call__(self):
+        for path in self.folder.rglob("*"):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            done = self.read.get(path, 0)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if size <= done:
+                continue
+            with path.open("rb") as f:
+                f.seek(done)
+                chunk = f.read(size - done)
+            self.lines += chunk.count(b"\n")
+            self.read[path] = done + len(chunk)
+        return self.lines
+
+
+def measure(name, job, cmd, progress, events, log, env=None, cwd=None, timeout=1800,
+            report=None):
+    """Starts `cmd`, samples `progress()` until it reaches `events`, then
+    stops the process. `report(stdout)` may give first/last times itself."""
+    print(f"==> {name} / {job}: {' '.join(map(str, cmd))[:160]}", flush=True)
+    started = time.time()
+    out = open(log, "w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if report else out, stderr=out,
+                            env=env, cwd=cwd, start_new_session=True)
+    first = last = None
+    cpu = peak = None
+    done = 0
+    try:
+        while True:
+            now = time.time()
+            if now - started > timeout:
+                raise RuntimeError(f"{name}/{job}: {done} of {events} events after {timeout} s")
+            if report is None:
+                done = progress()
+                if done > 0 and first is None:
+                    first = now
+                if done >= events:
+                    last = now
+                    cpu, peak = cpu_seconds(proc.pid), hwm_mb(proc.pid)
+                    break
+            else:
+                cpu_now, peak_now = cpu_seconds(proc.pid), hwm_mb(proc.pid)
+                if proc.poll() is not None:
+                    stdout = proc.stdout.read().decode()
+                    first, last, done = report(stdout)
+                    break
+                cpu, peak = cpu_now or cpu, peak_now or peak
+            if proc.poll() is not None and report is None:
+                raise RuntimeError(f"{name}/{job} exited ({proc.returncode}) after {done} events; see {log}")
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.close()
+    steady = events / (last - first) if last and first and last > first else None
+    result = {
+        "system": name,
+        "job": job,
+        "events": events,
+        "wall_s": round(last - started, 3),
+        "steady_events_per_s": round(steady) if steady else None,
+        "cpu_s": round(cpu, 2) if cpu is not None else None,
+        "peak_rss_mb": round(peak, 1) if peak is not None else None,
+    }
+    print("    " + json.dumps(result), flush=True)
+    return result
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.work = Path(a.work).resolve()
+        self.results = []
+
+    def run_dir(self, name):
+        d = self.work / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        return d
+
+    def group(self, system, job):
+        return f"bench-{system}-{job}-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
+
+    # -- the CRM ---------------------------------------------------------
+
+    def start_crm(self, d):
+        port = free_port()
+        proc = subprocess.Popen([self.a.crm, "--listen", f"127.0.0.1:{port}", "--db", str(d / "crm.db")],
+                                stdout=subprocess.DEVNULL, stderr=open(d / "crm.log", "w"),
+                                start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            if http_get(f"{base}/stats") is not None:
+                return proc, base
+            time.sleep(0.05)
+        raise RuntimeError("crm-example did not start")
+
+    @staticmethod
+    def crm_inputs(base):
+        text = http_get(f"{base}/stats")
+        return json.loads(text)["upsert_inputs"] if text else 0
+
+    # -- the limit -------------------------------------------------------
+
+    def bare(self, job, topic=None, events=None):
+        topic, events = topic or self.a.topic, events or self.a.events
+        d = self.run_dir(f"bare-{job}")
+
+        def report(stdout):
+            r = json.loads(stdout.strip().splitlines()[-1])
+            return r["first"], r["last"], r["events"]
+
+        return measure("bare rdkafka+prost", job,
+                       [self.a.bare, "--brokers", self.a.brokers, "--topic", topic,
+                        "--events", str(events)],
+                       None, events, d / "log", report=report)
+
+    # -- plugboard -------------------------------------------------------
+
+    def plugboard(self, job, topic=None, events=None, copies=1):
+        """`copies` of the job's plugin, each in its own group;
+        `events` is then what they handle together."""
+        topic, events = topic or self.a.topic, events or self.a.events
+        d = self.run_dir(f"plugboard-{job}")
+        plugins = d / "plugins"
+        plugins.mkdir()
+        port = free_port()
+        crm = None
+        if job == "decode":
+            plugin, manifest = "noop", "[limits]\nbatch_size = 500\n"
+        elif job == "file":
+            (d / "out").mkdir()
+            plugin = "jsonl-sink"
+            manifest = f'[folder]\npath = "{d / "out"}"\nguest_path = "/data"\n[limits]\nbatch_size = 500\n[config]\ndir = "/data"\n'
+        else:
+            crm, base = self.start_crm(d)
+            plugin = "crm-sync"
+            manifest = f'allow_hosts = ["{base}"]\n[limits]\nbatch_size = 100\n[config]\nbase_url = "{base}"\n'
+        names = [plugin] if copies == 1 else [f"{plugin}-{i}" for i in range(1, copies + 1)]
+        for name in names:
+            shutil.copy(Path(self.a.plugins) / f"{plugin}.wasm", plugins / f"{name}.wasm")
+            (plugins / f"{name}.toml").write_text(manifest)
+        config = d / "plugboard.toml"
+        config.write_text(
+            f'plugins_dir = "plugins"\ndata_dir = "{self.a.state}"\nadmin_addr = "127.0.0.1:{port}"\n'
+            f'[kafka]\nbrokers = "{self.a.brokers}"\ntopic = "{topic}"\n'
+            f'group_prefix = "{self.group("plugboard", job)}."\n')
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        if job == "file":
+            progress = LineCounter(d / "out")
+        else:
+            def progress():
+                return prom_value(http_get(metrics_url), "plugboard_events_total",
+                                  {"outcome": "handled"})
+        env = dict(os.environ, PLUGBOARD_LOG="warn")
+        name = {"decode": "plugboard (noop)", "file": "plugboard (jsonl-sink)",
+                "http": "plugboard (crm-sync)"}[job]
+        try:
+            return measure(name, job, [self.a.plugboard, "run", "--config", str(config)],
+                           progress, events, d / "log", env=env)
+        finally:
+            if crm:
+                crm.terminate()
+                crm.wait()
+
+    # -- Kafka Connect ---------------------------------------------------
+
+    def connect(self, job):
+        d = self.run_dir(f"connect-{job}")
+        rest = free_port()
+        worker = d / "worker.properties"
+        # Fair tuning: ByteArrayConverter (it cannot decode this protobuf;
+        # no converter to reach for), offsets flushed every second, REST on
+        # loopback. The consumer keeps its defaults (max.poll.records 500,
+        # fetch.min.bytes 1) except for the http job, where a put is one
+        # POST and crm-example takes at most 100 inputs per request.
+        worker.write_text("\n".join([
+            f"bootstrap.servers={self.a.brokers}",
+            "key.converter=org.apache.kafka.connect.storage.StringConverter",
+            "value.converter=org.apache.kafka.connect.converters.ByteArrayConverter",
+            f"offset.storage.file.filename={d / 'offsets'}",
+            "offset.flush.interval.ms=1000",
+            f"listeners=http://127.0.0.1:{rest}",
+            "plugin.discovery=only_scan",
+            "consumer.auto.offset.reset=earliest",
+            f"consumer.group.id={self.group('connect', job)}",
+            "consumer.max.poll.records=100" if job == "http" else "",
+            "",
+        ]))
+        connector = d / "connector.properties"
+        crm = None
+        if job == "file":
+            (d / "out").mkdir()
+            connector.write_text("\n".join([
+                f"name=bench-file-{os.getpid()}",
+                "connector.class=org.apache.kafka.connect.file.FileStreamSinkConnector",
+                "tasks.max=6",
+                f"topics={self.a.topic}",
+                f"file={d / 'out' / 'out.txt'}",
+                "",
+            ]))
+            progress = LineCounter(d / "out")
+        else:
+            crm, base = self.start_crm(d)
+            connector.write_text("\n".join([
+                f"name=bench-http-{os.getpid()}",
+                "connector.class=plugboard.bench.HttpSinkConnector",
+                "tasks.max=6",
+                f"topics={self.a.topic}",
+                f"crm.url={base}/crm/v3/objects/bookings/batch/upsert",
+                "",
+            ]))
+
+            def progress():
+                return self.crm_inputs(base)
+        log4j = d / "log4j2.properties"
+        # Connect brings no logging binding; log4j2 at WARN. Kafka 4.1's
+        # admin client logs "Rebootstrapping" in a loop unless its metadata
+        # logger is at WARN too.
+        log4j.write_text("\n".join([
+            "rootLogger.level=WARN",
+            "rootLogger.appenderRef.stdout.ref=STDOUT",
+            "appender.stdout.type=Console",
+            "appender.stdout.name=STDOUT",
+            "appender.stdout.layout.type=PatternLayout",
+            "appender.stdout.layout.pattern=[%d] %p %m (%c)%n",
+            "logger.metadata.name=org.apache.kafka.clients.Metadata",
+            "logger.metadata.level=WARN",
+            "",
+        ]))
+        cp = f"{self.a.connect_libs}/*:{self.a.connect_classes}"
+        # The JVM options Kafka's connect-standalone.sh starts it with
+        # (KAFKA_HEAP_OPTS and KAFKA_JVM_PERFORMANCE_OPTS); without a heap
+        # cap the JVM sizes itself to a quarter of the machine's memory.
+        jvm = ["-Xms256M", "-Xmx2G", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+               "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+               "-Djava.awt.headless=true"]
+        cmd = [self.a.java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", cp,
+               "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(connector)]
+        try:
+            return measure("Kafka Connect 4.1.2", job, cmd, progress, self.a.events, d / "log")
+        finally:
+            if crm:
+                crm.terminate()
+                crm.wait()
+
+    # -- Benthos ---------------------------------------------------------
+
+    def benthos(self, job):
+        d = self.run_dir(f"benthos-{job}")
+        port = free_port()
+        crm = None
+        # Fair tuning: kafka_franz reads all partitions concurrently, two
+        # pipeline threads (one per core) decode, and checkpoint_limit lets
+        # it keep 1,024 messages per partition in flight. No batching at
+        # the input: batches of 500 (period 50 ms) made decode 2.5x slower
+        # (6.5 s against 2.6 s for 50k events), and the file output writes
+        # message by message either way.
+        lines = [
+            "http:",
+            f"  address: 127.0.0.1:{port}",
+            "logger:",
+            "  level: WARN",
+            "metrics:",
+            "  json_api: {}",
+            "input:",
+            "  kafka_franz:",
+            f"    seed_brokers: [{self.a.brokers}]",
+            f"    topics: [{self.a.topic}]",
+            f"    consumer_group: {self.group('benthos', job)}",
+            "    start_from_oldest: true",
+            "    checkpoint_limit: 1024",
+            "pipeline:",
+            "  threads: 2",
+            "  processors:",
+            "    - protobuf:",
+            "        operator: to_json",
+            "        message: booking.v1.BookingEvent",
+            f"        import_paths: [{self.a.proto}]",
+            "output:",
+        ]
+        if job == "decode":
+            lines += ["  drop: {}"]
+            url = f"http://127.0.0.1:{port}/metrics"
+
+            def progress():
+                # json_api metrics: {"output_sent{label=...}": N, ...}
+                text = http_get(url)
+                try:
+                    values = json.loads(text) if text else {}
+                except ValueError:
+                    return 0
+                return sum(v for k, v in values.items()
+                           if k.split("{")[0] == "output_sent" and isinstance(v, (int, float)))
+        elif job == "file":
+            (d / "out").mkdir()
+            lines += ["  file:", f"    path: {d / 'out' / 'out.jsonl'}", "    codec: lines"]
+            progress = LineCounter(d / "out")
+        else:
+            crm, base = self.start_crm(d)
+            # One POST per batch of 100 (crm-example's limit), in HubSpot's
+            # batch upsert shape, six requests in flight.
+            lines += [
+                "  http_client:",
+                f"    url: {base}/crm/v3/objects/bookings/batch/upsert",
+                "    verb: POST",
+                "    headers:",
+                "      Content-Type: application/json",
+                "    max_in_flight: 6",
+                "    batching:",
+                "      count: 100",
+                "      period: 50ms",
+                "      processors:",
+                "        - archive:",
+                "            format: json_array",
+                "        - mapping: |",
+                "            root.inputs = this.map_each(e -> {",
+                '              "idProperty": "booking_id",',
+                '              "id": e.bookingId,',
+                '              "properties": {',
+                '                "booking_id": e.bookingId,',
+                '                "booking_state": e.state.or(""),',
+                '                "booking_version": e.version.or("").string(),',
+                '                "customer_name": e.customer.name.or(""),',
+                '                "customer_email": e.customer.email.or(""),',
+                '                "garage_name": e.garage.name.or(""),',
+                '                "service_code": e.service.serviceCode.or(""),',
+                '                "price_amount_minor": e.price.amountMinor.or("").string(),',
+                '                "price_currency": e.price.currencyCode.or(""),',
+                '                "appointment_start": e.appointmentStart.or(""),',
+                '                "last_event_id": e.eventId',
+                "              }",
+                "            })",
+            ]
+
+            def progress():
+                return self.crm_inputs(base)
+        config = d / "benthos.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        try:
+            return measure("Benthos 4.27.0", job, [self.a.benthos, "-c", str(config)],
+                           progress, self.a.events, d / "log")
+        finally:
+            if crm:
+                crm.terminate()
+                crm.wait()
+
+
+def scaling(bench, a):
+    """events/s against partitions (1, 2, 6, 12: bare consumer and
+    plugboard's no-op plugin, each on its own topic) and against plugins (1,
+    3, 10 no-op plugins on the 6-partition topic, counted together)."""
+    points = []
+    n = a.scaling_events
+    for p in [1, 2, 6, 12]:
+        topic = f"{a.topic}-p{p}"
+        made = subprocess.run([a.plugboard, "produce", "--brokers", a.brokers, "--topic", topic,
+                               "--generate", str((n * 10 + 35) // 36), "--partitions", str(p)],
+                              capture_output=True, text=True, check=True)
+        count = int(re.search(r"published (\d+) messages", made.stdout).group(1))
+        for system, run in [("bare rdkafka+prost", lambda: bench.bare("decode", topic, count)),
+                            ("plugboard (noop)", lambda: bench.plugboard("decode", topic, count))]:
+            r = run()
+            points.append({"sweep": "partitions", "system": system, "x": p,
+                           "events_per_s": r["steady_events_per_s"], "peak_rss_mb": r["peak_rss_mb"],
+                           "cpu_s": r["cpu_s"], "events": count})
+    for k in [1, 3, 10]:
+        r = bench.plugboard("decode", a.topic, a.events * k, copies=k)
+        points.append({"sweep": "plugins", "system": "plugboard (noop), all plugins", "x": k,
+                       "events_per_s": r["steady_events_per_s"], "peak_rss_mb": r["peak_rss_mb"],
+                       "cpu_s": r["cpu_s"], "events": a.events * k})
+    return points
+
+
+def table(results):
+    rows = [("system", "job", "wall s", "steady ev/s", "CPU s", "CPU us/ev", "peak RSS MB")]
+    for r in results:
+        per = r["cpu_s"] / r["events"] * 1e6 if r.get("cpu_s") else None
+        rows.append((r["system"], r["job"], f'{r["wall_s"]:.2f}',
+                     f'{r["steady_events_per_s"]:,}' if r["steady_events_per_s"] else "-",
+                     f'{r["cpu_s"]:.2f}' if r["cpu_s"] is not None else "-",
+                     f"{per:.1f}" if per else "-",
+                     f'{r["peak_rss_mb"]:.0f}' if r["peak_rss_mb"] is not None else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, row in enumerate(rows):
+        out.append("| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(row)) + " |")
+        if k == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for flag in ["brokers", "topic", "work", "out", "plugboard", "bare", "crm", "plugins", "state",
+                 "java", "connect-libs", "connect-classes", "benthos", "proto"]:
+        p.add_argument(f"--{flag}", required=True)
+    p.add_argument("--events", type=int, required=True)
+    p.add_argument("--systems", default="bare,plugboard,connect,benthos")
+    p.add_argument("--jobs", default="decode,file,http")
+    p.add_argument("--scaling-events", type=int, default=0,
+                   help="also run the scaling sweeps, each topic this size; 0: skip them")
+    p.add_argument("--plot", help="the plot_scaling binary, to draw scaling.svg")
+    a = p.parse_args()
+    bench = Bench(a)
+    plan = {
+        "bare": ["decode"],
+        "plugboard": ["decode", "file", "http"],
+        # Connect cannot decode this protobuf: no decode job.
+        "connect": ["file", "http"],
+        "benthos": ["decode", "file", "http"],
+    }
+    results = []
+    jobs = a.jobs.split(",")
+    for job in ["decode", "file", "http"]:
+        if job not in jobs:
+            continue
+        for system in a.systems.split(","):
+            if job in plan[system]:
+                try:
+                    results.append(getattr(bench, system)(job))
+                except Exception as e:  # one failed run must not lose the others
+                    print(f"    FAILED: {e}", file=sys.stderr, flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peers.json").write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(table(results))
+    print(f"\nwritten: {out / 'peers.json'}")
+    if a.scaling_events:
+        points = scaling(bench, a)
+        (out / "scaling.json").write_text(json.dumps(points, indent=2) + "\n")
+        print()
+        for sweep in ["partitions", "plugins"]:
+            for pt in points:
+                if pt["sweep"] == sweep:
+                    print(f"  {sweep:>10} {pt['x']:>3}  {pt['system']:<32} "
+                          f"{pt['events_per_s'] or 0:>9,} events/s  {pt['peak_rss_mb']:>6.1f} MB peak")
+        if a.plot:
+            subprocess.run([a.plot, str(out / "scaling.json"), str(out / "scaling.svg")], check=True)
+
+
+if __name__ == "__main__":
+    main()

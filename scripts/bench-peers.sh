@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The peer benchmark: plugboard beside a bare consumer, Kafka Connect and
+# Benthos, on the same topic and the same jobs. Not part of CI (it takes
+# minutes and downloads the peers); rerun it on any machine:
+#
+#   scripts/kafka.sh start
+#   scripts/bench-peers.sh [--events N] [--systems bare,plugboard,connect,benthos] [--jobs decode,file,http]
+#                          [--scaling-events M]
+#
+# It produces N booking events (default 1,000,000) once, as protobuf, into a
+# fresh 6-partition topic, then runs every system on every job it can do,
+# each in a fresh consumer group from the earliest offset:
+#   decode  consume, decode, discard
+#   file    one JSON line per event to a file
+#   http    batched POSTs to crm-example's batch upsert (HubSpot's shape)
+# and prints a table and writes target/bench/peers.json (see
+# bench/peers/harness.py for how each figure is measured).
+#
+# Then it measures how plugboard scales: events/s against partitions (1, 2,
+# 6, 12; topics of M events, default N/5, beside the bare consumer) and
+# against plugins (1, 3, 10 no-op plugins on the N-event topic), written to
+# target/bench/scaling.json and drawn in target/bench/scaling.svg.
+#
+# The systems:
+#   bare rdkafka+prost  the limit: host/examples/bare_consumer.rs
+#   plugboard           noop (decode), plugins/jsonl-sink (file), crm-sync (http)
+#   Kafka Connect 4.1.2 standalone, from Maven Central (bench/peers/connect/pom.xml):
+#                       FileStreamSinkConnector (file), the HTTP sink in
+#                       bench/peers/connect/src (http); no decode job, as it
+#                       cannot decode this protobuf (ByteArrayConverter)
+#   Benthos 4.27.0      the MIT core of Redpanda Connect, built from
+#                       bench/peers/benthos/main.go: kafka_franz, protobuf
+#                       to JSON, drop / file / http_client
+#
+# The peers are cached outside the source tree, in
+# ${PLUGBOARD_PEERS_CACHE:-~/.cache/plugboard/peers}; needs java and mvn
+# (Connect), go (Benthos) and python3 (the harness).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+events=1000000
+scaling=
+systems=bare,plugboard,connect,benthos
+jobs=decode,file,http
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --events) events=$2; shift 2 ;;
+    --systems) systems=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    --scaling-events) scaling=$2; shift 2 ;;
+    -h|--help) sed -n 2,32p "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+brokers=${PLUGBOARD_BENCH_BROKERS:-127.0.0.1:19092}
+cache=${PLUGBOARD_PEERS_CACHE:-$HOME/.cache/plugboard/peers}
+mkdir -p "$cache" target/bench
+
+if ! (exec 3<>"/dev/tcp/${brokers%:*}/${brokers#*:}") 2>/dev/null; then
+  echo "no Kafka broker at $brokers: run scripts/kafka.sh start (or set PLUGBOARD_BENCH_BROKERS)" >&2
+  exit 1
+fi
+
+echo "==> building plugboard, the bare consumer and crm-example (release)"
+cargo build --release --locked -p plugboard -p crm-example --example bare_consumer --example plot_scaling --bins -q
+if [ ! -f target/plugins/jsonl-sink.wasm ] || [ ! -f target/plugins/crm-sync.wasm ]; then
+  PLUGBOARD_SKIP_JS=1 scripts/build-plugins.sh >/dev/null
+fi
+
+connect_libs=$cache/connect-4.1.2/libs
+if [[ ",$systems," == *,connect,* ]]; then
+  if [ ! -f "$connect_libs/connect-runtime-4.1.2.jar" ]; then
+    echo "==> fetching Kafka Connect 4.1.2 and its dependencies from Maven Central"
+    (cd bench/peers/connect && mvn -B -q dependency:copy-dependencies -DoutputDirectory="$connect_libs")
+  fi
+  echo "==> compiling the Connect HTTP sink"
+  rm -rf "$cache/connect-classes" && mkdir -p "$cache/connect-classes"
+  javac -nowarn -d "$cache/connect-classes" -cp "$connect_libs/*" bench/peers/connect/src/plugboard/bench/*.java
+fi
+
+benthos=$cache/benthos-4.27.0
+if [[ ",$systems," == *,benthos,* ]] && [ ! -x "$benthos" ]; then
+  echo "==> building Benthos 4.27.0 (github.com/benthosdev/benthos/v4, MIT)"
+  # parquet-go, linked in by pure/extended, reaches into the runtime by
+  # linkname; Go 1.26 refuses that unless told otherwise.
+  (cd bench/peers/benthos && go build -ldflags=-checklinkname=0 -o "$benthos" .)
+fi
+
+# ~3.6 events per generated booking; produce whole lifecycles, then count.
+topic=plugboard-peers-$(date +%s)
+bookings=$(( (events * 10 + 35) / 36 ))
+echo "==> producing ~$events events ($bookings bookings) into $topic (6 partitions)"
+report=$(target/release/plugboard produce --brokers "$brokers" --topic "$topic" --generate "$bookings" --partitions 6)
+echo "    $report"
+count=$(echo "$report" | sed -n 's/^published \([0-9]*\) messages.*/\1/p')
+scaling=${scaling:-$((events / 5))}
+
+python3 bench/peers/harness.py \
+  --brokers "$brokers" --topic "$topic" --events "$count" \
+  --systems "$systems" --jobs "$jobs" \
+  --scaling-events "$scaling" --plot target/release/examples/plot_scaling \
+  --work target/bench/peers --out target/bench \
+  --plugboard target/release/plugboard --bare target/release/examples/bare_consumer \
+  --crm target/release/crm-example --plugins target/plugins --state target/bench/peers-state \
+  --java "$(command -v java || echo java)" --connect-libs "$connect_libs" \
+  --connect-classes "$cache/connect-classes" --benthos "$benthos" --proto "$repo/proto"
