@@ -445,6 +445,11 @@ fn plugins_are_replaced_under_load_and_a_broken_file_leaves_the_last_good_servin
         latencies.push(written.elapsed());
     }
     let last_good = sha256_hex(&version_of(&original, 10));
+    // The lag comes with the consumer's statistics, once a second: ten
+    // reloads can be done before the first.
+    wait_for("the consumer's first statistics", || {
+        !plugin_status(&admin, "probe")["lag"].is_null()
+    });
     let before = plugin_status(&admin, "probe");
     assert!(
         before["lag"].as_i64().unwrap() > 0,
