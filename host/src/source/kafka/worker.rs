@@ -16,10 +16,10 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use super::partitions::Partitions;
 use crate::catalog::LivePlugin;
 use crate::commit::Settled;
 use crate::decode::{self, DecodeError};
@@ -33,9 +33,6 @@ use crate::shutdown::Shutdown;
 /// the start are settled (see [`crate::settle::settle`]).
 pub type Settle =
     Arc<dyn for<'m> Fn(&mut Dispatcher, &[BorrowedMessage<'m>], &Shutdown) -> usize + Send + Sync>;
-
-/// A partition's own queue of fetched messages.
-pub type Queue = PartitionQueue<Partitions>;
 
 /// Whether the brokers answer, shared by the poll loop (which learns of
 /// trouble) and the workers (whose messages prove they answer again).
@@ -102,8 +99,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker of `partition`, reading `queue`.
-    pub fn spawn(setup: WorkerSetup, partition: i32, queue: Queue) -> Worker {
+    /// Starts the worker of `partition`, reading `queue`, the partition's
+    /// own queue of fetched messages.
+    pub fn spawn<C: ConsumerContext + 'static>(
+        setup: WorkerSetup,
+        partition: i32,
+        queue: PartitionQueue<C>,
+    ) -> Worker {
         let next = Arc::new(AtomicI64::new(UNKNOWN));
         let stop = Shutdown::new();
         let thread = {
@@ -143,7 +145,13 @@ impl Worker {
     }
 }
 
-fn run(setup: WorkerSetup, partition: i32, queue: Queue, next: Arc<AtomicI64>, stop: Shutdown) {
+fn run<C: ConsumerContext>(
+    setup: WorkerSetup,
+    partition: i32,
+    queue: PartitionQueue<C>,
+    next: Arc<AtomicI64>,
+    stop: Shutdown,
+) {
     let WorkerSetup {
         live,
         settle,
