@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
     --systems) systems=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --scaling-events) scaling=$2; shift 2 ;;
-    -h|--help) sed -n 2,32p "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -23,6 +23,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+/// The allocator the `plugboard` binary runs with, so the in-process host
+/// costs what the binary does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let Ok(brokers) = std::env::var("PLUGBOARD_BENCH_BROKERS") else {
         eprintln!("set PLUGBOARD_BENCH_BROKERS=host:port (scripts/kafka.sh start) to run");
