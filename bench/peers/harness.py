@@ -35,6 +35,13 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def stop(proc):
+    """Stops a helper process (crm-example), if one was started."""
+    if proc:
+        proc.terminate()
+        proc.wait()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -264,9 +271,7 @@ class Bench:
             return measure(name, job, [self.a.plugboard, "run", "--config", str(config)],
                            progress, events, d / "log", env=env)
         finally:
-            if crm:
-                crm.terminate()
-                crm.wait()
+            stop(crm)
 
     # -- Kafka Connect ---------------------------------------------------
 
@@ -345,9 +350,7 @@ class Bench:
         try:
             return measure("Kafka Connect 4.1.2", job, cmd, progress, self.a.events, d / "log")
         finally:
-            if crm:
-                crm.terminate()
-                crm.wait()
+            stop(crm)
 
     # -- Benthos ---------------------------------------------------------
 
@@ -446,9 +449,7 @@ class Bench:
             return measure("Benthos 4.27.0", job, [self.a.benthos, "-c", str(config)],
                            progress, self.a.events, d / "log")
         finally:
-            if crm:
-                crm.terminate()
-                crm.wait()
+            stop(crm)
 
 
 def scaling(bench, a):

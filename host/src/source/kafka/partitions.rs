@@ -22,7 +22,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_log::ClientLog;
-use super::worker::{Broker, Worker, WorkerSetup};
+use super::worker::{Worker, WorkerSetup};
 use crate::commit::{Offsets, Settled};
 use crate::hold::{ALL_PARTITIONS, Cause};
 
@@ -52,8 +52,6 @@ pub struct Partitions {
     /// What was stored and committed: what a stop without the broker
     /// leaves uncommitted.
     offsets: Offsets,
-    /// Whether the brokers answer.
-    broker: Arc<Broker>,
     log: ClientLog,
 }
 
@@ -65,7 +63,6 @@ impl Partitions {
             topic: topic.to_string(),
             plugin: plugin.to_string(),
             offsets: Offsets::default(),
-            broker: setup.broker.clone(),
             log: ClientLog::new(plugin.to_string()),
             setup,
             consumer: OnceLock::new(),
@@ -129,6 +126,12 @@ impl Partitions {
         if !self.owned.locked().contains_key(&partition) {
             self.assign(&[partition]);
         }
+        self.read_again(consumer, partition, offset);
+    }
+
+    /// Seeks `partition` back to `offset`: its queue is emptied and
+    /// fetched again from there.
+    fn read_again(&self, consumer: &GroupConsumer, partition: i32, offset: i64) {
         let timeout = std::time::Duration::from_secs(5);
         if let Err(e) = consumer.seek(&self.topic, partition, Offset::Offset(offset), timeout) {
             tracing::error!(
@@ -177,14 +180,7 @@ impl Partitions {
         entry.restart_at = None;
         std::mem::replace(&mut entry.worker, worker).stop();
         if let Some(next) = from {
-            let timeout = std::time::Duration::from_secs(5);
-            if let Err(e) = consumer.seek(&self.topic, partition, Offset::Offset(next), timeout) {
-                tracing::error!(
-                    plugin = self.plugin,
-                    partition,
-                    "cannot read the partition again from offset {next}: {e}"
-                );
-            }
+            self.read_again(consumer, partition, next);
         }
         self.setup
             .live
@@ -245,7 +241,7 @@ impl Partitions {
             worker.stop();
         }
         self.store_settled(consumer);
-        if self.broker.is_down() {
+        if self.setup.broker.is_down() {
             // A synchronous commit would wait for the broker; ask for one
             // and say what may be delivered again.
             let _ = consumer.commit_consumer_state(CommitMode::Async);
@@ -270,7 +266,7 @@ impl Partitions {
     pub fn close(&self, consumer: &GroupConsumer) -> bool {
         self.closing.store(true, Ordering::SeqCst);
         self.release(consumer, None);
-        !self.broker.is_down()
+        !self.setup.broker.is_down()
     }
 
     /// Logs, per partition, the settled offsets the broker has not
@@ -318,7 +314,7 @@ impl ClientContext for Partitions {
             Cause::Host,
             &format!("Kafka: {reason}"),
         );
-        self.broker.lost();
+        self.setup.broker.lost();
     }
 
     /// Lag of the owned partitions, and whether a broker is up again.
@@ -350,7 +346,7 @@ impl ClientContext for Partitions {
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
         if up {
-            self.broker.answers(&self.setup.live);
+            self.setup.broker.answers(&self.setup.live);
         }
     }
 }
