@@ -20,6 +20,8 @@ use plugboard::source::Source;
 /// jemalloc rather than glibc's malloc: every event allocates and frees its
 /// decoded strings on a partition worker, and glibc's allocator was a
 /// quarter of the consume path's CPU (`perf record` of `plugboard run`).
+/// librdkafka's C allocations go to it too (see host/Cargo.toml), and its
+/// defaults (`.cargo/config.toml`) keep an idle host's memory small.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -59,6 +59,10 @@ impl Runtime {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(budgets);
         config.wasm_component_model(true);
+        // The map from native code back to wasm offsets only refines trap
+        // backtraces (function names stay): it is a tenth of a component's
+        // compiled size, resident for as long as the plugin serves.
+        config.generate_address_map(false);
         if let Some(dir) = cache_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the cache folder {}", dir.display()))?;
