@@ -130,6 +130,11 @@ impl Prepared {
         );
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(output.clone()).stderr(output.clone());
+        // A plugin runs on a partition thread of its own, which may block:
+        // its file operations run right there instead of hopping to tokio's
+        // blocking pool and back (a pool that had grown to 20 threads under
+        // data-lake's writes).
+        wasi.allow_blocking_current_thread(true);
         if let Some(folder) = &spec.folder {
             let perms = if folder.read_only {
                 FsPerms::ReadOnly
