@@ -57,19 +57,18 @@ done
 mkdir -p target/bench
 
 python3 - "$brokers" "$bin" "$lifecycles" "$partitions" "$seconds" "$rate" "$cold" <<'EOF'
-import json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import json, os, shutil, statistics, subprocess, sys, tempfile, threading, time
 from pathlib import Path
+
+sys.path.insert(0, "bench/peers")
+from harness import free_port, http_get, prom_value, stop  # the peer benchmark's helpers
 
 brokers, binary = sys.argv[1], os.path.abspath(sys.argv[2])
 lifecycles, partitions, seconds, rate, cold = (int(a) for a in sys.argv[3:8])
 repo = Path.cwd()
 work = Path(tempfile.mkdtemp(prefix="plugboard-rss-"))
 topic = f"plugboard-rss-{os.getpid()}"
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PLUGINS = ("crm-sync", "data-lake", "metrics")
 
 def produce(n, seed):
     subprocess.run([binary, "produce", "--brokers", brokers, "--topic", topic, "--generate",
@@ -84,7 +83,7 @@ crm = subprocess.Popen([str(repo / "target/release/crm-example"), "--listen", f"
                         "--db", str(work / "crm.db")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 plugins = work / "plugins"
 plugins.mkdir()
-for p in ("crm-sync", "data-lake", "metrics"):
+for p in PLUGINS:
     shutil.copy(repo / "examples/demo/plugins" / f"{p}.toml", plugins)
     shutil.copy(repo / "target/plugins" / f"{p}.wasm", plugins)
 admin = free_port()
@@ -97,14 +96,11 @@ def config(group):
                     f'[kafka]\nbrokers = "{brokers}"\ntopic = "{topic}"\ngroup_prefix = "{topic}.{group}."\n')
     return path
 
-def metrics():
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=1) as r:
-            text = r.read().decode()
-    except Exception:
-        return None
-    lag = {m[0]: float(m[1]) for m in re.findall(r'^plugboard_consumer_lag\{plugin="([^"]+)"\} (\S+)$', text, re.M)}
-    return lag
+def lags():
+    """Each plugin's consumer lag, once its first statistics are in."""
+    text = http_get(f"http://127.0.0.1:{admin}/metrics", timeout=1)
+    return {p: prom_value(text, "plugboard_consumer_lag", {"plugin": p})
+            for p in PLUGINS if text and f'plugboard_consumer_lag{{plugin="{p}"}}' in text}
 
 def status(pid):
     fields = {}
@@ -114,16 +110,16 @@ def status(pid):
             fields[k] = int(v.split()[0])
     return fields
 
+warm = host = None
 try:
     if not cold:
         print("==> warming the component cache")
         warm = subprocess.Popen([binary, "run", "--config", str(config("warm"))], env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(work / "warm.log", "w"))
         deadline = time.time() + 120
-        while time.time() < deadline and len(metrics() or {}) < 3:
+        while time.time() < deadline and len(lags()) < len(PLUGINS):
             time.sleep(0.2)
-        warm.terminate()
-        warm.wait(timeout=60)
+        stop(warm)
         shutil.rmtree(work / "lake", ignore_errors=True)
 
     print(f"==> running the three demo plugins")
@@ -142,8 +138,8 @@ try:
         if time.time() - started > 900:
             sys.exit("the topic did not drain in 15 minutes")
         sample("catch-up")
-        lag = metrics() or {}
-        if len(lag) == 3 and all(v == 0 for v in lag.values()) and time.time() - started > 2:
+        lag = lags()
+        if len(lag) == len(PLUGINS) and all(v == 0 for v in lag.values()) and time.time() - started > 2:
             drained_at = time.time()
         time.sleep(0.25)
     catch_up_hwm = status(host.pid)["VmHWM"]
@@ -152,28 +148,27 @@ try:
         sample("drained")
         time.sleep(0.25)
 
-    stop = threading.Event()
+    done = threading.Event()
     def trickle():
         seed = 2
-        while not stop.is_set():
+        while not done.is_set():
             began = time.time()
             produce(rate, seed)
             seed += 1
-            stop.wait(max(0.0, 1.0 - (time.time() - began)))
+            done.wait(max(0.0, 1.0 - (time.time() - began)))
     producer = threading.Thread(target=trickle)
     producer.start()
     end = time.time() + seconds
     while time.time() < end:
         sample("flowing")
         time.sleep(0.25)
-    stop.set()
+    done.set()
     producer.join()
     final = status(host.pid)
-    lag = metrics() or {}
-    host.terminate()
-    host.wait(timeout=60)
+    lag = lags()
 finally:
-    crm.terminate()
+    for proc in (warm, host, crm):
+        stop(proc)
 
 mb = lambda kb: round(kb / 1024, 1)
 rows = []
