@@ -17,7 +17,7 @@ echo "==> building Rust plugins (plugins/)"
 (cd plugins && cargo build --release --locked)
 out=target/wasm/wasm32-wasip2/release
 mkdir -p target/plugins
-for crate in crm_sync metrics data_lake jsonl_sink garage_notifier faulty noop; do
+for crate in crm_sync metrics data_lake jsonl_sink garage_notifier faulty noop counting; do
   cp "$out/$crate.wasm" "target/plugins/${crate//_/-}.wasm"
 done
 cp target/plugins/{crm-sync,metrics,data-lake}.wasm examples/demo/plugins/

@@ -138,12 +138,12 @@ fn bench(c: &mut Criterion) {
     group.bench_with_input(
         BenchmarkId::new("wasm-logging/budgets-enforced", 100),
         &all[..100],
-        |b, batch| b.iter(|| budgeted.handle(black_box(batch))),
+        |b, batch| b.iter(|| budgeted.handle(black_box(batch), &never)),
     );
     group.bench_with_input(
         BenchmarkId::new("wasm-logging/no-budgets", 100),
         &all[..100],
-        |b, batch| b.iter(|| free.handle(black_box(batch))),
+        |b, batch| b.iter(|| free.handle(black_box(batch), &never)),
     );
     for size in [1usize, 100, 1000] {
         let batch = &all[..size];
@@ -156,7 +156,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("wasm-noop/handle", size),
             batch,
-            |b, batch| b.iter(|| instance.handle(black_box(batch))),
+            |b, batch| b.iter(|| instance.handle(black_box(batch), &never)),
         );
         group.bench_with_input(BenchmarkId::new("native-noop", size), batch, |b, batch| {
             b.iter(|| native_noop(black_box(batch)))

@@ -91,13 +91,13 @@ fn main() {
         let mut instance = prepared.instantiate(Some(0)).unwrap();
         let batch = std::slice::from_ref(&event);
         for _ in 0..200 {
-            let d = instance.handle(batch);
+            let d = instance.handle(batch, &plugboard::shutdown::Shutdown::new());
             assert!(matches!(d, plugboard::runtime::Disposition::All), "{d}");
         }
         let calls = 2000;
         let began = Instant::now();
         for _ in 0..calls {
-            let d = instance.handle(batch);
+            let d = instance.handle(batch, &plugboard::shutdown::Shutdown::new());
             assert!(matches!(d, plugboard::runtime::Disposition::All), "{d}");
         }
         let per_call = began.elapsed() / calls;

@@ -37,6 +37,7 @@ fn main() {
                                 plugin: Arc::from("bench"),
                                 source: Arc::from("bench"),
                             },
+                            usize::MAX,
                         );
                         let (mut total, mut waited) = (Duration::ZERO, Duration::ZERO);
                         for n in 0..commits {

@@ -22,7 +22,14 @@
 //! A call's state writes and metric updates count only when it handled its
 //! whole batch (see [`Instance::handle`]); the handled prefix of a call
 //! that stopped early is delivered again on its own, so state never runs
-//! ahead of what was handled and nothing is counted twice.
+//! ahead of what was handled and nothing is counted twice. An event that
+//! fails for good is parked (by [`Park`]) before any event after it is
+//! handled: if the park cannot finish (a stop, a revoke), nothing past it
+//! has touched state, and the committed prefix ends right before it.
+//!
+//! Every attempt goes to the version the plugin serves at that moment: a
+//! fix dropped in while a partition holds or an event keeps trapping ends
+//! the loop, and a new version's failures count from zero.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +63,9 @@ pub enum FailureClass {
     Timeout,
     /// The plugin's answer broke the handler contract on every attempt.
     Contract,
+    /// The plugin held more of the host's memory (pending state writes,
+    /// metric updates) than its budget on every attempt.
+    Budget,
 }
 
 impl FailureClass {
@@ -67,6 +77,7 @@ impl FailureClass {
             FailureClass::Trap => "trap",
             FailureClass::Timeout => "timeout",
             FailureClass::Contract => "contract",
+            FailureClass::Budget => "budget",
         }
     }
 }
@@ -75,8 +86,20 @@ impl FailureClass {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub class: FailureClass,
+    /// At most [`crate::dead_letter::MAX_REASON_BYTES`] long.
     pub reason: String,
     pub attempts: u32,
+}
+
+impl Failure {
+    /// A failure whose reason is cut to the dead-letter bound.
+    pub fn new(class: FailureClass, reason: &str, attempts: u32) -> Self {
+        Failure {
+            class,
+            reason: crate::dead_letter::truncate_reason(reason).into_owned(),
+            attempts,
+        }
+    }
 }
 
 /// What became of one event.
@@ -84,6 +107,25 @@ pub struct Failure {
 pub enum Outcome {
     Handled,
     DeadLetter(Failure),
+}
+
+/// Parks the event at this index of the batch with this failure, failed
+/// by this version; true once the dead-letter sink holds it for good,
+/// false if a stop or revoke came first (then it is not settled).
+pub type Park<'a> = dyn FnMut(usize, &Failure, &Prepared) -> bool + 'a;
+
+/// Why a delivery returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every event of the batch is settled.
+    Settled,
+    /// A stop or revoke came while the partition held or a dead letter
+    /// was written: the events after the outcomes are not settled.
+    Stopped,
+    /// The plugin now serves a version that wants events in another shape
+    /// (`payload`): the rest of the batch must be made again for it, so no
+    /// event is offered to two versions with different settings.
+    Reshaped,
 }
 
 /// Counts for the run summary.
@@ -147,22 +189,37 @@ impl Dispatcher {
 
     /// Moves to the version the plugin serves now, if it is another one:
     /// the next call goes to a fresh instance of it. Called between
-    /// batches, and between the attempts of a partition that holds (then
-    /// the events already settled stay with the version that settled them).
-    pub fn follow(&mut self) {
+    /// batches, and before every attempt within one (the events already
+    /// settled stay with the version that settled them). True if the
+    /// version changed.
+    pub fn follow(&mut self) -> bool {
         let Some(current) = self.live.as_ref().map(|l| l.current()) else {
-            return;
+            return false;
         };
-        if !Arc::ptr_eq(&self.prepared, &current) {
-            self.prepared = current;
-            self.instance = None;
+        if Arc::ptr_eq(&self.prepared, &current) {
+            return false;
         }
+        self.prepared = current;
+        self.instance = None;
+        true
     }
 
-    /// Delivers `batch` and returns one outcome per event, in order. If
-    /// `stop` is raised while the partition holds, returns early with the
-    /// outcomes of the events settled so far: the rest are not settled.
+    /// Delivers `batch` and returns one outcome per event, in order; the
+    /// failures are only returned, parked nowhere. If `stop` is raised
+    /// while the partition holds, returns early with the outcomes of the
+    /// events settled so far: the rest are not settled.
     pub fn deliver(&mut self, batch: &[wit::Event], stop: &Shutdown) -> Vec<Outcome> {
+        self.deliver_parking(batch, stop, &mut |_, _, _| true).0
+    }
+
+    /// [`Dispatcher::deliver`], each final failure handed to `park` the
+    /// moment it is final, before any later event is delivered.
+    pub fn deliver_parking(
+        &mut self,
+        batch: &[wit::Event],
+        stop: &Shutdown,
+        park: &mut Park<'_>,
+    ) -> (Vec<Outcome>, Ended) {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut head = Head::default();
         // Events go one at a time to find the one that fails.
@@ -170,8 +227,19 @@ impl Dispatcher {
         // The handled prefix of a call whose effects were dropped: it is
         // delivered again on its own.
         let mut prefix: Option<usize> = None;
+        // The shape the events were made in.
+        let payload = self.prepared.spec.payload;
+        let mut ended = Ended::Settled;
 
         while outcomes.len() < batch.len() {
+            if self.follow() {
+                // A new version: its own attempts, the same hold clock.
+                head.attempts = 0;
+                if self.prepared.spec.payload != payload {
+                    ended = Ended::Reshaped;
+                    break;
+                }
+            }
             let start = outcomes.len();
             let end = match prefix.take() {
                 Some(n) => start + n,
@@ -188,7 +256,7 @@ impl Dispatcher {
             let disposition = match self.instance() {
                 Ok(instance) => {
                     let began = Instant::now();
-                    let d = instance.handle(slice);
+                    let d = instance.handle(slice, stop);
                     batch_seconds.observe(began.elapsed().as_secs_f64());
                     d
                 }
@@ -202,6 +270,7 @@ impl Dispatcher {
                     };
                     let reason = format!("a plugin instance cannot start: {e}");
                     if !self.wait(cause, &reason, &mut head, None, stop) {
+                        ended = Ended::Stopped;
                         break;
                     }
                     continue;
@@ -239,6 +308,7 @@ impl Dispatcher {
                     // ahead of the store: rebuild.
                     self.rebuild("state-unsaved");
                     if !self.wait(Cause::Host, &reason, &mut head, None, stop) {
+                        ended = Ended::Stopped;
                         break;
                     }
                     continue;
@@ -247,6 +317,7 @@ impl Dispatcher {
                     let reason = poisoned_or_broken.to_string();
                     let class = match poisoned_or_broken {
                         Disposition::Poisoned(Poison::Timeout(_)) => FailureClass::Timeout,
+                        Disposition::Poisoned(Poison::Budget(_)) => FailureClass::Budget,
                         Disposition::Contract(_) => {
                             self.prepared.mark_faulty(&reason);
                             FailureClass::Contract
@@ -265,7 +336,8 @@ impl Dispatcher {
                         one_by_one = true;
                         continue;
                     }
-                    if !self.attempt_failed(&mut outcomes, &mut head, class, reason, stop) {
+                    if !self.attempt_failed(&mut outcomes, &mut head, class, reason, stop, park) {
+                        ended = Ended::Stopped;
                         break;
                     }
                     continue;
@@ -275,7 +347,11 @@ impl Dispatcher {
             let head_alone = outcomes.len() + 1 == end;
             match failure {
                 PluginFailure::Reject(reason) => {
-                    self.park(&mut outcomes, &mut head, FailureClass::Rejected, reason);
+                    let class = FailureClass::Rejected;
+                    if !self.park(&mut outcomes, &mut head, class, reason, park) {
+                        ended = Ended::Stopped;
+                        break;
+                    }
                 }
                 PluginFailure::Retry(info) => {
                     let held = *head.held_since.get_or_insert_with(Instant::now);
@@ -300,23 +376,23 @@ impl Dispatcher {
                             info.reason,
                             held.elapsed()
                         );
-                        self.park(
-                            &mut outcomes,
-                            &mut head,
-                            FailureClass::RetriesExhausted,
-                            reason,
-                        );
+                        let class = FailureClass::RetriesExhausted;
+                        if !self.park(&mut outcomes, &mut head, class, reason, park) {
+                            ended = Ended::Stopped;
+                            break;
+                        }
                         continue;
                     }
                     let asked = info.after_ms.map(|ms| Duration::from_millis(ms.into()));
                     if !self.wait(Cause::Sink, &info.reason, &mut head, asked, stop) {
+                        ended = Ended::Stopped;
                         break;
                     }
                 }
             }
         }
         self.release();
-        outcomes
+        (outcomes, ended)
     }
 
     /// The first `n` events not yet settled are handled.
@@ -335,26 +411,30 @@ impl Dispatcher {
     }
 
     /// The head event is final: to the dead-letter path, with the number
-    /// of deliveries it got (`head` counts those that failed before).
+    /// of deliveries it got (`head` counts those that failed before), and
+    /// parked by `park` before anything else happens. False if the park
+    /// was cut short: the event is not settled.
     fn park(
         &mut self,
         outcomes: &mut Vec<Outcome>,
         head: &mut Head,
         class: FailureClass,
         reason: String,
-    ) {
+        park: &mut Park<'_>,
+    ) -> bool {
         let attempts = match class {
             FailureClass::Rejected => head.attempts + head.retries + 1,
             _ => head.attempts + head.retries,
         };
-        outcomes.push(Outcome::DeadLetter(Failure {
-            class,
-            reason,
-            attempts,
-        }));
+        let failure = Failure::new(class, &reason, attempts);
+        if !park(outcomes.len(), &failure, &self.prepared) {
+            return false;
+        }
+        outcomes.push(Outcome::DeadLetter(failure));
         self.stats.dead_lettered += 1;
         *head = Head::default();
         self.release();
+        true
     }
 
     /// The plugin failed on the head event itself (trap, timeout, broken
@@ -367,11 +447,11 @@ impl Dispatcher {
         class: FailureClass,
         reason: String,
         stop: &Shutdown,
+        park: &mut Park<'_>,
     ) -> bool {
         head.attempts += 1;
         if head.attempts >= self.prepared.spec.limits.max_attempts {
-            self.park(outcomes, head, class, reason);
-            return true;
+            return self.park(outcomes, head, class, reason, park);
         }
         self.stats.retried += 1;
         HostEvent::Retried {
@@ -381,6 +461,15 @@ impl Dispatcher {
             reason: &reason,
         }
         .emit(self.prepared.metrics());
+        // The partition makes no progress meanwhile: it shows as waiting.
+        self.holding = true;
+        let max = self.prepared.spec.limits.max_attempts;
+        self.prepared.metrics().holds.hold(
+            &self.prepared.name,
+            self.slot,
+            Cause::Plugin,
+            &format!("attempt {} of {max} failed: {reason}", head.attempts),
+        );
         stop.sleep(backoff(&self.prepared.spec.limits, head.attempts))
     }
 
@@ -407,6 +496,7 @@ impl Dispatcher {
                 match cause {
                     Cause::Sink => "plugin's sink",
                     Cause::Host => "host",
+                    Cause::Plugin => "plugin",
                 }
             );
         } else {
@@ -419,9 +509,8 @@ impl Dispatcher {
             Some(asked) => asked.min(limits.backoff_max),
             None => backoff(limits, head.waits),
         };
-        let slept = stop.sleep(delay);
-        self.follow();
-        slept
+        // The next attempt follows a new version, if one came meanwhile.
+        stop.sleep(delay)
     }
 
     /// The partition goes on: end its hold, if it had one.

@@ -1,8 +1,9 @@
 //! Holds: the partitions that wait instead of going on, and why.
 //!
 //! A partition holds when its next event cannot be settled yet: the plugin
-//! answered `retry` (its sink is down, slow or rate-limiting), or a part of
-//! the host failed (the state store, the dead-letter producer, the broker,
+//! answered `retry` (its sink is down, slow or rate-limiting), it trapped or
+//! ran out of time and the event is tried again, or a part of the host
+//! failed (the state store, the dead-letter producer, the broker,
 //! a plugin instance that cannot start). A hold never parks an event; it
 //! ends by itself when the cause goes away. What holds is visible in
 //! `/plugins`, `/readyz` and the metrics, with the time it began and the
@@ -25,6 +26,9 @@ pub enum Cause {
     Sink,
     /// A part of the host failed; the host is not ready while it lasts.
     Host,
+    /// The plugin trapped or ran out of time on the event, which is tried
+    /// again (up to `max_attempts`) after a backoff.
+    Plugin,
 }
 
 impl Cause {
@@ -32,6 +36,7 @@ impl Cause {
         match self {
             Cause::Sink => "sink",
             Cause::Host => "host",
+            Cause::Plugin => "plugin",
         }
     }
 }
@@ -154,6 +159,24 @@ impl Holds {
         Some(hold.began.elapsed().unwrap_or_default())
     }
 
+    /// Ends every hold of `plugin`: it was removed, and what it waited
+    /// for is no longer this host's to wait for.
+    pub fn release_plugin(&self, plugin: &str) {
+        let mut current = self.current.locked();
+        let gone: Vec<(String, i32)> = current
+            .keys()
+            .filter(|(p, _)| p == plugin)
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(hold) = current.remove(&key) {
+                self.waiting
+                    .with_label_values(&[plugin, &key.1.to_string(), hold.cause.as_str()])
+                    .set(0);
+            }
+        }
+    }
+
     /// Every hold now, oldest first per plugin.
     pub fn snapshot(&self) -> Vec<Hold> {
         let now = SystemTime::now();
@@ -212,5 +235,23 @@ mod tests {
         );
         assert_eq!(holds.begun.with_label_values(&["crm", "sink"]).get(), 1);
         assert_eq!(holds.begun.with_label_values(&["crm", "host"]).get(), 1);
+    }
+
+    #[test]
+    fn a_removed_plugin_takes_its_holds_along() {
+        let holds = Holds::new(&Registry::new());
+        holds.hold("crm", 0, Cause::Sink, "HTTP 503");
+        holds.hold("crm", ALL_PARTITIONS, Cause::Host, "broker down");
+        holds.hold("lake", 1, Cause::Host, "disk full");
+        holds.release_plugin("crm");
+        let left: Vec<_> = holds.snapshot().into_iter().map(|h| h.plugin).collect();
+        assert_eq!(left, ["lake"]);
+        assert_eq!(
+            holds
+                .waiting
+                .with_label_values(&["crm", "-1", "host"])
+                .get(),
+            0
+        );
     }
 }

@@ -250,6 +250,7 @@ impl Reloader {
             tracing::info!(plugin = name, "removed from the folder; draining");
             running.stop.request();
             join(name, running.thread);
+            self.runtime.metrics().plugin_removed(name);
             self.catalog.stopped(name);
             tracing::info!(plugin = name, "stopped");
         }

@@ -183,7 +183,10 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
             }
         };
         let wit_event = crate::settle::to_wit(&line, event.clone(), prepared.spec.payload);
-        let disposition = instance.handle(std::slice::from_ref(&wit_event));
+        let disposition = instance.handle(
+            std::slice::from_ref(&wit_event),
+            &crate::shutdown::Shutdown::new(),
+        );
         let outcome = disposition.to_string();
         match disposition {
             Disposition::All => counts[0] += 1,

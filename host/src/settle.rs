@@ -5,7 +5,7 @@
 //! handled or parked; only a settled prefix may be committed.
 
 use crate::dead_letter::DeadLetters;
-use crate::dispatch::{Dispatcher, Failure, FailureClass, Outcome};
+use crate::dispatch::{Dispatcher, Ended, Failure, FailureClass};
 use crate::event::BookingEvent;
 use crate::runtime::bindings::wit;
 use crate::runtime::convert;
@@ -15,63 +15,63 @@ use crate::source::Record;
 /// Settles `records` (one partition's, in order) with `dispatcher`'s plugin.
 /// Returns how many records from the start are settled: all of them, unless
 /// `stop` came while the partition held or a dead letter was being written.
+///
+/// Every record is parked before any record after it is delivered: the
+/// records are delivered in runs that end at one that does not decode, and
+/// the dispatcher parks a failed event before it goes on. So whatever stop
+/// cuts a dead-letter write short, nothing past the unsettled record has
+/// reached the plugin's state or metrics.
 pub fn settle<R: Record>(
     dispatcher: &mut Dispatcher,
     records: &[R],
     dead_letters: &dyn DeadLetters<R>,
     stop: &Shutdown,
 ) -> usize {
-    let wants_payload = dispatcher.prepared().spec.payload;
-    let mut events = Vec::with_capacity(records.len());
-    // The record each event came from.
-    let mut origin = Vec::with_capacity(records.len());
-    let mut failed: Vec<(usize, Failure)> = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        match record.decode() {
-            Ok(event) => {
-                events.push(to_wit(record, event, wants_payload));
-                origin.push(i);
-            }
-            Err(err) => {
-                dispatcher
-                    .prepared()
-                    .metrics()
-                    .decode_failures
-                    .with_label_values(&[record.source()])
-                    .inc();
-                failed.push((
-                    i,
-                    Failure {
-                        class: FailureClass::Decode,
-                        reason: err.to_string(),
-                        attempts: 0,
-                    },
-                ));
+    // The first record not settled.
+    let mut next = 0;
+    while next < records.len() {
+        let payload = dispatcher.prepared().spec.payload;
+        let mut events = Vec::new();
+        let mut undecodable = None;
+        for record in &records[next..] {
+            match record.decode() {
+                Ok(event) => events.push(to_wit(record, event, payload)),
+                Err(err) => {
+                    undecodable = Some(err);
+                    break;
+                }
             }
         }
-    }
-    let outcomes = if events.is_empty() {
-        Vec::new()
-    } else {
-        dispatcher.deliver(&events, stop)
-    };
-    // Records up to the first event not settled are settled (those that
-    // did not decode included); none past it.
-    let settled = origin.get(outcomes.len()).copied().unwrap_or(records.len());
-    for (k, outcome) in outcomes.into_iter().enumerate() {
-        if let Outcome::DeadLetter(failure) = outcome {
-            failed.push((origin[k], failure));
+        if !events.is_empty() {
+            let base = next;
+            let (outcomes, ended) =
+                dispatcher.deliver_parking(&events, stop, &mut |k, failure, version| {
+                    dead_letters.park(&records[base + k], failure, version, stop)
+                });
+            next += outcomes.len();
+            match ended {
+                Ended::Settled => {}
+                // The rest is made again in the shape the new version wants.
+                Ended::Reshaped => continue,
+                Ended::Stopped => return next,
+            }
+        }
+        if let Some(err) = undecodable {
+            let record = &records[next];
+            let prepared = dispatcher.prepared().clone();
+            prepared
+                .metrics()
+                .decode_failures
+                .with_label_values(&[record.source()])
+                .inc();
+            let failure = Failure::new(FailureClass::Decode, &err.to_string(), 0);
+            if !dead_letters.park(record, &failure, &prepared, stop) {
+                return next;
+            }
+            next += 1;
         }
     }
-    failed.retain(|(i, _)| *i < settled);
-    failed.sort_by_key(|(i, _)| *i);
-    let version = dispatcher.prepared().clone();
-    for (i, failure) in failed {
-        if !dead_letters.park(&records[i], &failure, &version, stop) {
-            return i;
-        }
-    }
-    settled
+    records.len()
 }
 
 /// `record`'s `event` as a plugin gets it: with its protobuf encoding if

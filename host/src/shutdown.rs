@@ -82,6 +82,31 @@ impl Shutdown {
         false
     }
 
+    /// Waits for `future` on this thread, with no async runtime; `None` if
+    /// the token is raised first (the future is dropped). The token is
+    /// looked at every `STOP_CHECK`, so a stop ends the wait that soon.
+    pub fn block_on<F: Future + Unpin>(&self, mut future: F) -> Option<F::Output> {
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        const STOP_CHECK: Duration = Duration::from_millis(20);
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(output) = std::pin::Pin::new(&mut future).poll(&mut cx) {
+                return Some(output);
+            }
+            if self.is_requested() {
+                return None;
+            }
+            std::thread::park_timeout(STOP_CHECK);
+        }
+    }
+
     /// Waits until the token is raised.
     pub fn wait(&self) {
         let mut guard = self.0.lock.locked();
@@ -111,6 +136,26 @@ mod tests {
         assert!(began.elapsed() < Duration::from_secs(5));
         assert!(raise.is_requested());
         raise.wait();
+    }
+
+    #[test]
+    fn block_on_returns_the_output_or_gives_up_at_a_stop() {
+        let shutdown = Shutdown::new();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            tx.send(7).unwrap();
+        });
+        assert_eq!(shutdown.block_on(rx), Some(Ok(7)));
+        let (_tx, never) = futures::channel::oneshot::channel::<()>();
+        let raise = shutdown.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            raise.request();
+        });
+        let began = Instant::now();
+        assert_eq!(shutdown.block_on(never), None);
+        assert!(began.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -31,6 +31,10 @@ use serde_json::Value;
 /// How long each fault lasts while events keep arriving.
 const FAULT: Duration = Duration::from_secs(5);
 
+/// The plugins of every scenario: the demo's three, and `counting`, which
+/// keeps no dedupe, so that an event counted twice shows.
+const PLUGINS: [&str; 4] = ["crm-sync", "data-lake", "metrics", "counting"];
+
 /// The business truth of a set of events, computed without the plugins.
 struct Oracle {
     /// event_id of every event a sink must have.
@@ -212,6 +216,8 @@ struct Row {
     lost: usize,
     wrongly_parked: usize,
     duplicates: usize,
+    /// Events the counting plugin's state counts more than once.
+    double_counted: usize,
     recovery: Duration,
 }
 
@@ -275,7 +281,10 @@ impl Scenario {
                 "data-lake",
                 &format!("[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n", lake.display()),
             )
-            .plugin("metrics", "metrics", "");
+            .plugin("metrics", "metrics", "")
+            // Counts every delivery in its state, with no dedupe: a double
+            // count of any event shows.
+            .plugin("counting", "counting", "");
         // Quick backoff, so recovery is measured in seconds; the cap also
         // bounds a Retry-After.
         let mut text = std::fs::read_to_string(&setup.config).unwrap();
@@ -373,7 +382,7 @@ impl Scenario {
     /// long that took.
     fn settle(&self) -> Duration {
         let began = Instant::now();
-        wait_for_zero_lag(&self.kafka, &["crm-sync", "data-lake", "metrics"]);
+        wait_for_zero_lag(&self.kafka, &PLUGINS);
         began.elapsed()
     }
 
@@ -463,7 +472,7 @@ impl Scenario {
     ) -> Row {
         let mut wrongly_parked = 0;
         let mut parked_by: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for plugin in ["crm-sync", "data-lake", "metrics"] {
+        for plugin in PLUGINS {
             let (allowed, required) = may_park.get(plugin).cloned().unwrap_or_default();
             let dead = read_all(&self.brokers, &format!("{}.dlq.{plugin}", self.topic));
             let mut parked = BTreeSet::new();
@@ -543,18 +552,43 @@ impl Scenario {
             .unwrap();
         let got_metrics = business_of(&common::Prom(text), &want_metrics);
 
+        // The counting plugin: every event it did not park, once.
+        let counted = self.counted();
+        let want_counted = sink("counting").events;
+        let lost_counts = want_counted
+            .iter()
+            .filter(|id| !counted.contains_key(*id))
+            .count();
+        let twice: Vec<(&String, &u64)> = counted.iter().filter(|(_, n)| **n > 1).collect();
+
         let row = Row {
             fault: fault.to_string(),
             events,
-            lost: lost_rows + lost_crm,
+            lost: lost_rows + lost_crm + lost_counts,
             wrongly_parked,
             duplicates,
+            double_counted: twice.len(),
             recovery,
         };
         eprintln!(
-            "| {} | {} | {} | {} | {} | {:.1?} |",
-            row.fault, row.events, row.lost, row.wrongly_parked, row.duplicates, row.recovery
+            "| {} | {} | {} | {} | {} | {} | {:.1?} |",
+            row.fault,
+            row.events,
+            row.lost,
+            row.wrongly_parked,
+            row.duplicates,
+            row.double_counted,
+            row.recovery
         );
+        assert_eq!(
+            lost_counts, 0,
+            "{fault}: events the counting plugin never counted"
+        );
+        if !self.restarted {
+            // Only a host that stopped without committing (the broker was
+            // away) may deliver again, and only what it had not committed.
+            assert!(twice.is_empty(), "{fault}: counted twice: {twice:?}");
+        }
         assert_eq!(lost_rows, 0, "{fault}: events missing from the lake");
         assert_eq!(lost_crm, 0, "{fault}: bookings missing from the CRM");
         assert!(stale.is_empty(), "{fault}: stale CRM records: {stale:?}");
@@ -564,15 +598,49 @@ impl Scenario {
         row
     }
 
+    /// The counting plugin's count of every event it handled, from the
+    /// host's state file.
+    fn counted(&self) -> BTreeMap<String, u64> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.data.join("state.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = db
+            .prepare(
+                "SELECT key, value FROM state WHERE plugin = 'counting' AND bucket = 'counting'",
+            )
+            .unwrap();
+        stmt.query_map([], |row| {
+            let value: Vec<u8> = row.get(1)?;
+            Ok((row.get::<_, String>(0)?, value))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .filter_map(|(key, value)| {
+            let id = key.strip_prefix("n/")?.to_string();
+            Some((id, String::from_utf8(value).ok()?.parse().ok()?))
+        })
+        .collect()
+    }
+
     /// Stops the host (it must exit cleanly) and prints the matrix.
     fn finish(mut self) {
         stop(self.host.take().unwrap());
-        eprintln!("| fault | events | lost | wrongly parked | duplicates | recovery |");
-        eprintln!("|---|---|---|---|---|---|");
+        eprintln!(
+            "| fault | events | lost | wrongly parked | duplicates | double-counted | recovery |"
+        );
+        eprintln!("|---|---|---|---|---|---|---|");
         for r in &self.rows {
             eprintln!(
-                "| {} | {} | {} | {} | {} | {:.1?} |",
-                r.fault, r.events, r.lost, r.wrongly_parked, r.duplicates, r.recovery
+                "| {} | {} | {} | {} | {} | {} | {:.1?} |",
+                r.fault,
+                r.events,
+                r.lost,
+                r.wrongly_parked,
+                r.duplicates,
+                r.double_counted,
+                r.recovery
             );
         }
     }
@@ -656,22 +724,11 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(Vec<u8>, String, String)> {
 /// Creates `topic` with `max.message.bytes` = `limit`, or (`None`) raises
 /// its limit back to the broker's default.
 fn topic_config(brokers: &str, topic: &str, limit: Option<&str>) {
-    use rdkafka::admin::{
-        AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
-    };
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
     let (admin, runtime) = admin(brokers);
     let options = AdminOptions::new();
     match limit {
-        Some(limit) => {
-            let new =
-                NewTopic::new(topic, 6, TopicReplication::Fixed(1)).set("max.message.bytes", limit);
-            for r in runtime
-                .block_on(admin.create_topics(&[new], &options))
-                .unwrap()
-            {
-                r.unwrap();
-            }
-        }
+        Some(limit) => create_named_topic(brokers, topic, 6, &[("max.message.bytes", limit)]),
         None => {
             let alter = AlterConfig::new(ResourceSpecifier::Topic(topic))
                 .set("max.message.bytes", "2000000");
@@ -874,6 +931,26 @@ fn outages_of_the_crm_hold_the_partitions_and_heal_without_holes() {
         move |_| replace(&m2, right.as_bytes()),
     );
 
+    // A version that traps on every event, replaced by a fixed one while
+    // its events are tried again: the loop follows the fix, nothing is
+    // parked and nothing counted twice.
+    let counting_manifest = s.setup.plugins.join("counting.toml");
+    let (k1, k2) = (counting_manifest.clone(), counting_manifest.clone());
+    s.case(
+        "counting traps on every event until a fixed version is dropped in",
+        150,
+        move |_| {
+            replace(
+                &k1,
+                b"[limits]\nmax_attempts = 1000\n[config]\ntrap_all = \"yes\"\nversion = \"broken\"\n",
+            )
+        },
+        |s| {
+            s.wait_for_hold("counting", "plugin", "traps on every event");
+        },
+        move |_| replace(&k2, b"[config]\nversion = \"fixed\"\n"),
+    );
+
     // Plugin files replaced mid-stream by ones that cannot serve: the
     // version in use goes on.
     let component = s.setup.plugins.join("metrics.wasm");
@@ -1024,7 +1101,7 @@ fn poison_is_parked_alone_and_its_neighbours_are_handled() {
     // state key, and only it; the CRM may refuse the 1 MB record.
     let decode: BTreeSet<String> = ["decode".to_string()].into();
     let mut may_park = BTreeMap::new();
-    for plugin in ["crm-sync", "data-lake", "metrics"] {
+    for plugin in PLUGINS {
         may_park.insert(plugin, (decode.clone(), BTreeSet::new()));
     }
     may_park
@@ -1064,7 +1141,7 @@ fn poison_is_parked_alone_and_its_neighbours_are_handled() {
         .text()
         .unwrap();
     let prom = common::Prom(text);
-    for plugin in ["crm-sync", "data-lake", "metrics"] {
+    for plugin in PLUGINS {
         assert_eq!(
             prom.get(
                 "plugboard_dead_letters_total",
@@ -1079,8 +1156,8 @@ fn poison_is_parked_alone_and_its_neighbours_are_handled() {
             "plugboard_decode_failures_total",
             &[("source", s.topic.as_str())]
         ),
-        Some(15.0),
-        "5 undecodable messages, seen by each of the 3 consumers"
+        Some(20.0),
+        "5 undecodable messages, seen by each of the 4 consumers"
     );
     assert_eq!(
         prom.get(

@@ -754,3 +754,69 @@ fn an_init_that_fails_for_now_holds_the_partitions_until_it_works() {
         None
     );
 }
+
+#[test]
+fn an_event_too_large_for_its_dead_letter_topic_is_parked_without_its_payload() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, events) = stream(&brokers, 3, 30, 23);
+    // One event of 20 KB, far over what its dead-letter topic takes.
+    let (valid, _) = read_sample(&events);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mut big = plugboard::decode::from_json(text.lines().next().unwrap()).unwrap();
+    big.event_id = "too-big-to-park".into();
+    if let Some(c) = big.customer.as_mut() {
+        c.name = "n".repeat(20_000);
+    }
+    let file = setup.path("big.ndjson");
+    std::fs::write(&file, serde_json::to_string(&big).unwrap() + "\n").unwrap();
+    produce(&brokers, &topic, &file);
+    let dlq = format!("{topic}.dlq.counting");
+    create_named_topic(&brokers, &dlq, 1, &[("max.message.bytes", "8000")]);
+    std::fs::create_dir_all(setup.path("out")).unwrap();
+    // Its reason is 100 KB too: cut to the bound.
+    setup.plugin(
+        "counting",
+        "counting",
+        &format!(
+            "[folder]\npath = \"{}\"\n[config]\ndir = \"/out\"\nreject = \"too-big-to-park\"\nreason_bytes = \"100000\"\n",
+            setup.path("out").display()
+        ),
+    );
+    let kafka = kafka_config(&setup, &brokers, &topic, "toobig");
+    let host = start_host(&setup);
+    // Lag 0: the event is parked and its partition went on.
+    wait_for_zero_lag(&kafka, &["counting"]);
+    stop(host);
+    let dead = read_topic(&brokers, &dlq, 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter = &dead[0];
+    assert!(
+        letter["plugboard.payload-omitted"].contains("refused the whole record"),
+        "{letter:?}"
+    );
+    assert_eq!(letter["value"], "", "the payload is left out");
+    assert_eq!(letter["plugboard.original-topic"], topic);
+    assert!(letter["plugboard.original-offset"].parse::<i64>().is_ok());
+    let reason = &letter["plugboard.reason"];
+    assert!(reason.len() <= plugboard::dead_letter::MAX_REASON_BYTES);
+    assert!(reason.starts_with("counting rejects too-big-to-park"));
+    // Every other event counted once.
+    for event in &valid {
+        assert_eq!(
+            stored_number(
+                &setup,
+                "counting",
+                &topic,
+                "counting",
+                &format!("n/{}", event.event_id)
+            ),
+            Some(1),
+            "{}",
+            event.event_id
+        );
+    }
+    assert_eq!(
+        stored_number(&setup, "counting", &topic, "counting", "total"),
+        Some(valid.len() as u64)
+    );
+}

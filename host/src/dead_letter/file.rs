@@ -23,7 +23,8 @@ pub struct FileRecord {
     pub line: u64,
     /// The plugin that failed on it, or `decode` when no plugin saw it.
     pub plugin: String,
-    /// decode, rejected, retries-exhausted, trap or timeout.
+    /// decode, rejected, retries-exhausted, trap, timeout, contract or
+    /// budget.
     pub class: String,
     /// Why, in the words of the decoder, the plugin or the runtime.
     pub reason: String,

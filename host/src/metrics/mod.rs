@@ -62,8 +62,10 @@ pub struct Metrics {
     pub instance_restarts: IntCounterVec,
     /// Lines plugins logged, by level.
     pub plugin_log_lines: IntCounterVec,
-    /// Outgoing requests refused by the egress policy.
+    /// Outgoing requests refused by the egress policy, by origin: at most
+    /// `MAX_DENIED_ORIGINS` per plugin, the rest as `other`.
     pub egress_denied: IntCounterVec,
+    denied_origins: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     /// Plugin versions loaded or rejected by a (re)load.
     pub plugin_loads: IntCounterVec,
     /// Plugin log and output lines dropped over the plugin's budget.
@@ -80,6 +82,10 @@ pub struct Metrics {
     /// Every plugin's own metrics, by plugin name.
     plugins: Mutex<BTreeMap<String, plugin::PluginFamilies>>,
 }
+
+/// Origins a plugin's denied requests are counted under, each its own
+/// series; past this they count as `other`.
+pub const MAX_DENIED_ORIGINS: usize = 100;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -182,6 +188,7 @@ impl Metrics {
                 g
             },
             lags: Mutex::default(),
+            denied_origins: Mutex::default(),
             series_dropped: counter(
                 &registry,
                 "plugboard_plugin_series_dropped_total",
@@ -191,6 +198,23 @@ impl Metrics {
             registry,
             plugins: Mutex::default(),
         }
+    }
+
+    /// Counts one outgoing request of `plugin` to `origin` refused by the
+    /// egress policy. A plugin that tries endless origins gets at most
+    /// [`MAX_DENIED_ORIGINS`] series; the rest count as `other`.
+    pub fn egress_denied(&self, plugin: &str, origin: &str) {
+        let label = {
+            let mut all = self.denied_origins.locked();
+            let seen = all.entry(plugin.to_string()).or_default();
+            if seen.contains(origin) || seen.len() < MAX_DENIED_ORIGINS {
+                seen.insert(origin.to_string());
+                origin
+            } else {
+                "other"
+            }
+        };
+        self.egress_denied.with_label_values(&[plugin, label]).inc();
     }
 
     /// `plugin`'s consumer lag on this host, from its latest statistics.
@@ -304,6 +328,19 @@ impl Metrics {
     pub fn forget_gauge_slot(&self, plugin: &str, slot: i32) {
         if let Some(families) = self.plugins.locked().get_mut(plugin) {
             families.forget_slot(slot);
+        }
+    }
+
+    /// `plugin` was removed: its holds end, and its lag and gauges are no
+    /// longer this host's to report (added again, it reports them afresh
+    /// from its state, not from the shares of its former partitions). Its
+    /// counters stay, as counters do.
+    pub fn plugin_removed(&self, plugin: &str) {
+        self.holds.release_plugin(plugin);
+        let _ = self.consumer_lag.remove_label_values(&[plugin]);
+        self.lags.locked().remove(plugin);
+        if let Some(families) = self.plugins.locked().get_mut(plugin) {
+            families.forget_gauges();
         }
     }
 

@@ -233,6 +233,17 @@ impl PluginFamilies {
         }
     }
 
+    /// Drops every share of every gauge: the plugin is gone from this host.
+    pub fn forget_gauges(&mut self) {
+        for family in self.families.values_mut() {
+            for series in family.series.values_mut() {
+                if let Value::Gauge(shares) = &mut series.value {
+                    shares.clear();
+                }
+            }
+        }
+    }
+
     /// A new version goes live: what it does not write again is not shown.
     pub fn new_version(&mut self) {
         self.generation += 1;
@@ -250,6 +261,10 @@ impl PluginFamilies {
             let mut metrics = Vec::new();
             for (values, series) in &family.series {
                 if series.generation < self.generation {
+                    continue;
+                }
+                if matches!(&series.value, Value::Gauge(shares) if shares.is_empty()) {
+                    // No partition of this host reports it any more.
                     continue;
                 }
                 let mut pairs: Vec<(&str, &str)> = family

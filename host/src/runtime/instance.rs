@@ -14,6 +14,7 @@ use super::kv;
 use super::output::GuestOutput;
 use super::plugin::Prepared;
 use super::state::PluginState;
+use crate::shutdown::Shutdown;
 
 /// The gauge share of an instance made only to check a version.
 const PROBE_SLOT: i32 = -1;
@@ -55,6 +56,10 @@ pub enum Poison {
     /// The call ran past the plugin's time budget and was interrupted.
     #[error("plugin ran past its {0:?} time budget and was interrupted")]
     Timeout(Duration),
+    /// The call held more of the host's memory (pending state writes or
+    /// metric updates) than its budget allows; what it held is dropped.
+    #[error("plugin went over its budget: {0}")]
+    Budget(String),
 }
 
 /// How one `handle` call ended: exactly one of these.
@@ -167,6 +172,9 @@ impl Prepared {
                 allowed: self.allowed.clone(),
                 metrics: self.metrics.clone(),
                 observer: self.observer.clone(),
+                budget: spec.limits.timeout,
+                deadline: None,
+                stop: None,
             },
             metrics: self.metrics.clone(),
             slot,
@@ -176,10 +184,14 @@ impl Prepared {
                     plugin: self.name.clone(),
                     source: self.source.clone(),
                 },
+                spec.limits.memory_limit_bytes,
             ),
             log_budget: self.log_budget.clone(),
             observer: self.observer.clone(),
             pending_metrics: Vec::new(),
+            pending_metric_bytes: 0,
+            max_pending_metric_bytes: spec.limits.memory_limit_bytes / 4,
+            metrics_overrun: None,
             max_series: spec.limits.max_series,
         };
         let mut store = Store::new(&self.engine, state);
@@ -204,6 +216,7 @@ impl Prepared {
         if let Some(p) = partition {
             config.push(("plugboard.partition".into(), p.to_string()));
         }
+        store.data_mut().egress.deadline = Some(std::time::Instant::now() + timeout);
         let init = plugin
             .plugboard_plugin_handler()
             .call_init(&mut store, &config)
@@ -212,6 +225,9 @@ impl Prepared {
         if let Some(reason) = data.kv.take_failure() {
             // `init` failed because the store did: the host's failure.
             return Err(CallError::Host(reason));
+        }
+        if let Some(reason) = data.take_overrun() {
+            return Err(CallError::Poisoned(Poison::Budget(reason)));
         }
         init.map_err(|e| match e {
             InitError::Reject(reason) => CallError::InitRejected(reason),
@@ -256,8 +272,15 @@ impl Instance {
     /// So a stopped call drops them (see [`Disposition::Stopped`]), and the
     /// caller delivers the handled prefix again on its own to have them
     /// counted once.
-    pub fn handle(&mut self, batch: &[wit::Event]) -> Disposition {
+    /// Outgoing requests of the call end by its deadline, and at once when
+    /// `stop` is raised (the batch is delivered again later).
+    pub fn handle(&mut self, batch: &[wit::Event], stop: &Shutdown) -> Disposition {
         self.store.set_epoch_deadline(self.ticks);
+        let egress = &mut self.store.data_mut().egress;
+        egress.deadline = Some(std::time::Instant::now() + self.timeout);
+        if egress.stop.is_none() {
+            egress.stop = Some(stop.clone());
+        }
         // Only what this call prints may explain its trap.
         self.output.take_tail();
         let outcome = self
@@ -270,9 +293,16 @@ impl Instance {
             Err(e) => {
                 data.discard_call();
                 data.kv.take_failure();
+                data.take_overrun();
                 return Disposition::Poisoned(classify(e, self.timeout, &self.output));
             }
         };
+        if let Some(reason) = data.take_overrun() {
+            // Over budget: nothing of the call counts, whatever it answered.
+            data.discard_call();
+            data.kv.take_failure();
+            return Disposition::Poisoned(Poison::Budget(reason));
+        }
         if let Some(reason) = data.kv.take_failure() {
             // The plugin answered about a store that failed under it.
             data.discard_call();

@@ -36,6 +36,13 @@ pub struct PluginState {
     /// counts (like its state writes), so a batch delivered again is never
     /// counted twice.
     pub(super) pending_metrics: Vec<MetricOp>,
+    /// Bytes `pending_metrics` holds (names and labels), and their bound:
+    /// host memory outside the plugin's own.
+    pub(super) pending_metric_bytes: usize,
+    pub(super) max_pending_metric_bytes: usize,
+    /// Set when an update went over that bound: the call fails as over
+    /// its budget, whatever it answers.
+    pub(super) metrics_overrun: Option<String>,
     /// Metric series the plugin may create.
     pub(super) max_series: usize,
 }
@@ -63,6 +70,14 @@ impl PluginState {
             self.report(r);
         }
         self.pending_metrics = ops;
+        self.pending_metric_bytes = 0;
+    }
+
+    /// Why the call went over a budget of host memory (pending state
+    /// writes or metric updates), if it did; cleared.
+    pub(super) fn take_overrun(&mut self) -> Option<String> {
+        let kv = self.kv.take_overrun();
+        self.metrics_overrun.take().or(kv)
     }
 
     /// Drops the call's metric updates and state writes: the call does not
@@ -70,6 +85,7 @@ impl PluginState {
     pub(super) fn discard_call(&mut self) -> bool {
         let dropped = !self.pending_metrics.is_empty() || self.kv.has_pending();
         self.pending_metrics.clear();
+        self.pending_metric_bytes = 0;
         self.kv.discard();
         dropped
     }

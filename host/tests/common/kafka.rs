@@ -29,17 +29,23 @@ pub fn brokers() -> Option<String> {
 /// A fresh topic with a random name, so runs never collide.
 pub fn create_topic(brokers: &str, partitions: i32) -> String {
     let name = format!("plugboard-test-{:016x}", rand::random::<u64>());
+    create_named_topic(brokers, &name, partitions, &[]);
+    name
+}
+
+/// Creates `name` with topic settings `config` (e.g. `max.message.bytes`).
+pub fn create_named_topic(brokers: &str, name: &str, partitions: i32, config: &[(&str, &str)]) {
     let (admin, runtime) = admin(brokers);
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in config {
+        topic = topic.set(key, value);
+    }
     let results = runtime
-        .block_on(admin.create_topics(
-            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
+        .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
         .unwrap();
     for r in results {
         r.unwrap();
     }
-    name
 }
 
 /// An admin client of `brokers` and a runtime to wait for its answers.

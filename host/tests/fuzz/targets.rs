@@ -19,12 +19,13 @@ use prost::Message;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("protobuf", protobuf),
     ("json", json),
     ("host-config", host_config),
     ("manifest", manifest),
     ("template", template),
+    ("dead-letter", dead_letter),
 ];
 
 /// Real events to start from.
@@ -290,6 +291,47 @@ pub fn template(data: &[u8]) {
     let _ = plugboard::config::template::expand_with(&text, |name| {
         (name.len() % 2 == 0).then(|| name.repeat(2))
     });
+}
+
+/// The headers of a dead letter, from a plugin's reason of any size and
+/// content: the reason header stays within its bound, whole characters.
+pub fn dead_letter(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(reason) = text(&mut u) else { return };
+    let reason = match u.int_in_range(0..=2u8) {
+        Ok(0) => reason.repeat(u.int_in_range(1..=2000usize).unwrap_or(1)),
+        _ => reason,
+    };
+    let class = *u
+        .choose(&[
+            plugboard::dispatch::FailureClass::Rejected,
+            plugboard::dispatch::FailureClass::Trap,
+            plugboard::dispatch::FailureClass::Budget,
+        ])
+        .unwrap_or(&plugboard::dispatch::FailureClass::Decode);
+    let failure = plugboard::dispatch::Failure::new(class, &reason, u.arbitrary().unwrap_or(0));
+    let max = plugboard::dead_letter::MAX_REASON_BYTES;
+    assert!(failure.reason.len() <= max, "{}", failure.reason.len());
+    let omitted = u.arbitrary::<Option<String>>().unwrap_or(None);
+    let letter = plugboard::dead_letter::Letter {
+        plugin: "fuzz",
+        sha256: "00",
+        failure: &failure,
+        topic: "bookings",
+        partition: u.arbitrary().unwrap_or(0),
+        offset: u.arbitrary().unwrap_or(0),
+        omitted: omitted.as_deref(),
+    };
+    for (key, value) in letter.headers() {
+        assert!(key.starts_with("plugboard."));
+        assert!(value.len() <= max, "{key}: {} bytes", value.len());
+    }
+    if reason.len() <= max {
+        assert_eq!(failure.reason, reason, "a short reason is kept whole");
+    } else {
+        let kept = failure.reason.split(" [cut: ").next().unwrap_or_default();
+        assert!(reason.starts_with(kept));
+    }
 }
 
 /// Runs `target` on `inputs` inputs made from a seeded generator; returns

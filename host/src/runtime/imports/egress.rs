@@ -1,13 +1,23 @@
 //! The outgoing-HTTP policy of one plugin: requests go out only to the
 //! origins its manifest grants; anything else fails inside the plugin with
 //! `HTTP-request-denied`, and is logged and counted.
+//!
+//! A request also ends within the call's time budget, whatever the guest
+//! library asks for (wasi-http waits up to 600 s by default, and a host
+//! call is not interrupted by the epoch deadline): its connect, first-byte
+//! and between-bytes timeouts are capped at what is left of the budget,
+//! and the whole exchange is cut there and at a stop or revoke. The guest
+//! sees a timeout and answers retry, or the epoch deadline, passed by then,
+//! ends the call as a timeout.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::metrics::Metrics;
 use crate::runtime::observer::Observer;
+use crate::shutdown::Shutdown;
 
 /// Adds `wasi:http/outgoing-handler`, every request checked by [`Egress`].
 pub fn add_to_linker<T: wasmtime_wasi_http::WasiHttpView + 'static>(
@@ -25,6 +35,12 @@ pub struct Egress {
     /// Set by `plugboard replay`: requests are recorded, and answered by a
     /// stub unless sending is allowed.
     pub(crate) observer: Option<Arc<dyn Observer>>,
+    /// The plugin's time budget per call.
+    pub(crate) budget: Duration,
+    /// When the call in progress must end: set before each call.
+    pub(crate) deadline: Option<Instant>,
+    /// The stop of the worker that calls: a request in flight ends with it.
+    pub(crate) stop: Option<Shutdown>,
 }
 
 type ResponseFuture = Box<
@@ -75,12 +91,20 @@ impl WasiHttpHooks for Egress {
                 %origin,
                 "outgoing HTTP denied: origin not in the plugin's allow_hosts"
             );
-            self.metrics
-                .egress_denied
-                .with_label_values(&[&*self.plugin, &origin])
-                .inc();
+            self.metrics.egress_denied(&self.plugin, &origin);
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        let left = self
+            .deadline
+            .map_or(self.budget, |d| d.saturating_duration_since(Instant::now()))
+            .min(self.budget);
+        let capped = |asked: Option<Duration>| Some(asked.map_or(left, |a| a.min(left)));
+        let options = Some(RequestOptions {
+            connect_timeout: capped(options.and_then(|o| o.connect_timeout)),
+            first_byte_timeout: capped(options.and_then(|o| o.first_byte_timeout)),
+            between_bytes_timeout: capped(options.and_then(|o| o.between_bytes_timeout)),
+        });
+        let stop = self.stop.clone();
         _ = fut;
         if let Some(observer) = self.observer.clone() {
             match observer.answer(&origin) {
@@ -90,12 +114,33 @@ impl WasiHttpHooks for Egress {
         }
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let send = tokio::time::timeout(
+                left,
+                wasmtime_wasi_http::default_send_request(request, options),
+            );
+            let (response, io) = tokio::select! {
+                sent = send => sent.map_err(|_| Error::ConnectionReadTimeout)??,
+                () = stopped(stop) => {
+                    return Err(Error::InternalError(Some(
+                        "the partition is stopping: the request was cut".into(),
+                    )));
+                }
+            };
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
         })
+    }
+}
+
+/// Resolves once `stop` is raised; never without one.
+async fn stopped(stop: Option<Shutdown>) {
+    let Some(stop) = stop else {
+        return std::future::pending().await;
+    };
+    while !stop.is_requested() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -312,19 +312,62 @@ pub struct KvState {
     db: Option<Arc<StateDb>>,
     scope: Scope,
     pending: Writes,
+    /// Bytes `pending` holds (buckets, keys, values): host memory outside
+    /// the plugin's own, bounded by `max_pending_bytes`.
+    pending_bytes: usize,
+    max_pending_bytes: usize,
+    /// Set when a write went over `max_pending_bytes`: the call fails as
+    /// over its budget, whatever it answers.
+    overrun: Option<String>,
     /// Set when the store itself failed during the call: whatever the
     /// plugin answered then, the host failed, not the event.
     failed: Option<String>,
 }
 
 impl KvState {
-    pub fn new(db: Option<Arc<StateDb>>, scope: Scope) -> Self {
+    /// A view whose calls may hold up to `max_pending_bytes` of writes.
+    pub fn new(db: Option<Arc<StateDb>>, scope: Scope, max_pending_bytes: usize) -> Self {
         KvState {
             db,
             scope,
             pending: Writes::new(),
+            pending_bytes: 0,
+            max_pending_bytes,
+            overrun: None,
             failed: None,
         }
+    }
+
+    /// Why the call went over its budget of pending writes, if it did;
+    /// cleared.
+    pub fn take_overrun(&mut self) -> Option<String> {
+        self.overrun.take()
+    }
+
+    /// Holds `write` for the call, unless the call's writes would then
+    /// hold more than their budget.
+    fn hold(&mut self, slot: (String, String), write: Write) -> Result<(), store::Error> {
+        let size = |slot: &(String, String), write: &Write| {
+            slot.0.len()
+                + slot.1.len()
+                + match write {
+                    Write::Set(value) => value.len(),
+                    Write::Delete | Write::Add(_) => 8,
+                }
+        };
+        let before = self.pending.get(&slot).map_or(0, |w| size(&slot, w));
+        let after = self.pending_bytes - before + size(&slot, &write);
+        if after > self.max_pending_bytes {
+            let reason = format!(
+                "the call's pending state writes would hold {after} bytes, over its budget of {} (the plugin's memory_limit)",
+                self.max_pending_bytes
+            );
+            self.overrun.get_or_insert_with(|| reason.clone());
+            return Err(store::Error::Other(reason));
+        }
+        self.pending_bytes = after;
+        self.pending.insert(slot, write);
+        Ok(())
     }
 
     /// Makes the call's writes durable.
@@ -339,6 +382,7 @@ impl KvState {
             return Ok(Duration::ZERO);
         }
         let writes = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         match &self.db {
             Some(db) => db
                 .apply(&self.scope, writes)
@@ -368,6 +412,7 @@ impl KvState {
     /// Forgets the call's writes (it trapped or did not handle its batch).
     pub fn discard(&mut self) {
         self.pending.clear();
+        self.pending_bytes = 0;
     }
 
     /// The value as the store has it, ignoring this call's writes.
@@ -407,8 +452,7 @@ impl KvState {
             Some(value) => Write::Set(value),
             None => Write::Delete,
         };
-        self.pending.insert((bucket.to_string(), key), write);
-        Ok(())
+        self.hold((bucket.to_string(), key), write)
     }
 
     /// Adds `delta` to `key` at commit, whatever other instances add
@@ -443,7 +487,7 @@ impl KvState {
                 (Write::Add(delta), seen)
             }
         };
-        self.pending.insert(slot, write);
+        self.hold(slot, write)?;
         Ok(seen)
     }
 
@@ -628,7 +672,7 @@ mod tests {
             for _ in 0..instances {
                 let db = db.clone();
                 s.spawn(move || {
-                    let mut kv = KvState::new(Some(db), scope("p", "bookings"));
+                    let mut kv = KvState::new(Some(db), scope("p", "bookings"), usize::MAX);
                     for _ in 0..calls {
                         for _ in 0..per_call {
                             kv.increment("b", "total".into(), 1).unwrap();
@@ -638,7 +682,7 @@ mod tests {
                 });
             }
         });
-        let mut kv = KvState::new(Some(db), scope("p", "bookings"));
+        let mut kv = KvState::new(Some(db), scope("p", "bookings"), usize::MAX);
         assert_eq!(
             number(&mut kv, "b", "total"),
             Some(instances * calls * per_call)
@@ -649,13 +693,13 @@ mod tests {
     fn a_call_sees_its_own_writes_and_increments() {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
-        let mut kv = KvState::new(Some(db.clone()), scope("p", "t"));
+        let mut kv = KvState::new(Some(db.clone()), scope("p", "t"), usize::MAX);
         assert_eq!(kv.increment("b", "n".into(), 2).unwrap(), 2);
         assert_eq!(kv.increment("b", "n".into(), 3).unwrap(), 5);
         assert_eq!(number(&mut kv, "b", "n"), Some(5));
         kv.commit().unwrap();
         // Another instance adds meanwhile: the next increment builds on it.
-        let mut other = KvState::new(Some(db.clone()), scope("p", "t"));
+        let mut other = KvState::new(Some(db.clone()), scope("p", "t"), usize::MAX);
         other.increment("b", "n".into(), 10).unwrap();
         other.commit().unwrap();
         assert_eq!(kv.increment("b", "n".into(), 1).unwrap(), 16);
@@ -667,7 +711,7 @@ mod tests {
         assert_eq!(kv.increment("b", "gone".into(), 4).unwrap(), 4);
         assert_eq!(kv.keys("b").unwrap(), ["gone", "m", "n"]);
         kv.commit().unwrap();
-        let mut fresh = KvState::new(Some(db), scope("p", "t"));
+        let mut fresh = KvState::new(Some(db), scope("p", "t"), usize::MAX);
         assert_eq!(number(&mut fresh, "b", "n"), Some(16));
         assert_eq!(number(&mut fresh, "b", "m"), Some(8));
         assert_eq!(number(&mut fresh, "b", "gone"), Some(4));
@@ -677,7 +721,7 @@ mod tests {
     fn an_increment_of_a_value_that_is_no_number_fails_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
-        let mut kv = KvState::new(Some(db), scope("p", "t"));
+        let mut kv = KvState::new(Some(db), scope("p", "t"), usize::MAX);
         kv.set("b", "word".into(), Some(b"seven".to_vec())).unwrap();
         kv.commit().unwrap();
         let err = kv.increment("b", "word".into(), 1).unwrap_err();
@@ -689,14 +733,19 @@ mod tests {
     fn state_is_scoped_to_the_plugin_and_the_source() {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
-        let mut a = KvState::new(Some(db.clone()), scope("metrics", "bookings"));
+        let mut a = KvState::new(Some(db.clone()), scope("metrics", "bookings"), usize::MAX);
         a.set("totals", "0".into(), Some(b"3".to_vec())).unwrap();
         a.commit().unwrap();
-        let mut other_topic = KvState::new(Some(db.clone()), scope("metrics", "bookings-eu"));
+        let mut other_topic = KvState::new(
+            Some(db.clone()),
+            scope("metrics", "bookings-eu"),
+            usize::MAX,
+        );
         assert_eq!(other_topic.get("totals", "0").unwrap(), None);
-        let mut other_plugin = KvState::new(Some(db.clone()), scope("lake", "bookings"));
+        let mut other_plugin =
+            KvState::new(Some(db.clone()), scope("lake", "bookings"), usize::MAX);
         assert_eq!(other_plugin.get("totals", "0").unwrap(), None);
-        let mut same = KvState::new(Some(db), scope("metrics", "bookings"));
+        let mut same = KvState::new(Some(db), scope("metrics", "bookings"), usize::MAX);
         assert_eq!(same.get("totals", "0").unwrap(), Some(b"3".to_vec()));
     }
 
@@ -716,7 +765,23 @@ mod tests {
         let db = StateDb::open(&path).unwrap();
         assert_eq!(db.adopt_unscoped("bookings").unwrap(), 1);
         assert_eq!(db.adopt_unscoped("bookings").unwrap(), 0);
-        let mut kv = KvState::new(Some(db), scope("metrics", "bookings"));
+        let mut kv = KvState::new(Some(db), scope("metrics", "bookings"), usize::MAX);
         assert_eq!(kv.get("totals", "0").unwrap(), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn writes_past_the_budget_fail_and_mark_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
+        let mut kv = KvState::new(Some(db), scope("p", "t"), 100);
+        kv.set("b", "k".into(), Some(vec![0; 60])).unwrap();
+        // Overwriting a key holds its new size, not both.
+        kv.set("b", "k".into(), Some(vec![0; 90])).unwrap();
+        assert!(kv.take_overrun().is_none());
+        assert!(kv.set("b", "k2".into(), Some(vec![0; 20])).is_err());
+        let why = kv.take_overrun().expect("over budget");
+        assert!(why.contains("over its budget of 100"), "{why}");
+        kv.discard();
+        kv.set("b", "k2".into(), Some(vec![0; 20])).unwrap();
     }
 }

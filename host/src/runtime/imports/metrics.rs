@@ -44,6 +44,21 @@ impl PluginState {
             };
             observer.record(format!("metric {} {change}", series(&name, &labels)));
         }
+        // What the update holds of the host's memory until the call ends.
+        let size = name.len()
+            + labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + std::mem::size_of::<MetricOp>();
+        let after = self.pending_metric_bytes + size;
+        if after > self.max_pending_metric_bytes {
+            let max = self.max_pending_metric_bytes;
+            self.metrics_overrun.get_or_insert_with(|| {
+                format!(
+                    "the call's pending metric updates would hold {after} bytes, over its budget of {max} (a quarter of the plugin's memory_limit)"
+                )
+            });
+            return;
+        }
+        self.pending_metric_bytes = after;
         self.pending_metrics.push(MetricOp {
             name,
             labels,

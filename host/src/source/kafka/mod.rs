@@ -127,10 +127,17 @@ pub fn consume(
         tracing::info!(plugin, "stopped; offsets committed");
     } else {
         // Leaving the group needs the broker; so does closing the consumer
-        // cleanly, which would wait for it. The group notices this member
-        // is gone after its session timeout, and what was not committed is
-        // delivered again.
-        std::mem::forget(consumer);
+        // cleanly, which waits for it. The close goes on in the background
+        // until the broker answers (this thread must not wait), so the
+        // consumer leaves the group then instead of lingering in it as a
+        // member that may be handed partitions nobody reads. What was not
+        // committed is delivered again.
+        let closing = std::thread::Builder::new()
+            .name(format!("{plugin}-close"))
+            .spawn(move || drop(consumer));
+        if let Err(e) = closing {
+            tracing::error!(plugin, "cannot close the consumer in the background: {e}");
+        }
     }
     Ok(())
 }

@@ -92,8 +92,12 @@ impl Partitions {
         Some(Worker::spawn(self.setup.clone(), partition, queue))
     }
 
-    /// Starts the workers of newly assigned partitions.
+    /// Starts the workers of newly assigned partitions; none once the
+    /// consumer is closing.
     fn assign(&self, partitions: &[i32]) {
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
         let mut owned = self.owned.locked();
         for &partition in partitions {
             if owned.contains_key(&partition) {
@@ -174,14 +178,16 @@ impl Partitions {
         if now < at {
             return;
         }
+        // The dead worker's queue is moved back first, so its replacement
+        // never takes a message past the first unsettled offset.
+        if let Some(next) = from {
+            self.read_again(consumer, partition, next);
+        }
         let Some(worker) = self.start_worker(partition) else {
             return;
         };
         entry.restart_at = None;
         std::mem::replace(&mut entry.worker, worker).stop();
-        if let Some(next) = from {
-            self.read_again(consumer, partition, next);
-        }
         self.setup
             .live
             .current()
@@ -233,12 +239,18 @@ impl Partitions {
         }
         // Stop them all first, then wait: their in-flight batches finish
         // side by side.
-        let workers: Vec<Worker> = stopped.into_iter().map(|(_, o)| o.worker).collect();
+        let (partitions, workers): (Vec<i32>, Vec<Worker>) =
+            stopped.into_iter().map(|(p, o)| (p, o.worker)).unzip();
         for worker in &workers {
             worker.request_stop();
         }
         for worker in workers {
             worker.stop();
+        }
+        // What these partitions waited for is their next owner's now.
+        let metrics = self.setup.live.current().metrics().clone();
+        for partition in partitions {
+            metrics.holds.release(&self.plugin, partition);
         }
         self.store_settled(consumer);
         if self.setup.broker.is_down() {
@@ -302,6 +314,10 @@ impl ClientContext for Partitions {
     /// holds (the host is not ready) until statistics show one up again.
     fn error(&self, error: KafkaError, reason: &str) {
         self.log.error(&error, reason);
+        if self.closing.load(Ordering::SeqCst) {
+            // A consumer closing in the background holds nothing.
+            return;
+        }
         let reason = if reason.is_empty() {
             error.to_string()
         } else {
@@ -319,6 +335,9 @@ impl ClientContext for Partitions {
 
     /// Lag of the owned partitions, and whether a broker is up again.
     fn stats(&self, statistics: Statistics) {
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
         let lag: i64 = statistics
             .topics
             .get(&self.topic)
