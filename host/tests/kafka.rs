@@ -778,7 +778,7 @@ fn an_event_too_large_for_its_dead_letter_topic_is_parked_without_its_payload() 
         "counting",
         "counting",
         &format!(
-            "[folder]\npath = \"{}\"\n[config]\ndir = \"/out\"\nreject = \"too-big-to-park\"\nreason_bytes = \"100000\"\n",
+            "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\nreject = \"too-big-to-park\"\nreason_bytes = \"100000\"\n",
             setup.path("out").display()
         ),
     );
