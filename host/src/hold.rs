@@ -159,20 +159,44 @@ impl Holds {
         Some(hold.began.elapsed().unwrap_or_default())
     }
 
+    /// `plugin`'s `partition` left this host (revoked): its hold ends and
+    /// its series go, so the metrics show only partitions it owns.
+    pub fn forget(&self, plugin: &str, partition: i32) {
+        self.current
+            .locked()
+            .remove(&(plugin.to_string(), partition));
+        let partition = partition.to_string();
+        for cause in [Cause::Sink, Cause::Host, Cause::Plugin] {
+            let _ = self
+                .waiting
+                .remove_label_values(&[plugin, &partition, cause.as_str()]);
+        }
+    }
+
     /// Ends every hold of `plugin`: it was removed, and what it waited
     /// for is no longer this host's to wait for.
     pub fn release_plugin(&self, plugin: &str) {
+        use prometheus::core::Collector;
         let mut current = self.current.locked();
-        let gone: Vec<(String, i32)> = current
-            .keys()
-            .filter(|(p, _)| p == plugin)
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(hold) = current.remove(&key) {
-                self.waiting
-                    .with_label_values(&[plugin, &key.1.to_string(), hold.cause.as_str()])
-                    .set(0);
+        current.retain(|(p, _), _| p != plugin);
+        // Every series of the plugin goes, the 0s of holds that ended too.
+        for family in self.waiting.collect() {
+            for metric in family.get_metric() {
+                let value = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                if value("plugin") == plugin {
+                    let _ = self.waiting.remove_label_values(&[
+                        plugin,
+                        &value("partition"),
+                        &value("cause"),
+                    ]);
+                }
             }
         }
     }
@@ -243,15 +267,21 @@ mod tests {
         holds.hold("crm", 0, Cause::Sink, "HTTP 503");
         holds.hold("crm", ALL_PARTITIONS, Cause::Host, "broker down");
         holds.hold("lake", 1, Cause::Host, "disk full");
+        holds.hold("crm", 3, Cause::Sink, "HTTP 503");
+        holds.release("crm", 3);
+        holds.hold("lake", 4, Cause::Host, "disk full");
+        holds.forget("lake", 4);
         holds.release_plugin("crm");
         let left: Vec<_> = holds.snapshot().into_iter().map(|h| h.plugin).collect();
         assert_eq!(left, ["lake"]);
-        assert_eq!(
-            holds
-                .waiting
-                .with_label_values(&["crm", "-1", "host"])
-                .get(),
-            0
-        );
+        // No series of it is left, not even the 0 of a hold that ended.
+        use prometheus::core::Collector;
+        let series: Vec<String> = holds.waiting.collect()[0]
+            .get_metric()
+            .iter()
+            .flat_map(|m| m.get_label().iter().filter(|l| l.name() == "plugin"))
+            .map(|l| l.value().to_string())
+            .collect();
+        assert_eq!(series, ["lake"]);
     }
 }

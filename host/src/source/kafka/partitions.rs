@@ -250,7 +250,7 @@ impl Partitions {
         // What these partitions waited for is their next owner's now.
         let metrics = self.setup.live.current().metrics().clone();
         for partition in partitions {
-            metrics.holds.release(&self.plugin, partition);
+            metrics.holds.forget(&self.plugin, partition);
         }
         self.store_settled(consumer);
         if self.setup.broker.is_down() {
