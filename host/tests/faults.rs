@@ -238,6 +238,12 @@ struct Scenario {
     /// Set once the host was restarted: its counters began again at 0, so
     /// only gauges are compared with all the events.
     restarted: bool,
+    /// Set once the host stopped while the broker was away: what it had
+    /// settled but could not commit may be delivered (and counted) again.
+    uncommitted: bool,
+    /// Per plugin, events it may park and must park, from the cases so far
+    /// (a dead-letter topic keeps them for every later check).
+    parks: BTreeMap<&'static str, (BTreeSet<String>, BTreeSet<String>)>,
     host: Option<Child>,
     admin: String,
     /// Events still to produce, in order.
@@ -315,6 +321,8 @@ impl Scenario {
             data,
             mounted: folders_on_tmpfs,
             restarted: false,
+            uncommitted: false,
+            parks: BTreeMap::new(),
             host: Some(host),
             admin,
             pending,
@@ -331,6 +339,40 @@ impl Scenario {
         let recovery = self.settle();
         let row = self.check(fault, n, recovery, &BTreeMap::new());
         self.rows.push(row);
+    }
+
+    /// From now on `plugin` must park (and so may park) `events`.
+    fn must_park(&mut self, plugin: &'static str, events: &[String]) {
+        let (allowed, required) = self.parks.entry(plugin).or_default();
+        allowed.extend(events.iter().cloned());
+        required.extend(events.iter().cloned());
+    }
+
+    /// Event ids of the next `n` events to produce, picked `every` apart.
+    fn upcoming_ids(&self, n: usize, every: usize) -> Vec<String> {
+        self.pending
+            .iter()
+            .step_by(every)
+            .take(n)
+            .map(|e| e.event_id.clone())
+            .collect()
+    }
+
+    /// Stops the host (SIGTERM; it must exit cleanly) and starts it again
+    /// with `env`; returns how long the stop took.
+    fn restart(&mut self, env: &[(&str, String)]) -> Duration {
+        let stopping = Instant::now();
+        stop(self.host.take().unwrap());
+        let took = stopping.elapsed();
+        let mut command = host_command(&self.setup, "metrics.prom");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let (host, admin) = start_with_admin(command);
+        self.host = Some(host);
+        self.admin = admin;
+        self.restarted = true;
+        took
     }
 
     /// The first `n` events, before any fault: the baseline row.
@@ -416,6 +458,25 @@ impl Scenario {
         }
     }
 
+    /// Waits until `/plugins` shows `plugin` stopped, with nothing it
+    /// waits for.
+    fn wait_until_stopped(&self, plugin: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status(plugin);
+            if status["state"] == "stopped" {
+                let waiting = status["waiting"].as_array().map_or(0, Vec::len);
+                assert_eq!(waiting, 0, "a removed plugin waits: {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{plugin} was not removed: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until `/plugins` says a load of `plugin` failed with
     /// `error`, while a version of it still runs.
     fn wait_for_failed_load(&self, plugin: &str, error: &str) {
@@ -444,7 +505,7 @@ impl Scenario {
         fault: &str,
         events: usize,
         inject: impl FnOnce(&mut Self),
-        observe: impl FnOnce(&Self),
+        observe: impl FnOnce(&mut Self),
         heal: impl FnOnce(&mut Self),
     ) {
         inject(self);
@@ -473,7 +534,11 @@ impl Scenario {
         let mut wrongly_parked = 0;
         let mut parked_by: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for plugin in PLUGINS {
-            let (allowed, required) = may_park.get(plugin).cloned().unwrap_or_default();
+            let (mut allowed, mut required) = may_park.get(plugin).cloned().unwrap_or_default();
+            if let Some((a, r)) = self.parks.get(plugin) {
+                allowed.extend(a.iter().cloned());
+                required.extend(r.iter().cloned());
+            }
             let dead = read_all(&self.brokers, &format!("{}.dlq.{plugin}", self.topic));
             let mut parked = BTreeSet::new();
             for (payload, class, reason) in &dead {
@@ -584,7 +649,7 @@ impl Scenario {
             lost_counts, 0,
             "{fault}: events the counting plugin never counted"
         );
-        if !self.restarted {
+        if !self.uncommitted {
             // Only a host that stopped without committing (the broker was
             // away) may deliver again, and only what it had not committed.
             assert!(twice.is_empty(), "{fault}: counted twice: {twice:?}");
@@ -724,21 +789,22 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(Vec<u8>, String, String)> {
 /// Creates `topic` with `max.message.bytes` = `limit`, or (`None`) raises
 /// its limit back to the broker's default.
 fn topic_config(brokers: &str, topic: &str, limit: Option<&str>) {
-    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
-    let (admin, runtime) = admin(brokers);
-    let options = AdminOptions::new();
     match limit {
         Some(limit) => create_named_topic(brokers, topic, 6, &[("max.message.bytes", limit)]),
-        None => {
-            let alter = AlterConfig::new(ResourceSpecifier::Topic(topic))
-                .set("max.message.bytes", "2000000");
-            for r in runtime
-                .block_on(admin.alter_configs(&[alter], &options))
-                .unwrap()
-            {
-                r.unwrap();
-            }
-        }
+        None => set_topic_limit(brokers, topic, "2000000"),
+    }
+}
+
+/// Sets `max.message.bytes` of `topic`, which exists.
+fn set_topic_limit(brokers: &str, topic: &str, limit: &str) {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let (admin, runtime) = admin(brokers);
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", limit);
+    for r in runtime
+        .block_on(admin.alter_configs(&[alter], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
     }
 }
 
@@ -1210,8 +1276,227 @@ fn broker_outages_hold_every_plugin_and_heal_without_holes() {
     s.host = Some(host);
     s.admin = admin;
     s.restarted = true;
+    s.uncommitted = true;
     s.wait_for_hold("metrics", "host", "Kafka");
     broker.up();
     s.record("host started without a broker", 150);
+    s.closing();
+}
+
+/// Another member of `group` for `lasting`: it takes its share of the
+/// partitions (every host's partitions are revoked, eagerly, as when a
+/// second host joins), commits nothing, and leaves.
+fn join_group(brokers: &str, group: &str, topic: &str, lasting: Duration) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let member: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    member.subscribe(&[topic]).unwrap();
+    let until = Instant::now() + lasting;
+    let mut took = false;
+    while Instant::now() < until {
+        let _ = member.poll(Duration::from_millis(100));
+        took |= member.assignment().is_ok_and(|a| a.count() > 0);
+    }
+    assert!(took, "the second member of {group} never got a partition");
+    member.unsubscribe();
+}
+
+/// The next offset of `partition` of `topic`.
+fn high_watermark(brokers: &str, topic: &str, partition: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap()
+        .1
+}
+
+#[test]
+fn dead_letter_holds_revokes_stops_removals_and_panics_neither_lose_nor_count_twice() {
+    let Some(brokers) = brokers() else { return };
+    let mut s = Scenario::new(&brokers, "edges", 450, 96, false);
+    s.opening(150);
+    let dlq = format!("{}.dlq.counting", s.topic);
+    let manifest = s.setup.plugins.join("counting.toml");
+    let group = format!("{}counting", s.kafka.group_prefix);
+
+    // The counting plugin rejects three events of the next ones, and its
+    // dead-letter topic takes nothing (64 bytes): the partitions hold on
+    // the write, then another member joins the group. The revoke ends the
+    // write at once; nothing after a rejected event was counted.
+    let rejected = s.upcoming_ids(3, 50);
+    s.must_park("counting", &rejected);
+    let reject = format!("[config]\nreject = \"{}\"\n", rejected.join(","));
+    let (m, r, b, t, g) = (
+        manifest.clone(),
+        reject.clone(),
+        s.brokers.clone(),
+        s.topic.clone(),
+        group.clone(),
+    );
+    let (b2, d2) = (s.brokers.clone(), dlq.clone());
+    s.case(
+        "counting's dead-letter topic refusing writes while another member joins its group",
+        150,
+        move |_| {
+            topic_config(&b, &d2, Some("64"));
+            replace(&m, r.as_bytes());
+        },
+        move |s| {
+            s.wait_for_hold("counting", "host", "dead-letter topic");
+            join_group(&b2, &g, &t, Duration::from_secs(8));
+            s.wait_for_hold("counting", "host", "dead-letter topic");
+        },
+        |s| topic_config(&s.brokers, &dlq, None),
+    );
+
+    // The same while SIGTERM arrives: the host exits at once and cleanly,
+    // commits what it settled, and its restart counts nothing twice. It
+    // comes back with a worker of the counting plugin set to panic (a test
+    // hook) at the next message of partition 0, for the next case.
+    let rejected = s.upcoming_ids(3, 50);
+    s.must_park("counting", &rejected);
+    let reject = format!("[config]\nreject = \"{}\"\n", rejected.join(","));
+    let (m, r) = (manifest.clone(), reject.clone());
+    let dlq2 = format!("{}.dlq.counting", s.topic);
+    let stop_took = Arc::new(Mutex::new(Duration::ZERO));
+    let took = stop_took.clone();
+    s.case(
+        "counting's dead-letter topic refusing writes while SIGTERM arrives",
+        150,
+        move |s| {
+            set_topic_limit(&s.brokers, &dlq2, "64");
+            replace(&m, r.as_bytes());
+        },
+        move |s| {
+            s.wait_for_hold("counting", "host", "dead-letter topic");
+            let next = high_watermark(&s.brokers, &s.topic, 0);
+            let stopped = s.restart(&[("PLUGBOARD_TEST_PANIC", format!("counting:0:{next}"))]);
+            *took.lock().unwrap() = stopped;
+            s.wait_for_hold("counting", "host", "dead-letter topic");
+        },
+        |s| topic_config(&s.brokers, &format!("{}.dlq.counting", s.topic), None),
+    );
+    let stopped = *stop_took.lock().unwrap();
+    eprintln!("SIGTERM during a dead-letter hold: exited cleanly in {stopped:.1?}");
+    assert!(
+        stopped < Duration::from_secs(20),
+        "a dead-letter write held up the stop for {stopped:?}"
+    );
+
+    // A worker panics (a bug of the host), and another member joins at
+    // once: the revive and the revoke meet; nothing lost, nothing twice.
+    let (b, t, g) = (s.brokers.clone(), s.topic.clone(), group.clone());
+    s.case(
+        "a counting worker panics (a test hook), another member joins right after",
+        150,
+        |_| {},
+        move |_| join_group(&b, &g, &t, Duration::from_secs(6)),
+        |_| {},
+    );
+
+    // Removed while its partitions hold, then added again: the removal
+    // takes the holds and series along (the host is ready again), and the
+    // plugin starts again from its state. The metrics plugin leaves and
+    // comes back with it: its gauges must not count any share twice.
+    let rejected = s.upcoming_ids(2, 60);
+    s.must_park("counting", &rejected);
+    let reject = format!("[config]\nreject = \"{}\"\n", rejected.join(","));
+    let parked = s.setup.path("parked");
+    std::fs::create_dir_all(&parked).unwrap();
+    let dlq3 = dlq.clone();
+    s.case(
+        "counting (holding) and metrics removed, then added again",
+        150,
+        move |s| {
+            set_topic_limit(&s.brokers, &dlq3, "64");
+            replace(&s.setup.plugins.join("counting.toml"), reject.as_bytes());
+        },
+        move |s| {
+            s.wait_for_hold("counting", "host", "dead-letter topic");
+            for plugin in ["counting", "metrics"] {
+                for ext in ["wasm", "toml"] {
+                    let name = format!("{plugin}.{ext}");
+                    std::fs::rename(s.setup.plugins.join(&name), parked.join(&name)).unwrap();
+                }
+            }
+            s.wait_until_stopped("counting");
+            let ready = reqwest::blocking::get(format!("{}/readyz", s.admin)).unwrap();
+            assert_eq!(
+                ready.status().as_u16(),
+                200,
+                "a removed plugin's hold stays"
+            );
+            let text = reqwest::blocking::get(format!("{}/metrics", s.admin))
+                .unwrap()
+                .text()
+                .unwrap();
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let gone = ["plugboard_partition_waiting", "plugboard_consumer_lag"];
+                assert!(
+                    !(line.contains("plugin=\"counting\"")
+                        && gone.iter().any(|g| line.starts_with(g))),
+                    "a removed plugin's series stays: {line}"
+                );
+            }
+            for plugin in ["counting", "metrics"] {
+                for ext in ["toml", "wasm"] {
+                    let name = format!("{plugin}.{ext}");
+                    std::fs::rename(parked.join(&name), s.setup.plugins.join(&name)).unwrap();
+                }
+            }
+            s.wait_for_hold("counting", "host", "dead-letter topic");
+        },
+        |s| topic_config(&s.brokers, &format!("{}.dlq.counting", s.topic), None),
+    );
+
+    // A plugin that writes key-value pairs until the host refuses: its
+    // events fail as `budget`, alone; the host and the others go on.
+    let victims = s.upcoming_ids(2, 40);
+    let flood = s.setup.plugins.join("flood.toml");
+    let flood_wasm = s.setup.plugins.join("flood.wasm");
+    let (f1, w1, f2, w2) = (flood.clone(), flood_wasm.clone(), flood, flood_wasm);
+    let kv_flood = victims.join(",");
+    s.case(
+        "a plugin writing state in a loop until its limit",
+        150,
+        move |_| {
+            std::fs::write(
+                &f1,
+                format!("[limits]\nmemory_limit_mb = 16\nmax_attempts = 2\n[config]\nkv_flood = \"{kv_flood}\"\n"),
+            )
+            .unwrap();
+            replace(&w1, &std::fs::read(common::plugin_wasm("faulty")).unwrap());
+        },
+        |_| {},
+        move |s| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let dead = read_all(&s.brokers, &format!("{}.dlq.flood", s.topic));
+                let budget: BTreeSet<String> = dead
+                    .iter()
+                    .filter(|(_, class, _)| class == "budget")
+                    .map(|(p, _, _)| plugboard::decode::from_protobuf(p).unwrap().event_id)
+                    .collect();
+                if budget.len() == victims.len() {
+                    assert_eq!(dead.len(), victims.len(), "only the flooding events");
+                    assert_eq!(budget, victims.iter().cloned().collect());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "flood: {dead:?}");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            std::fs::remove_file(&w2).unwrap();
+            std::fs::remove_file(&f2).unwrap();
+        },
+    );
     s.closing();
 }

@@ -143,10 +143,13 @@ pub fn start_host(setup: &Setup) -> Child {
 /// A host with its admin endpoint on a free port (the config must say
 /// `admin_addr = "127.0.0.1:0"`); returns it and the endpoint's base URL.
 pub fn start_host_with_admin(setup: &Setup, metrics: &str) -> (Child, String) {
-    let mut host = host_command(setup, metrics)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    start_with_admin(host_command(setup, metrics))
+}
+
+/// Starts `command` (a [`host_command`]) and returns it with the base URL
+/// of its admin endpoint.
+pub fn start_with_admin(mut command: Command) -> (Child, String) {
+    let mut host = command.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(host.stdout.take().unwrap()),
@@ -179,7 +182,11 @@ pub fn host_command(setup: &Setup, metrics: &str) -> Command {
         .arg(&setup.config)
         .arg("--metrics-out")
         .arg(setup.path(metrics))
-        .env("PLUGBOARD_LOG", "warn");
+        .env(
+            "PLUGBOARD_LOG",
+            // PLUGBOARD_TEST_LOG=info shows more of what the hosts do.
+            std::env::var("PLUGBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     command
 }
 
