@@ -496,7 +496,7 @@ impl Dispatcher {
                 match cause {
                     Cause::Sink => "plugin's sink",
                     Cause::Host => "host",
-                    Cause::Plugin => "plugin",
+                    Cause::Plugin | Cause::Call => "plugin",
                 }
             );
         } else {

@@ -29,6 +29,10 @@ pub enum Cause {
     /// The plugin trapped or ran out of time on the event, which is tried
     /// again (up to `max_attempts`) after a backoff.
     Plugin,
+    /// A call to the plugin has lasted longer than [`CALL_SHOWN_AFTER`]:
+    /// it computes, or waits in a host import (an outgoing request). Only
+    /// in `/plugins` and `/readyz`; the time budget ends it.
+    Call,
 }
 
 impl Cause {
@@ -37,6 +41,7 @@ impl Cause {
             Cause::Sink => "sink",
             Cause::Host => "host",
             Cause::Plugin => "plugin",
+            Cause::Call => "call",
         }
     }
 }
@@ -44,6 +49,17 @@ impl Cause {
 /// The partition a hold that concerns a whole consumer is filed under (the
 /// broker is unreachable).
 pub const ALL_PARTITIONS: i32 = -1;
+
+/// How long a call to a plugin runs before `waiting` shows it: longer
+/// than the first backoff of a hold, far shorter than a time budget.
+pub const CALL_SHOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A call to a plugin in progress.
+struct Call {
+    began: SystemTime,
+    /// What it waits for in the host, if it does (an outgoing request).
+    doing: Option<String>,
+}
 
 /// One partition that waits.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +83,8 @@ pub struct Hold {
 /// Every hold of the process, with its metrics.
 pub struct Holds {
     current: Mutex<BTreeMap<(String, i32), Hold>>,
+    /// Calls to plugins in progress, by plugin and partition.
+    calls: Mutex<BTreeMap<(String, i32), Call>>,
     /// 1 while a partition holds, by cause.
     waiting: IntGaugeVec,
     /// Holds begun, by cause: how often a sink or the host made us wait.
@@ -99,6 +117,7 @@ impl Holds {
             .expect("unique metric");
         Holds {
             current: Mutex::default(),
+            calls: Mutex::default(),
             waiting,
             begun,
         }
@@ -165,6 +184,7 @@ impl Holds {
         self.current
             .locked()
             .remove(&(plugin.to_string(), partition));
+        self.calls.locked().remove(&(plugin.to_string(), partition));
         let partition = partition.to_string();
         for cause in [Cause::Sink, Cause::Host, Cause::Plugin] {
             let _ = self
@@ -179,6 +199,7 @@ impl Holds {
         use prometheus::core::Collector;
         let mut current = self.current.locked();
         current.retain(|(p, _), _| p != plugin);
+        self.calls.locked().retain(|(p, _), _| p != plugin);
         // Every series of the plugin goes, the 0s of holds that ended too.
         for family in self.waiting.collect() {
             for metric in family.get_metric() {
@@ -201,20 +222,77 @@ impl Holds {
         }
     }
 
-    /// Every hold now, oldest first per plugin.
+    /// A call to `plugin` on `partition` begins (`doing` = None) or waits
+    /// in the host for `doing`.
+    pub fn call(&self, plugin: &str, partition: i32, doing: Option<String>) {
+        let mut calls = self.calls.locked();
+        match calls.get_mut(&(plugin.to_string(), partition)) {
+            Some(call) if doing.is_some() => call.doing = doing,
+            _ => {
+                calls.insert(
+                    (plugin.to_string(), partition),
+                    Call {
+                        began: SystemTime::now(),
+                        doing,
+                    },
+                );
+            }
+        }
+    }
+
+    /// What the call in progress waited for is done.
+    pub fn call_waited(&self, plugin: &str, partition: i32) {
+        if let Some(call) = self
+            .calls
+            .locked()
+            .get_mut(&(plugin.to_string(), partition))
+        {
+            call.doing = None;
+        }
+    }
+
+    /// The call to `plugin` on `partition` returned.
+    pub fn call_ended(&self, plugin: &str, partition: i32) {
+        self.calls.locked().remove(&(plugin.to_string(), partition));
+    }
+
+    /// Every hold now, oldest first per plugin, and every call that has
+    /// lasted longer than [`CALL_SHOWN_AFTER`] on a partition that does
+    /// not hold.
     pub fn snapshot(&self) -> Vec<Hold> {
         let now = SystemTime::now();
-        self.current
-            .locked()
+        let current = self.current.locked();
+        let mut holds: Vec<Hold> = current
             .values()
             .map(|h| Hold {
                 seconds: now.duration_since(h.began).unwrap_or_default().as_secs(),
                 ..h.clone()
             })
-            .collect()
+            .collect();
+        for ((plugin, partition), call) in self.calls.locked().iter() {
+            let lasted = now.duration_since(call.began).unwrap_or_default();
+            let key = (plugin.clone(), *partition);
+            if lasted < CALL_SHOWN_AFTER || current.contains_key(&key) {
+                continue;
+            }
+            let reason = match &call.doing {
+                Some(doing) => format!("the plugin's call waits on {doing}"),
+                None => "the plugin's call has not returned yet".to_string(),
+            };
+            holds.push(Hold {
+                plugin: plugin.clone(),
+                partition: *partition,
+                cause: Cause::Call,
+                since: prost_types::Timestamp::from(call.began).to_string(),
+                began: call.began,
+                seconds: lasted.as_secs(),
+                reason,
+                attempts: 1,
+            });
+        }
+        holds
     }
 
-    /// Whether a part of the host fails right now: the host is not ready.
     pub fn host_failing(&self) -> bool {
         self.current
             .locked()
@@ -259,6 +337,34 @@ mod tests {
         );
         assert_eq!(holds.begun.with_label_values(&["crm", "sink"]).get(), 1);
         assert_eq!(holds.begun.with_label_values(&["crm", "host"]).get(), 1);
+    }
+
+    #[test]
+    fn a_call_that_lasts_shows_with_what_it_waits_on() {
+        let holds = Holds::new(&Registry::new());
+        holds.call("crm", 0, None);
+        assert!(holds.snapshot().is_empty(), "a short call is not a wait");
+        holds.call(
+            "crm",
+            0,
+            Some("an outgoing request to http://crm:80".into()),
+        );
+        holds
+            .calls
+            .locked()
+            .get_mut(&("crm".into(), 0))
+            .unwrap()
+            .began -= CALL_SHOWN_AFTER * 3;
+        let snapshot = holds.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].cause, Cause::Call);
+        assert_eq!(snapshot[0].seconds, 3);
+        assert!(snapshot[0].reason.contains("http://crm:80"));
+        assert!(!holds.host_failing(), "a long call keeps the host ready");
+        holds.call_waited("crm", 0);
+        assert!(holds.snapshot()[0].reason.contains("not returned"));
+        holds.call_ended("crm", 0);
+        assert!(holds.snapshot().is_empty());
     }
 
     #[test]

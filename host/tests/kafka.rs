@@ -820,3 +820,71 @@ fn an_event_too_large_for_its_dead_letter_topic_is_parked_without_its_payload() 
         Some(valid.len() as u64)
     );
 }
+
+#[test]
+fn a_call_waiting_on_an_endpoint_that_never_answers_shows_and_ends_at_a_stop() {
+    let Some(brokers) = brokers() else { return };
+    let listed = std::env::var("PLUGBOARD_TEST_LANGS").unwrap_or_default();
+    if !listed.split(',').any(|l| l == "js") {
+        common::skip(
+            "the JavaScript notifier",
+            "js is not in PLUGBOARD_TEST_LANGS (scripts/test.sh lists every language)",
+        );
+        return;
+    }
+    // Accepts connections and reads requests, never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while matches!(std::io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let (topic, setup, _) = stream(&brokers, 2, 20, 31);
+    // A budget of a minute: the call waits on the request all along.
+    setup.plugin(
+        "notifier",
+        "garage-notifier-js",
+        &format!(
+            "allow_hosts = [\"{url}\"]\n[limits]\ntimeout_ms = 60000\n[config]\nwebhook_url = \"{url}/hooks\"\n"
+        ),
+    );
+    enable_admin(&setup);
+    kafka_config(&setup, &brokers, &topic, "blackhole");
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let origin = url.clone();
+    loop {
+        let status = plugin_status(&admin, "notifier");
+        let shown = status["waiting"].as_array().into_iter().flatten().any(|w| {
+            w["cause"] == "call"
+                && w["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(&format!("an outgoing request to {origin}")))
+        });
+        if shown {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiting call never showed: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Ready: the host itself is fine.
+    let ready = reqwest::blocking::get(format!("{admin}/readyz")).unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    // SIGTERM cuts the request: the host ends long before the budget.
+    let stopping = Instant::now();
+    stop(host);
+    let took = stopping.elapsed();
+    eprintln!("SIGTERM with a request in flight: exited cleanly in {took:.1?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the request held the stop for {took:?}"
+    );
+}

@@ -175,6 +175,7 @@ impl Prepared {
                 budget: spec.limits.timeout,
                 deadline: None,
                 stop: None,
+                slot,
             },
             metrics: self.metrics.clone(),
             slot,
@@ -283,10 +284,17 @@ impl Instance {
         }
         // Only what this call prints may explain its trap.
         self.output.take_tail();
+        // A call that lasts shows in `waiting`, with what it waits on.
+        let (name, slot, metrics) = {
+            let data = self.store.data();
+            (data.plugin.clone(), data.slot, data.metrics.clone())
+        };
+        metrics.holds.call(&name, slot, None);
         let outcome = self
             .plugin
             .plugboard_plugin_handler()
             .call_handle(&mut self.store, batch);
+        metrics.holds.call_ended(&name, slot);
         let data = self.store.data_mut();
         let outcome = match outcome {
             Ok(outcome) => outcome,
