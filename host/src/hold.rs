@@ -11,8 +11,9 @@
 
 use crate::locks::Lock;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
@@ -54,11 +55,34 @@ pub const ALL_PARTITIONS: i32 = -1;
 /// than the first backoff of a hold, far shorter than a time budget.
 pub const CALL_SHOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A call to a plugin in progress.
-struct Call {
-    began: SystemTime,
+/// The call in progress of one plugin instance (one partition), which
+/// `waiting` reads once it lasts. Set and cleared per call with two atomic
+/// stores; only a host import that waits takes the lock, to say on what.
+pub struct CallSlot {
+    plugin: Arc<str>,
+    partition: i32,
+    /// When the call began, in ms since the epoch; 0 between calls.
+    began_ms: AtomicU64,
     /// What it waits for in the host, if it does (an outgoing request).
-    doing: Option<String>,
+    doing: Mutex<Option<String>>,
+}
+
+impl CallSlot {
+    pub fn begin(&self) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        self.began_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    pub fn end(&self) {
+        self.began_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The call waits on `doing` in the host (None: no longer).
+    pub fn waits_on(&self, doing: Option<String>) {
+        *self.doing.locked() = doing;
+    }
 }
 
 /// One partition that waits.
@@ -83,8 +107,8 @@ pub struct Hold {
 /// Every hold of the process, with its metrics.
 pub struct Holds {
     current: Mutex<BTreeMap<(String, i32), Hold>>,
-    /// Calls to plugins in progress, by plugin and partition.
-    calls: Mutex<BTreeMap<(String, i32), Call>>,
+    /// The call slots of live instances.
+    calls: Mutex<Vec<Weak<CallSlot>>>,
     /// 1 while a partition holds, by cause.
     waiting: IntGaugeVec,
     /// Holds begun, by cause: how often a sink or the host made us wait.
@@ -184,7 +208,6 @@ impl Holds {
         self.current
             .locked()
             .remove(&(plugin.to_string(), partition));
-        self.calls.locked().remove(&(plugin.to_string(), partition));
         let partition = partition.to_string();
         for cause in [Cause::Sink, Cause::Host, Cause::Plugin] {
             let _ = self
@@ -199,7 +222,6 @@ impl Holds {
         use prometheus::core::Collector;
         let mut current = self.current.locked();
         current.retain(|(p, _), _| p != plugin);
-        self.calls.locked().retain(|(p, _), _| p != plugin);
         // Every series of the plugin goes, the 0s of holds that ended too.
         for family in self.waiting.collect() {
             for metric in family.get_metric() {
@@ -222,38 +244,18 @@ impl Holds {
         }
     }
 
-    /// A call to `plugin` on `partition` begins (`doing` = None) or waits
-    /// in the host for `doing`.
-    pub fn call(&self, plugin: &str, partition: i32, doing: Option<String>) {
+    /// The call slot of a new instance of `plugin` serving `partition`.
+    pub fn call_slot(&self, plugin: &Arc<str>, partition: i32) -> Arc<CallSlot> {
+        let slot = Arc::new(CallSlot {
+            plugin: plugin.clone(),
+            partition,
+            began_ms: AtomicU64::new(0),
+            doing: Mutex::new(None),
+        });
         let mut calls = self.calls.locked();
-        match calls.get_mut(&(plugin.to_string(), partition)) {
-            Some(call) if doing.is_some() => call.doing = doing,
-            _ => {
-                calls.insert(
-                    (plugin.to_string(), partition),
-                    Call {
-                        began: SystemTime::now(),
-                        doing,
-                    },
-                );
-            }
-        }
-    }
-
-    /// What the call in progress waited for is done.
-    pub fn call_waited(&self, plugin: &str, partition: i32) {
-        if let Some(call) = self
-            .calls
-            .locked()
-            .get_mut(&(plugin.to_string(), partition))
-        {
-            call.doing = None;
-        }
-    }
-
-    /// The call to `plugin` on `partition` returned.
-    pub fn call_ended(&self, plugin: &str, partition: i32) {
-        self.calls.locked().remove(&(plugin.to_string(), partition));
+        calls.retain(|c| c.strong_count() > 0);
+        calls.push(Arc::downgrade(&slot));
+        slot
     }
 
     /// Every hold now, oldest first per plugin, and every call that has
@@ -269,22 +271,27 @@ impl Holds {
                 ..h.clone()
             })
             .collect();
-        for ((plugin, partition), call) in self.calls.locked().iter() {
-            let lasted = now.duration_since(call.began).unwrap_or_default();
-            let key = (plugin.clone(), *partition);
-            if lasted < CALL_SHOWN_AFTER || current.contains_key(&key) {
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for call in self.calls.locked().iter().filter_map(Weak::upgrade) {
+            let began_ms = call.began_ms.load(Ordering::Relaxed);
+            let lasted = Duration::from_millis(now_ms.saturating_sub(began_ms));
+            let key = (call.plugin.to_string(), call.partition);
+            if began_ms == 0 || lasted < CALL_SHOWN_AFTER || current.contains_key(&key) {
                 continue;
             }
-            let reason = match &call.doing {
+            let reason = match &*call.doing.locked() {
                 Some(doing) => format!("the plugin's call waits on {doing}"),
                 None => "the plugin's call has not returned yet".to_string(),
             };
+            let began = SystemTime::UNIX_EPOCH + Duration::from_millis(began_ms);
             holds.push(Hold {
-                plugin: plugin.clone(),
-                partition: *partition,
+                plugin: key.0,
+                partition: call.partition,
                 cause: Cause::Call,
-                since: prost_types::Timestamp::from(call.began).to_string(),
-                began: call.began,
+                since: prost_types::Timestamp::from(began).to_string(),
+                began,
                 seconds: lasted.as_secs(),
                 reason,
                 attempts: 1,
@@ -342,28 +349,30 @@ mod tests {
     #[test]
     fn a_call_that_lasts_shows_with_what_it_waits_on() {
         let holds = Holds::new(&Registry::new());
-        holds.call("crm", 0, None);
+        let slot = holds.call_slot(&Arc::from("crm"), 0);
+        slot.begin();
         assert!(holds.snapshot().is_empty(), "a short call is not a wait");
-        holds.call(
-            "crm",
-            0,
-            Some("an outgoing request to http://crm:80".into()),
-        );
-        holds
-            .calls
-            .locked()
-            .get_mut(&("crm".into(), 0))
-            .unwrap()
-            .began -= CALL_SHOWN_AFTER * 3;
+        slot.waits_on(Some("an outgoing request to http://crm:80".into()));
+        slot.began_ms
+            .fetch_sub(3 * CALL_SHOWN_AFTER.as_millis() as u64, Ordering::Relaxed);
         let snapshot = holds.snapshot();
         assert_eq!(snapshot.len(), 1);
         assert_eq!(snapshot[0].cause, Cause::Call);
         assert_eq!(snapshot[0].seconds, 3);
         assert!(snapshot[0].reason.contains("http://crm:80"));
         assert!(!holds.host_failing(), "a long call keeps the host ready");
-        holds.call_waited("crm", 0);
+        slot.waits_on(None);
         assert!(holds.snapshot()[0].reason.contains("not returned"));
-        holds.call_ended("crm", 0);
+        slot.end();
+        assert!(holds.snapshot().is_empty());
+        // A hold of the partition says more than its call.
+        slot.begin();
+        slot.began_ms.fetch_sub(3000, Ordering::Relaxed);
+        holds.hold("crm", 0, Cause::Sink, "HTTP 503");
+        assert_eq!(holds.snapshot()[0].cause, Cause::Sink);
+        // An instance dropped takes its call along.
+        holds.release("crm", 0);
+        drop(slot);
         assert!(holds.snapshot().is_empty());
     }
 

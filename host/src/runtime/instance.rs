@@ -175,7 +175,7 @@ impl Prepared {
                 budget: spec.limits.timeout,
                 deadline: None,
                 stop: None,
-                slot,
+                call: self.metrics.holds.call_slot(&self.name, slot),
             },
             metrics: self.metrics.clone(),
             slot,
@@ -285,16 +285,13 @@ impl Instance {
         // Only what this call prints may explain its trap.
         self.output.take_tail();
         // A call that lasts shows in `waiting`, with what it waits on.
-        let (name, slot, metrics) = {
-            let data = self.store.data();
-            (data.plugin.clone(), data.slot, data.metrics.clone())
-        };
-        metrics.holds.call(&name, slot, None);
+        let call = self.store.data().egress.call.clone();
+        call.begin();
         let outcome = self
             .plugin
             .plugboard_plugin_handler()
             .call_handle(&mut self.store, batch);
-        metrics.holds.call_ended(&name, slot);
+        call.end();
         let data = self.store.data_mut();
         let outcome = match outcome {
             Ok(outcome) => outcome,

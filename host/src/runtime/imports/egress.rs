@@ -41,9 +41,9 @@ pub struct Egress {
     pub(crate) deadline: Option<Instant>,
     /// The stop of the worker that calls: a request in flight ends with it.
     pub(crate) stop: Option<Shutdown>,
-    /// The partition the instance serves: a request in flight shows in
-    /// its `waiting` once the call lasts.
-    pub(crate) slot: i32,
+    /// The instance's call in progress: a request in flight shows in the
+    /// partition's `waiting` once the call lasts.
+    pub(crate) call: Arc<crate::hold::CallSlot>,
 }
 
 type ResponseFuture = Box<
@@ -115,16 +115,11 @@ impl WasiHttpHooks for Egress {
                 None => observer.record(format!("{line} (sent)")),
             }
         }
-        let holds = self.metrics.clone();
-        let (plugin, slot) = (self.plugin.clone(), self.slot);
-        holds.holds.call(
-            &plugin,
-            slot,
-            Some(format!("an outgoing request to {origin}")),
-        );
+        let call = self.call.clone();
+        call.waits_on(Some(format!("an outgoing request to {origin}")));
         Box::new(async move {
             use http_body_util::BodyExt;
-            let _waited = CallWaited(&holds.holds, &plugin, slot);
+            let _waited = CallWaited(call);
             let send = tokio::time::timeout(
                 left,
                 wasmtime_wasi_http::default_send_request(request, options),
@@ -147,11 +142,11 @@ impl WasiHttpHooks for Egress {
 
 /// Says, when dropped, that the call no longer waits on the request
 /// (answered, failed or cut).
-struct CallWaited<'a>(&'a crate::hold::Holds, &'a str, i32);
+struct CallWaited(Arc<crate::hold::CallSlot>);
 
-impl Drop for CallWaited<'_> {
+impl Drop for CallWaited {
     fn drop(&mut self) {
-        self.0.call_waited(self.1, self.2);
+        self.0.waits_on(None);
     }
 }
 
