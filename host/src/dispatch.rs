@@ -31,6 +31,7 @@
 //! fix dropped in while a partition holds or an event keeps trapping ends
 //! the loop, and a new version's failures count from zero.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,7 @@ impl FailureClass {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub class: FailureClass,
-    /// At most [`crate::dead_letter::MAX_REASON_BYTES`] long.
+    /// At most [`MAX_REASON_BYTES`] long.
     pub reason: String,
     pub attempts: u32,
 }
@@ -96,10 +97,40 @@ impl Failure {
     pub fn new(class: FailureClass, reason: &str, attempts: u32) -> Self {
         Failure {
             class,
-            reason: crate::dead_letter::truncate_reason(reason).into_owned(),
+            reason: truncate_reason(reason).into_owned(),
             attempts,
         }
     }
+}
+
+/// The most bytes of a failure's reason that a dead letter (and a log
+/// line) carries: a plugin may give a reason of any size, and a dead-letter
+/// record must fit what the broker accepts. A longer reason is cut at a
+/// character boundary and says how much was left out.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// `reason`, at most [`MAX_REASON_BYTES`] long.
+pub fn truncate_reason(reason: &str) -> Cow<'_, str> {
+    truncate(reason, MAX_REASON_BYTES)
+}
+
+/// `text` cut to at most `max` bytes (at least the marker's worth), at a
+/// character boundary, ending with how many bytes were cut.
+pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    // The marker names at most 20 digits: reserve room for the longest.
+    const MARKER: usize = " [cut: 18446744073709551615 more bytes]".len();
+    let mut end = max.saturating_sub(MARKER);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{} [cut: {} more bytes]",
+        &text[..end],
+        text.len() - end
+    ))
 }
 
 /// What became of one event.

@@ -832,18 +832,7 @@ fn a_call_waiting_on_an_endpoint_that_never_answers_shows_and_ends_at_a_stop() {
         );
         return;
     }
-    // Accepts connections and reads requests, never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut sink = [0u8; 4096];
-                while matches!(std::io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {}
-            });
-        }
-    });
+    let url = common::black_hole();
     let (topic, setup, _) = stream(&brokers, 2, 20, 31);
     // A budget of a minute: the call waits on the request all along.
     setup.plugin(

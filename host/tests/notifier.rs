@@ -161,6 +161,31 @@ fn the_notifier_sends_identical_requests_in_every_language() {
     }
 }
 
+/// Per language, the dead letters of its notifier, once it is checked
+/// that each parked every reminder the events call for.
+fn parked_reminders(
+    setup: &Setup,
+    events: &std::path::Path,
+    languages: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, Vec<Value>)> {
+    let (valid, _) = common::read_sample(events);
+    let upcoming = valid.iter().filter(|l| l.state == "upcoming").count();
+    assert!(upcoming > 0);
+    let dead = setup.dead_letters();
+    languages
+        .iter()
+        .map(|(lang, _)| {
+            let mine: Vec<Value> = dead
+                .iter()
+                .filter(|r| r["plugin"] == format!("notifier-{lang}").as_str())
+                .cloned()
+                .collect();
+            assert_eq!(mine.len(), upcoming, "{lang}: every reminder parked");
+            (*lang, mine)
+        })
+        .collect()
+}
+
 #[test]
 fn a_notifier_the_host_denies_rejects_instead_of_waiting_forever() {
     // A request to an origin not granted can never succeed: retrying would
@@ -182,17 +207,8 @@ fn a_notifier_the_host_denies_rejects_instead_of_waiting_forever() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let (valid, _) = common::read_sample(&events);
-    let upcoming = valid.iter().filter(|l| l.state == "upcoming").count();
-    assert!(upcoming > 0);
-    let dead = setup.dead_letters();
-    for (lang, _) in &languages {
-        let mine: Vec<&Value> = dead
-            .iter()
-            .filter(|r| r["plugin"] == format!("notifier-{lang}").as_str())
-            .collect();
-        assert_eq!(mine.len(), upcoming, "{lang}: every reminder refused");
-        for r in mine {
+    for (lang, mine) in parked_reminders(&setup, &events, &languages) {
+        for r in &mine {
             assert_eq!(r["class"], "rejected", "{lang}: {r}");
             assert!(
                 r["reason"].as_str().unwrap().contains("denied"),
@@ -202,29 +218,13 @@ fn a_notifier_the_host_denies_rejects_instead_of_waiting_forever() {
     }
 }
 
-/// A server that accepts connections and reads requests, but never answers.
-fn black_hole() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut sink = [0u8; 4096];
-                while matches!(std::io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    url
-}
-
 #[test]
 fn a_notifier_whose_endpoint_never_answers_is_bounded_by_its_time_budget() {
     // The guest libraries ask for no timeout (wasi-http's default is 600 s):
     // the host's time budget must end every request, in every language.
     let languages = languages(&["js", "python", "go"]);
     let setup = Setup::new();
-    let url = black_hole();
+    let url = common::black_hole();
     let events = common::generated_events(setup.dir.path(), 6, 5);
     for (lang, component) in &languages {
         setup.plugin(
@@ -244,17 +244,8 @@ fn a_notifier_whose_endpoint_never_answers_is_bounded_by_its_time_budget() {
         String::from_utf8_lossy(&out.stdout)
     );
     eprintln!("every reminder of every language ended in {took:.1?}");
-    let (valid, _) = common::read_sample(&events);
-    let upcoming = valid.iter().filter(|l| l.state == "upcoming").count();
-    assert!(upcoming > 0);
-    let dead = setup.dead_letters();
-    for (lang, _) in &languages {
-        let mine: Vec<&Value> = dead
-            .iter()
-            .filter(|r| r["plugin"] == format!("notifier-{lang}").as_str())
-            .collect();
-        assert_eq!(mine.len(), upcoming, "{lang}: every reminder parked");
-        for r in mine {
+    for (lang, mine) in parked_reminders(&setup, &events, &languages) {
+        for r in &mine {
             // Either the request's own timeout (a retry, until
             // retry_timeout_ms) or the call's budget ended it.
             assert!(

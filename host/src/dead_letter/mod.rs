@@ -6,8 +6,6 @@
 pub mod file;
 pub mod topic;
 
-use std::borrow::Cow;
-
 use crate::dispatch::Failure;
 use crate::runtime::Prepared;
 use crate::shutdown::Shutdown;
@@ -22,35 +20,8 @@ pub trait DeadLetters<R>: Send + Sync {
     fn park(&self, record: &R, failure: &Failure, version: &Prepared, stop: &Shutdown) -> bool;
 }
 
-/// The most bytes of a failure's reason that a dead letter (and a log
-/// line) carries: a plugin may give a reason of any size, and a dead-letter
-/// record must fit what the broker accepts. A longer reason is cut at a
-/// character boundary and says how much was left out.
-pub const MAX_REASON_BYTES: usize = 4096;
-
-/// `reason`, at most [`MAX_REASON_BYTES`] long.
-pub fn truncate_reason(reason: &str) -> Cow<'_, str> {
-    truncate(reason, MAX_REASON_BYTES)
-}
-
-/// `text` cut to at most `max` bytes (at least the marker's worth), at a
-/// character boundary, ending with how many bytes were cut.
-pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    // The marker names at most 20 digits: reserve room for the longest.
-    const MARKER: usize = " [cut: 18446744073709551615 more bytes]".len();
-    let mut end = max.saturating_sub(MARKER);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!(
-        "{} [cut: {} more bytes]",
-        &text[..end],
-        text.len() - end
-    ))
-}
+/// A failure's reason is bounded where the failure is made.
+pub use crate::dispatch::{MAX_REASON_BYTES, truncate, truncate_reason};
 
 /// Where a dead letter came from and why it is parked: the `plugboard.*`
 /// headers of a dead-letter record, which are part of its format.

@@ -475,3 +475,19 @@ pub fn latest_per_booking(lines: &[Line]) -> BTreeMap<&str, &Line> {
     }
     latest
 }
+
+/// A server that accepts connections and reads requests, but never answers.
+pub fn black_hole() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while matches!(std::io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    url
+}
