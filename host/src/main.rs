@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use plugboard::config::HostConfig;
+use plugboard::config::{HostConfig, LogFormat};
 use plugboard::metrics::Metrics;
 use plugboard::run::{Run, write_metrics};
 use plugboard::runtime::Runtime;
@@ -140,24 +140,61 @@ fn project_dir(name: &str, dir: Option<PathBuf>) -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PLUGBOARD_LOG")
-                // wasi-http logs each refused connection at WARN; the plugin
-                // gets the error and the host logs the hold it causes.
-                .unwrap_or_else(|_| {
-                    "info,wasmtime=warn,cranelift=warn,wasmtime_wasi_http=error".into()
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let format = match log_format(&cli) {
+        Ok(format) => format,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(format);
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `PLUGBOARD_LOG_FORMAT`, else `log_format` of the config `run` is given
+/// (a config that does not load is reported by `run` itself), else text.
+fn log_format(cli: &Cli) -> Result<LogFormat, String> {
+    if let Ok(value) = std::env::var("PLUGBOARD_LOG_FORMAT") {
+        return value
+            .parse()
+            .map_err(|e| format!("PLUGBOARD_LOG_FORMAT: {e}"));
+    }
+    Ok(match &cli.command {
+        Command::Run { config, .. } => HostConfig::load(config)
+            .map(|c| c.log_format)
+            .unwrap_or_default(),
+        _ => LogFormat::Text,
+    })
+}
+
+/// Log lines to stderr, filtered by `PLUGBOARD_LOG`.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLUGBOARD_LOG")
+        // wasi-http logs each refused connection at WARN; the plugin gets
+        // the error and the host logs the hold it causes.
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn,wasmtime_wasi_http=error".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object per line: timestamp, level, target and the event's
+        // fields (message, plugin, partition...) at the top level.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 

@@ -475,3 +475,69 @@ fn state_equals_handling_each_settled_event_once_whatever_the_plugin_answers() {
         Some(handled as f64)
     );
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line_with_the_same_fields() {
+    let setup = Setup::new();
+    setup.plugin("metrics", "metrics", "");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, "log_format = \"json\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+    let run = |format: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_plugboard"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&setup.config)
+            .arg("--events")
+            .arg(sample_events())
+            .arg("--dead-letter")
+            .arg(setup.path("dead.ndjson"))
+            .env("PLUGBOARD_LOG", "info")
+            .env_remove("PLUGBOARD_LOG_FORMAT");
+        if let Some(format) = format {
+            command.env("PLUGBOARD_LOG_FORMAT", format);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let lines: Vec<Value> = run(None)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(line[field].is_string(), "{field} missing: {line}");
+        }
+    }
+    // An event's own fields are fields of the object, as in the text.
+    let parked: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"].as_str().unwrap().starts_with("dead-lettered"))
+        .collect();
+    assert!(!parked.is_empty(), "{lines:?}");
+    for line in parked {
+        assert_eq!(line["level"], "WARN");
+        assert!(line["line"].is_u64(), "the input line, a number: {line}");
+    }
+    // PLUGBOARD_LOG_FORMAT wins over the config; a wrong one is an error.
+    let text = run(Some("text"));
+    assert!(text.lines().all(|l| !l.starts_with('{')), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .arg("run")
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("--events")
+        .arg(sample_events())
+        .env("PLUGBOARD_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PLUGBOARD_LOG_FORMAT") && err.contains("text or json"),
+        "{err}"
+    );
+}

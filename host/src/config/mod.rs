@@ -38,6 +38,30 @@ pub struct HostConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served while
     /// consuming Kafka; none if unset.
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// How log lines are written to stderr.
+    pub log_format: LogFormat,
+}
+
+/// How the host writes its log lines: `text` for people, `json` (one
+/// object per line, the same fields) for log shippers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not a log format: write text or json")),
+        }
+    }
 }
 
 /// The `[kafka]` table: where events come from and how they are consumed.
@@ -127,6 +151,9 @@ struct HostFile {
     /// `host:port` of the admin endpoint, e.g. `127.0.0.1:9464`.
     #[serde(default)]
     admin_addr: Option<Text>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    log_format: LogFormat,
 }
 
 /// Budgets as written in a `[limits]` table; unset fields fall back to the
@@ -195,6 +222,7 @@ impl HostConfig {
             cache_dir,
             limits: raw.limits,
             kafka: raw.kafka,
+            log_format: raw.log_format,
             admin_addr: match raw.admin_addr {
                 None => None,
                 Some(addr) => Some(addr.0.parse().with_context(|| {
