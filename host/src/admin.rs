@@ -2,8 +2,9 @@
 //! plugin serves, its versions, last error, counts, lag and the partitions
 //! that wait), `/metrics` in the Prometheus text format, `/healthz` (the
 //! process serves), `/readyz` (the consumers run and no part of the host
-//! fails). Everything is answered from what the host knows: no request
-//! waits for the broker.
+//! fails), and `/plugins/{name}/offsets` (committed offset, end and lag
+//! per partition of the plugin's group). Everything but the offsets is
+//! answered from what the host knows: only the offsets ask the broker.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -47,6 +48,7 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/plugins", get(plugins))
+        .route("/plugins/{name}/offsets", get(offsets))
         .with_state(admin);
     std::thread::Builder::new()
         .name("plugboard-admin".into())
@@ -128,4 +130,51 @@ async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
         status.waiting = holds.iter().filter(|h| h.plugin == name).cloned().collect();
     }
     axum::Json(serde_json::json!({ "plugins": statuses }))
+}
+
+/// How long `/plugins/{name}/offsets` waits for each answer of the broker.
+const OFFSETS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The plugin's group, per partition: committed offset, high watermark and
+/// lag, asked of the broker. 404 for a plugin the host does not know or a
+/// host without Kafka, 503 if the broker does not answer.
+async fn offsets(State(admin): State<Admin>, Path(name): Path<String>) -> impl IntoResponse {
+    let error = |status: StatusCode, error: String| {
+        (status, axum::Json(serde_json::json!({ "error": error })))
+    };
+    let Some(kafka) = admin.kafka.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this host reads a file, not Kafka: there are no offsets".into(),
+        );
+    };
+    if !admin.catalog.snapshot().iter().any(|p| p.name == name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no plugin {name} on this host (see /plugins)"),
+        );
+    }
+    let group = format!("{}{name}", kafka.group_prefix);
+    let asked = tokio::task::spawn_blocking(move || {
+        crate::source::kafka::group_offsets(&kafka, &name, OFFSETS_TIMEOUT)
+    })
+    .await;
+    match asked {
+        Ok(Ok(partitions)) => {
+            let lag: i64 = partitions.iter().map(|p| p.lag).sum();
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({
+                    "group": group,
+                    "lag": lag,
+                    "partitions": partitions,
+                })),
+            )
+        }
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the offsets of group {group}: {e:#}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

@@ -132,6 +132,38 @@ enum Command {
         #[arg(long)]
         expect: Option<PathBuf>,
     },
+    /// Asks a running host through its admin endpoint. Exit codes: 0 done,
+    /// 1 the host refused or failed the request, 2 a usage error, 3 no
+    /// host answered.
+    Ctl {
+        /// The host's admin endpoint (its admin_addr).
+        #[arg(
+            long,
+            env = "PLUGBOARD_ADMIN_URL",
+            default_value = "http://127.0.0.1:9464"
+        )]
+        admin: String,
+        /// The admin token, sent as a bearer token (never printed).
+        #[arg(long, env = "PLUGBOARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Prints the endpoint's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        verb: CtlVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlVerb {
+    /// Every plugin: state, version, events handled and parked, lag, and
+    /// the partitions that wait.
+    Status,
+    /// Committed offset, end and lag of each partition of a plugin's group.
+    Offsets {
+        /// The plugin.
+        name: String,
+    },
 }
 
 /// The project folder of `new`: `--dir`, or the name in the current folder.
@@ -200,6 +232,27 @@ fn init_logging(format: LogFormat) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Ctl {
+            admin,
+            token,
+            json,
+            verb,
+        } => {
+            let answer = plugboard::ctl::Admin::new(&admin, token).and_then(|admin| match verb {
+                CtlVerb::Status => admin.status(json),
+                CtlVerb::Offsets { name } => admin.offsets(&name, json),
+            });
+            match answer {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(e.exit_code()))
+                }
+            }
+        }
         Command::Run {
             config,
             events,

@@ -877,3 +877,77 @@ fn a_call_waiting_on_an_endpoint_that_never_answers_shows_and_ends_at_a_stop() {
         "the request held the stop for {took:?}"
     );
 }
+
+/// `plugboard ctl` with `args` against `admin`: (exit code, stdout, stderr).
+fn ctl(admin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .arg("ctl")
+        .args(args)
+        .env("PLUGBOARD_ADMIN_URL", admin)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn ctl_shows_the_plugins_and_the_offsets_of_each_group() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, events) = stream(&brokers, 3, 40, 41);
+    setup
+        .plugin("metrics", "metrics", "")
+        .plugin("noop", "noop", "");
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "ctl");
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    wait_for_zero_lag(&kafka, &["metrics", "noop"]);
+    let (valid, _) = read_sample(&events);
+
+    // The offsets, as JSON: every partition committed up to its end.
+    let (code, out, err) = ctl(&admin, &["offsets", "metrics", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["group"], format!("{}metrics", kafka.group_prefix));
+    assert_eq!(answer["lag"], 0);
+    let partitions = answer["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 3);
+    let mut ends = 0;
+    for p in partitions {
+        assert_eq!(p["committed"], p["high_watermark"], "{p}");
+        ends += p["high_watermark"].as_i64().unwrap();
+    }
+    assert_eq!(ends as usize, valid.len(), "every event of the topic");
+
+    // As a table.
+    let (code, out, _) = ctl(&admin, &["offsets", "noop"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("group {}noop", kafka.group_prefix));
+    assert!(lines[1].starts_with("PARTITION  COMMITTED  END"), "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
+    assert_eq!(lines[5], "total lag 0");
+
+    // Status: one row per plugin, with what it handled.
+    let (code, out, _) = ctl(&admin, &["status"]);
+    assert_eq!(code, 0);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("metrics "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "running", "{row}");
+    assert_eq!(cells[3], valid.len().to_string(), "{row}");
+    assert!(out.lines().any(|l| l.starts_with("noop ")), "{out}");
+
+    // A plugin the host does not know: exit 1, and why.
+    let (code, _, err) = ctl(&admin, &["offsets", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no plugin nosuch"), "{err}");
+    stop(host);
+    // No host: exit 3.
+    let (code, _, err) = ctl(&admin, &["status"]);
+    assert_eq!(code, 3, "{err}");
+}

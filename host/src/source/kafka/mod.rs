@@ -142,14 +142,32 @@ pub fn consume(
     Ok(())
 }
 
-/// Counts of the consumer group of `plugin`: committed offset and end of
-/// every partition, for tests and lag reports.
-pub fn group_lag(kafka: &KafkaConfig, plugin: &str) -> Result<i64> {
+/// Where one partition of a plugin's group stands.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    /// The group's committed offset (the next event it handles); none
+    /// before its first commit.
+    pub committed: Option<i64>,
+    /// The partition's end: the offset the next event produced gets.
+    pub high_watermark: i64,
+    /// Events between the two (from the start of the partition if nothing
+    /// is committed).
+    pub lag: i64,
+}
+
+/// The committed offset, end and lag of every partition of the topic for
+/// the consumer group of `plugin`, asked of the broker (each request
+/// bounded by `timeout`).
+pub fn group_offsets(
+    kafka: &KafkaConfig,
+    plugin: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionOffsets>> {
     let group = format!("{}{}", kafka.group_prefix, plugin);
     let consumer: BaseConsumer = client_config(kafka, Role::Consumer)
         .set("group.id", &group)
         .create()?;
-    let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(&kafka.topic.0), timeout)?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for topic in metadata.topics() {
@@ -158,14 +176,35 @@ pub fn group_lag(kafka: &KafkaConfig, plugin: &str) -> Result<i64> {
         }
     }
     let committed = consumer.committed_offsets(tpl, timeout)?;
-    let mut lag = 0;
+    let mut out = Vec::new();
     for element in committed.elements() {
-        let (_, high) = consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
-        let done = match element.offset() {
-            rdkafka::Offset::Offset(o) => o,
-            _ => 0,
+        let (low, high) =
+            consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
+        let committed = match element.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
         };
-        lag += (high - done).max(0);
+        out.push(PartitionOffsets {
+            partition: element.partition(),
+            committed,
+            high_watermark: high,
+            lag: (high - committed.unwrap_or(low)).max(0),
+        });
     }
-    Ok(lag)
+    out.sort_by_key(|p| p.partition);
+    Ok(out)
+}
+
+/// Counts of the consumer group of `plugin`: committed offset and end of
+/// every partition, for tests and lag reports.
+pub fn group_lag(kafka: &KafkaConfig, plugin: &str) -> Result<i64> {
+    let offsets = group_offsets(kafka, plugin, Duration::from_secs(10))?;
+    Ok(offsets
+        .iter()
+        .map(|p| match p.committed {
+            Some(_) => p.lag,
+            // As before: nothing committed counts the whole partition.
+            None => p.high_watermark,
+        })
+        .sum())
 }
