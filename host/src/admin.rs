@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::catalog::{Catalog, PluginState};
 use crate::config::KafkaConfig;
@@ -30,6 +31,10 @@ pub struct Admin {
     pub catalog: Catalog,
     /// Set under Kafka: `/plugins` reports each plugin's lag.
     pub kafka: Option<KafkaConfig>,
+    /// Which plugins are paused.
+    pub pauses: crate::control::Pauses,
+    /// Required by the write endpoints, which are served only with one.
+    pub token: Option<crate::config::AdminToken>,
 }
 
 /// Starts serving on `addr` from a thread of its own and returns the address
@@ -43,7 +48,13 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
     })?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new();
+    if admin.token.is_some() {
+        app = app
+            .route("/plugins/{name}/pause", post(pause))
+            .route("/plugins/{name}/resume", post(resume));
+    }
+    let app = app
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -128,6 +139,7 @@ async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
             status.lag = admin.metrics.lag(name);
         }
         status.waiting = holds.iter().filter(|h| h.plugin == name).cloned().collect();
+        status.paused = admin.pauses.is_paused(name);
     }
     axum::Json(serde_json::json!({ "plugins": statuses }))
 }
@@ -177,4 +189,75 @@ async fn offsets(State(admin): State<Admin>, Path(name): Path<String>) -> impl I
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// An answer of a write endpoint: JSON, `error` saying why it failed.
+type Answer = (StatusCode, axum::Json<serde_json::Value>);
+
+fn refuse(status: StatusCode, error: impl Into<String>) -> Answer {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": error.into() })),
+    )
+}
+
+/// 401 without a bearer token, 403 with a wrong one; the token is never
+/// logged or echoed.
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Answer> {
+    let Some(token) = &admin.token else {
+        return Err(refuse(StatusCode::NOT_FOUND, "write endpoints are off"));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required (plugboard ctl --token, or PLUGBOARD_ADMIN_TOKEN)",
+        )),
+        Some(given) if !token.matches(given) => {
+            tracing::warn!("admin write refused: wrong token");
+            Err(refuse(StatusCode::FORBIDDEN, "wrong admin token"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+async fn pause(State(admin): State<Admin>, Path(name): Path<String>, headers: HeaderMap) -> Answer {
+    set_paused(&admin, &name, &headers, true)
+}
+
+async fn resume(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    set_paused(&admin, &name, &headers, false)
+}
+
+/// Pauses or resumes a plugin this host knows, kept across restarts.
+fn set_paused(admin: &Admin, name: &str, headers: &HeaderMap, paused: bool) -> Answer {
+    if let Err(refused) = authorize(admin, headers) {
+        return refused;
+    }
+    if !admin.catalog.snapshot().iter().any(|p| p.name == name) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no plugin {name} on this host (see /plugins)"),
+        );
+    }
+    if let Err(e) = admin.pauses.set(name, paused) {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
+    }
+    admin.metrics.set_paused(name, paused);
+    tracing::info!(
+        plugin = name,
+        "{} by the admin endpoint",
+        if paused { "paused" } else { "resumed" }
+    );
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({ "plugin": name, "paused": paused })),
+    )
 }

@@ -87,6 +87,8 @@ pub struct PluginStatus {
     pub lag: Option<i64>,
     /// The partitions that wait for the plugin's sink or for the host.
     pub waiting: Vec<crate::hold::Hold>,
+    /// Paused by an operator: it takes no events until resumed.
+    pub paused: bool,
 }
 
 /// Every plugin's status, shared by the reloader and the admin endpoint.
@@ -109,6 +111,7 @@ impl Catalog {
             dead_lettered: 0,
             lag: None,
             waiting: Vec::new(),
+            paused: false,
         });
         f(status);
     }

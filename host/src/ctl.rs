@@ -56,8 +56,13 @@ impl Admin {
 
     /// GETs `path` and returns its JSON.
     fn get(&self, path: &str) -> Result<Value, CtlError> {
+        self.send(reqwest::Method::GET, path)
+    }
+
+    /// Sends `method` to `path` and returns the answer's JSON.
+    fn send(&self, method: reqwest::Method, path: &str) -> Result<Value, CtlError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.get(&url);
+        let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -76,6 +81,28 @@ impl Admin {
             return Err(CtlError::Refused(format!("{error} ({status})")));
         }
         Ok(body)
+    }
+
+    /// `ctl pause NAME` / `ctl resume NAME` (the token is required).
+    pub fn pause(&self, plugin: &str, paused: bool, json: bool) -> Result<String, CtlError> {
+        let verb = if paused { "pause" } else { "resume" };
+        let path = format!("/plugins/{plugin}/{verb}");
+        let body = self
+            .send(reqwest::Method::POST, &path)
+            .map_err(|e| match e {
+                // No write endpoints: the host has no admin_token.
+                CtlError::Unreachable(m) if m.contains("404") => CtlError::Refused(format!(
+                    "{m}: the host serves no write endpoints (set admin_token in its config)"
+                )),
+                e => e,
+            })?;
+        if json {
+            return Ok(pretty(&body));
+        }
+        Ok(format!(
+            "{plugin} {}\n",
+            if paused { "paused" } else { "resumed" }
+        ))
     }
 
     /// `ctl status`: every plugin of the host.

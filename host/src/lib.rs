@@ -49,6 +49,7 @@ pub mod catalog;
 pub mod check;
 pub mod commit;
 pub mod config;
+pub mod control;
 pub mod ctl;
 pub mod dead_letter;
 pub mod decode;

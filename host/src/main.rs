@@ -164,6 +164,17 @@ enum CtlVerb {
         /// The plugin.
         name: String,
     },
+    /// Stops a plugin taking events (its batch in flight finishes and is
+    /// committed), kept across restarts; the others go on. Needs the token.
+    Pause {
+        /// The plugin.
+        name: String,
+    },
+    /// Lets a paused plugin take events again. Needs the token.
+    Resume {
+        /// The plugin.
+        name: String,
+    },
 }
 
 /// The project folder of `new`: `--dir`, or the name in the current folder.
@@ -241,6 +252,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let answer = plugboard::ctl::Admin::new(&admin, token).and_then(|admin| match verb {
                 CtlVerb::Status => admin.status(json),
                 CtlVerb::Offsets { name } => admin.offsets(&name, json),
+                CtlVerb::Pause { name } => admin.pause(&name, true, json),
+                CtlVerb::Resume { name } => admin.pause(&name, false, json),
             });
             match answer {
                 Ok(text) => {

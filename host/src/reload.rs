@@ -86,6 +86,8 @@ pub struct Reloader {
     /// Plugins whose `init` said to try again later: loaded again at the
     /// next rescan, whether or not their files change.
     retry_init: std::collections::BTreeSet<String>,
+    /// Which plugins an operator paused.
+    pauses: crate::control::Pauses,
 }
 
 impl Reloader {
@@ -95,6 +97,7 @@ impl Reloader {
         runtime: Runtime,
         catalog: Catalog,
         host_shutdown: Shutdown,
+        pauses: crate::control::Pauses,
     ) -> Self {
         Reloader {
             config: config.clone(),
@@ -105,6 +108,7 @@ impl Reloader {
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
             retry_init: Default::default(),
+            pauses,
         }
     }
 
@@ -218,13 +222,23 @@ impl Reloader {
         );
         let live = Arc::new(LivePlugin::new(prepared));
         let stop = Shutdown::new();
+        let paused = self.pauses.flag(&name);
+        if paused.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(
+                plugin = name,
+                "paused (plugboard ctl resume {name} resumes it)"
+            );
+        }
+        self.runtime
+            .metrics()
+            .set_paused(&name, paused.load(std::sync::atomic::Ordering::SeqCst));
         let thread = {
             let (kafka, live, stop) = (self.kafka.clone(), live.clone(), stop.clone());
             let host_shutdown = self.host_shutdown.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-poll"))
                 .spawn(move || {
-                    let result = consume(&kafka, live, &stop);
+                    let result = consume(&kafka, live, paused, &stop);
                     if result.is_err() {
                         // A consumer that cannot go on stops the host.
                         host_shutdown.request();
@@ -295,14 +309,19 @@ fn join(name: &str, thread: JoinHandle<Result<()>>) {
 
 /// Consumes the topic for the plugin `live` serves, its batches settled
 /// through the pipeline into its dead-letter topic.
-fn consume(kafka: &KafkaConfig, live: Arc<LivePlugin>, stop: &Shutdown) -> Result<()> {
+fn consume(
+    kafka: &KafkaConfig,
+    live: Arc<LivePlugin>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    stop: &Shutdown,
+) -> Result<()> {
     let topic = crate::dead_letter::topic::Topic::new(kafka, &live.current().name)?;
     let settle: crate::source::kafka::Settle = Arc::new(
         move |dispatcher: &mut crate::dispatch::Dispatcher,
               batch: &[rdkafka::message::BorrowedMessage<'_>],
               stop: &Shutdown| { crate::settle::settle(dispatcher, batch, &topic, stop) },
     );
-    crate::source::kafka::consume(kafka, live, settle, stop)
+    crate::source::kafka::consume(kafka, live, settle, paused, stop)
 }
 
 /// What a panic said, if it said it as text.

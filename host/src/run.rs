@@ -48,6 +48,8 @@ pub struct Run<'a> {
     /// What `/readyz` reports.
     serving: Arc<AtomicBool>,
     admin: Option<SocketAddr>,
+    /// Which plugins an operator paused (Kafka only).
+    pauses: Option<crate::control::Pauses>,
     started: Instant,
 }
 
@@ -59,8 +61,11 @@ impl<'a> Run<'a> {
         let catalog = Catalog::default();
         let serving = Arc::new(AtomicBool::new(false));
         let mut admin = None;
+        let mut pauses = None;
         if let Source::Kafka = source {
             let kafka = kafka_config(config)?;
+            let paused = crate::control::Pauses::load(&config.data_dir)?;
+            pauses = Some(paused.clone());
             if let Some(addr) = config.admin_addr {
                 let bound = crate::admin::serve(
                     addr,
@@ -69,6 +74,8 @@ impl<'a> Run<'a> {
                         ready: serving.clone(),
                         catalog: catalog.clone(),
                         kafka: Some(kafka.clone()),
+                        pauses: paused,
+                        token: config.admin_token.clone(),
                     },
                 )?;
                 tracing::info!(
@@ -84,6 +91,7 @@ impl<'a> Run<'a> {
             catalog,
             serving,
             admin,
+            pauses,
             started: Instant::now(),
         })
     }
@@ -176,6 +184,7 @@ impl<'a> Run<'a> {
             runtime,
             self.catalog.clone(),
             shutdown.clone(),
+            self.pauses.clone().expect("loaded for Kafka"),
         );
         reloader.reconcile()?;
         if reloader.running() == 0 && reloader.has_rejections() {

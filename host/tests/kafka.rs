@@ -951,3 +951,112 @@ fn ctl_shows_the_plugins_and_the_offsets_of_each_group() {
     let (code, _, err) = ctl(&admin, &["status"]);
     assert_eq!(code, 3, "{err}");
 }
+
+#[test]
+fn a_paused_plugin_takes_nothing_stays_paused_after_a_restart_and_catches_up_on_resume() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, _) = stream(&brokers, 3, 20, 43);
+    setup
+        .plugin("metrics", "metrics", "")
+        .plugin("noop", "noop", "");
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "pause");
+    // The token comes from the environment, as in production.
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, "admin_token = \"${TEST_ADMIN_TOKEN}\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+    let start = || {
+        let mut command = host_command(&setup, "metrics.prom");
+        command.env("TEST_ADMIN_TOKEN", "s3cret");
+        start_with_admin(command)
+    };
+    let (host, admin) = start();
+    wait_for_zero_lag(&kafka, &["metrics", "noop"]);
+
+    // The write endpoints want the token: none 401, a wrong one 403.
+    let post = |admin: &str, path: &str, token: Option<&str>| {
+        let mut request = reqwest::blocking::Client::new().post(format!("{admin}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    assert_eq!(post(&admin, "/plugins/noop/pause", None), 401);
+    assert_eq!(post(&admin, "/plugins/noop/pause", Some("guess")), 403);
+    let (code, _, err) = ctl(&admin, &["pause", "noop"]);
+    assert_eq!(code, 1, "no token: refused");
+    assert!(err.contains("401"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .args([
+            "ctl", "--admin", &admin, "--token", "s3cret", "pause", "noop",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "noop paused\n");
+    assert_eq!(plugin_status(&admin, "noop")["paused"], true);
+
+    // Paused: noop takes nothing while metrics keeps up.
+    let more = setup.path("more.ndjson");
+    std::fs::write(
+        &more,
+        std::fs::read_to_string(common::generated_events(setup.dir.path(), 10, 44)).unwrap(),
+    )
+    .unwrap();
+    produce(&brokers, &topic, &more);
+    wait_for_zero_lag(&kafka, &["metrics"]);
+    let behind = plugboard::source::kafka::group_lag(&kafka, "noop").unwrap();
+    assert!(behind > 0);
+
+    // A restart keeps the pause.
+    stop(host);
+    let (host, admin) = start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(plugin_status(&admin, "noop")["paused"], true);
+    assert_eq!(
+        plugboard::source::kafka::group_lag(&kafka, "noop").unwrap(),
+        behind,
+        "a paused plugin took events after a restart"
+    );
+    let metrics = reqwest::blocking::get(format!("{admin}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("plugboard_plugin_paused{plugin=\"noop\"} 1"),
+        "{metrics}"
+    );
+
+    // Resumed: it catches up.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .args(["ctl", "resume", "noop"])
+        .env("PLUGBOARD_ADMIN_URL", &admin)
+        .env("PLUGBOARD_ADMIN_TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for_zero_lag(&kafka, &["metrics", "noop"]);
+    assert_eq!(plugin_status(&admin, "noop")["paused"], false);
+    stop(host);
+}
+
+#[test]
+fn without_an_admin_token_there_are_no_write_endpoints() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, _) = stream(&brokers, 1, 2, 45);
+    setup.plugin("noop", "noop", "");
+    enable_admin(&setup);
+    kafka_config(&setup, &brokers, &topic, "notoken");
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    let status = reqwest::blocking::Client::new()
+        .post(format!("{admin}/plugins/noop/pause"))
+        .bearer_auth("anything")
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 404);
+    let (code, _, err) = ctl(&admin, &["--token", "anything", "pause", "noop"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("admin_token"), "{err}");
+    stop(host);
+}

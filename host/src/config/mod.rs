@@ -40,6 +40,40 @@ pub struct HostConfig {
     pub admin_addr: Option<std::net::SocketAddr>,
     /// How log lines are written to stderr.
     pub log_format: LogFormat,
+    /// The bearer token the admin endpoint's write endpoints (pause,
+    /// resume) require; none: they are not served.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin token: never shown, not even by `{:?}`, and compared in
+/// constant time.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: String) -> Self {
+        AdminToken(token)
+    }
+
+    /// Whether `given` is the token, in time that does not depend on where
+    /// they differ (both are hashed first, so not on the length either).
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let (a, b) = (
+            Sha256::digest(self.0.as_bytes()),
+            Sha256::digest(given.as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
 }
 
 /// How the host writes its log lines: `text` for people, `json` (one
@@ -154,6 +188,9 @@ struct HostFile {
     /// `text` (default) or `json`.
     #[serde(default)]
     log_format: LogFormat,
+    /// Usually `"${PLUGBOARD_ADMIN_TOKEN}"`.
+    #[serde(default)]
+    admin_token: Option<Text>,
 }
 
 /// Budgets as written in a `[limits]` table; unset fields fall back to the
@@ -223,6 +260,11 @@ impl HostConfig {
             limits: raw.limits,
             kafka: raw.kafka,
             log_format: raw.log_format,
+            admin_token: raw
+                .admin_token
+                .map(|t| t.0)
+                .filter(|t| !t.is_empty())
+                .map(AdminToken::new),
             admin_addr: match raw.admin_addr {
                 None => None,
                 Some(addr) => Some(addr.0.parse().with_context(|| {

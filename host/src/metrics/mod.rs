@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Events not yet settled in the partitions this host owns, per
     /// plugin, from the consumer's own statistics (no broker round trip).
     consumer_lag: prometheus::IntGaugeVec,
+    /// 1 while an operator has a plugin paused.
+    paused: prometheus::IntGaugeVec,
     /// The same, for `/plugins`: absent until the first statistics.
     lags: Mutex<HashMap<String, i64>>,
     /// Series plugins wanted over their `max_series`.
@@ -173,6 +175,20 @@ impl Metrics {
                 &["plugin", "result"],
             ),
             holds: crate::hold::Holds::new(&registry),
+            paused: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "plugboard_plugin_paused",
+                        "1 while an operator has the plugin paused (plugboard ctl pause)",
+                    ),
+                    &["plugin"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             consumer_lag: {
                 let g = prometheus::IntGaugeVec::new(
                     Opts::new(
@@ -335,9 +351,17 @@ impl Metrics {
     /// longer this host's to report (added again, it reports them afresh
     /// from its state, not from the shares of its former partitions). Its
     /// counters stay, as counters do.
+    /// `plugin` is paused (or resumed).
+    pub fn set_paused(&self, plugin: &str, paused: bool) {
+        self.paused
+            .with_label_values(&[plugin])
+            .set(i64::from(paused));
+    }
+
     pub fn plugin_removed(&self, plugin: &str) {
         self.holds.release_plugin(plugin);
         let _ = self.consumer_lag.remove_label_values(&[plugin]);
+        let _ = self.paused.remove_label_values(&[plugin]);
         self.lags.locked().remove(plugin);
         if let Some(families) = self.plugins.locked().get_mut(plugin) {
             families.forget_gauges();

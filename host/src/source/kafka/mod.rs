@@ -21,6 +21,7 @@ mod partitions;
 mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -59,6 +60,7 @@ pub fn consume(
     kafka: &KafkaConfig,
     live: Arc<LivePlugin>,
     settle: Settle,
+    paused: Arc<AtomicBool>,
     shutdown: &Shutdown,
 ) -> Result<()> {
     let prepared = live.current();
@@ -78,6 +80,7 @@ pub fn consume(
         settle,
         settled: settled_tx,
         broker: Arc::new(Broker::new(&plugin)),
+        paused: paused.clone(),
     };
     let mut config = client_config(kafka, Role::Consumer);
     for (key, value) in CONSUMER_DEFAULTS {
@@ -113,9 +116,11 @@ pub fn consume(
         .with_context(|| format!("cannot subscribe to {topic}"))?;
 
     let partitions = consumer.context();
+    let mut fetching = Fetching::default();
     while !shutdown.is_requested() {
         partitions.store_settled(&consumer);
         partitions.tend(&consumer);
+        fetching.follow(&consumer, &paused, &plugin);
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Ok(message)) => partitions.stray(&consumer, &message),
@@ -193,6 +198,47 @@ pub fn group_offsets(
     }
     out.sort_by_key(|p| p.partition);
     Ok(out)
+}
+
+/// Whether the consumer fetches: a paused plugin's partitions are paused
+/// in librdkafka (membership kept, no rebalance), again now and then so
+/// partitions assigned meanwhile pause too.
+#[derive(Default)]
+struct Fetching {
+    paused_at: Option<std::time::Instant>,
+}
+
+impl Fetching {
+    fn follow(&mut self, consumer: &GroupConsumer, paused: &AtomicBool, plugin: &str) {
+        let want = paused.load(Ordering::Relaxed);
+        let due = self
+            .paused_at
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(1));
+        // Paused again now and then; resumed once.
+        let act = if want { due } else { self.paused_at.is_some() };
+        if !act {
+            return;
+        }
+        let Ok(assignment) = consumer.assignment() else {
+            return;
+        };
+        let done = if want {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        match done {
+            Ok(()) => {
+                if want && self.paused_at.is_none() {
+                    tracing::info!(plugin, "paused: fetching stopped, group membership kept");
+                } else if !want {
+                    tracing::info!(plugin, "resumed");
+                }
+                self.paused_at = want.then(std::time::Instant::now);
+            }
+            Err(e) => tracing::warn!(plugin, "cannot pause or resume fetching: {e}"),
+        }
+    }
 }
 
 /// Counts of the consumer group of `plugin`: committed offset and end of

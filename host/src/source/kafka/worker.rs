@@ -84,6 +84,8 @@ pub struct WorkerSetup {
     pub settle: Settle,
     pub settled: Sender<Settled>,
     pub broker: Arc<Broker>,
+    /// Set while an operator has the plugin paused: no batch is taken.
+    pub paused: Arc<AtomicBool>,
 }
 
 /// No offset known yet.
@@ -157,11 +159,17 @@ fn run<C: ConsumerContext>(
         settle,
         settled,
         broker,
+        paused,
     } = setup;
     let mut dispatcher = Dispatcher::lazy(live.clone(), partition);
     dispatcher.warm();
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
     while !stop.is_requested() {
+        // Paused: the batch before was settled; take none until resumed.
+        if paused.load(Ordering::Relaxed) {
+            stop.sleep(Duration::from_millis(100));
+            continue;
+        }
         // A reload swaps the version between batches, never within one.
         dispatcher.follow();
         let batch_size = dispatcher.prepared().spec.limits.batch_size;
