@@ -134,9 +134,14 @@ impl Admin {
                     .join(", ")
             };
             let sha = text(&p["sha256"]);
+            let state = if p["paused"] == true {
+                "paused".to_string()
+            } else {
+                text(&p["state"])
+            };
             rows.push(vec![
                 text(&p["name"]),
-                text(&p["state"]),
+                state,
                 sha.chars().take(12).collect(),
                 text(&p["handled"]),
                 text(&p["dead_lettered"]),

@@ -995,6 +995,12 @@ fn a_paused_plugin_takes_nothing_stays_paused_after_a_restart_and_catches_up_on_
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "noop paused\n");
     assert_eq!(plugin_status(&admin, "noop")["paused"], true);
+    let (_, out, _) = ctl(&admin, &["status"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("noop ") && l.contains(" paused ")),
+        "{out}"
+    );
 
     // Paused: noop takes nothing while metrics keeps up.
     let more = setup.path("more.ndjson");
