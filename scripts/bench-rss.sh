@@ -100,7 +100,9 @@ def lags():
     """Each plugin's consumer lag, once its first statistics are in."""
     text = http_get(f"http://127.0.0.1:{admin}/metrics", timeout=1)
     return {p: prom_value(text, "plugboard_consumer_lag", {"plugin": p})
-            for p in PLUGINS if text and f'plugboard_consumer_lag{{plugin="{p}"}}' in text}
+            for p in PLUGINS if text and any(
+                l.startswith("plugboard_consumer_lag{") and f'plugin="{p}"' in l
+                for l in text.splitlines())}
 
 def status(pid):
     fields = {}

@@ -942,6 +942,32 @@ fn ctl_shows_the_plugins_and_the_offsets_of_each_group() {
     assert_eq!(cells[3], valid.len().to_string(), "{row}");
     assert!(out.lines().any(|l| l.starts_with("noop ")), "{out}");
 
+    // The lag per partition, in the metrics too (every second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::blocking::get(format!("{admin}/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("plugboard_consumer_lag{") && l.contains("plugin=\"metrics\"")
+            })
+            .collect();
+        let settled = (0..3).all(|p| {
+            series.contains(
+                &format!("plugboard_consumer_lag{{partition=\"{p}\",plugin=\"metrics\"}} 0")
+                    .as_str(),
+            )
+        });
+        if settled && series.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{series:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // A plugin the host does not know: exit 1, and why.
     let (code, _, err) = ctl(&admin, &["offsets", "nosuch"]);
     assert_eq!(code, 1);

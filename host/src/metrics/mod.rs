@@ -78,7 +78,7 @@ pub struct Metrics {
     /// 1 while an operator has a plugin paused.
     paused: prometheus::IntGaugeVec,
     /// The same, for `/plugins`: absent until the first statistics.
-    lags: Mutex<HashMap<String, i64>>,
+    lags: Mutex<HashMap<String, BTreeMap<i32, i64>>>,
     /// Series plugins wanted over their `max_series`.
     series_dropped: IntCounterVec,
     /// Every plugin's own metrics, by plugin name.
@@ -193,9 +193,9 @@ impl Metrics {
                 let g = prometheus::IntGaugeVec::new(
                     Opts::new(
                         "plugboard_consumer_lag",
-                        "Events not yet settled in the partitions this host owns, per plugin (from the consumer's statistics, refreshed every second)",
+                        "Events not yet settled in each partition this host owns, per plugin (from the consumer's statistics, refreshed every second); sum by plugin for a plugin's lag",
                     ),
-                    &["plugin"],
+                    &["plugin", "partition"],
                 )
                 .expect("valid metric");
                 registry
@@ -234,14 +234,28 @@ impl Metrics {
     }
 
     /// `plugin`'s consumer lag on this host, from its latest statistics.
-    pub fn set_lag(&self, plugin: &str, lag: i64) {
-        self.consumer_lag.with_label_values(&[plugin]).set(lag);
-        self.lags.locked().insert(plugin.to_string(), lag);
+    pub fn set_lag(&self, plugin: &str, partitions: BTreeMap<i32, i64>) {
+        let mut lags = self.lags.locked();
+        if let Some(before) = lags.get(plugin) {
+            // Partitions this host no longer owns leave the metric.
+            for gone in before.keys().filter(|p| !partitions.contains_key(p)) {
+                let _ = self
+                    .consumer_lag
+                    .remove_label_values(&[plugin, &gone.to_string()]);
+            }
+        }
+        for (partition, lag) in &partitions {
+            self.consumer_lag
+                .with_label_values(&[plugin, &partition.to_string()])
+                .set(*lag);
+        }
+        lags.insert(plugin.to_string(), partitions);
     }
 
-    /// `plugin`'s consumer lag, once its statistics came.
+    /// `plugin`'s consumer lag over the partitions this host owns, once
+    /// its statistics came.
     pub fn lag(&self, plugin: &str) -> Option<i64> {
-        self.lags.locked().get(plugin).copied()
+        self.lags.locked().get(plugin).map(|p| p.values().sum())
     }
 
     /// Counts one event of `plugin` parked in the dead-letter path, when
@@ -360,9 +374,14 @@ impl Metrics {
 
     pub fn plugin_removed(&self, plugin: &str) {
         self.holds.release_plugin(plugin);
-        let _ = self.consumer_lag.remove_label_values(&[plugin]);
         let _ = self.paused.remove_label_values(&[plugin]);
-        self.lags.locked().remove(plugin);
+        if let Some(partitions) = self.lags.locked().remove(plugin) {
+            for partition in partitions.keys() {
+                let _ = self
+                    .consumer_lag
+                    .remove_label_values(&[plugin, &partition.to_string()]);
+            }
+        }
         if let Some(families) = self.plugins.locked().get_mut(plugin) {
             families.forget_gauges();
         }
@@ -411,6 +430,23 @@ mod tests {
 
     fn set(slot: i32, value: f64) -> Update {
         Update::Set { slot, value }
+    }
+
+    #[test]
+    fn lag_is_per_partition_and_a_partition_that_leaves_takes_its_series() {
+        let m = Metrics::new();
+        m.set_lag("crm", [(0, 5), (1, 7)].into());
+        assert_eq!(m.lag("crm"), Some(12));
+        assert!(
+            m.render()
+                .contains("plugboard_consumer_lag{partition=\"1\",plugin=\"crm\"} 7")
+        );
+        m.set_lag("crm", [(0, 2)].into());
+        assert_eq!(m.lag("crm"), Some(2));
+        assert!(!m.render().contains("partition=\"1\",plugin=\"crm\""));
+        m.plugin_removed("crm");
+        assert_eq!(m.lag("crm"), None);
+        assert!(!m.render().contains("plugboard_consumer_lag{"));
     }
 
     #[test]

@@ -338,7 +338,7 @@ impl ClientContext for Partitions {
         if self.closing.load(Ordering::SeqCst) {
             return;
         }
-        let lag: i64 = statistics
+        let lag: BTreeMap<i32, i64> = statistics
             .topics
             .get(&self.topic)
             .map(|topic| {
@@ -347,17 +347,18 @@ impl ClientContext for Partitions {
                     .values()
                     .filter(|p| p.partition >= 0 && p.desired)
                     .map(|p| {
-                        if p.consumer_lag_stored >= 0 {
+                        let lag = if p.consumer_lag_stored >= 0 {
                             p.consumer_lag_stored
                         } else if p.consumer_lag >= 0 {
                             p.consumer_lag
                         } else {
                             (p.hi_offset - p.lo_offset.max(0)).max(0)
-                        }
+                        };
+                        (p.partition, lag)
                     })
-                    .sum()
+                    .collect()
             })
-            .unwrap_or(0);
+            .unwrap_or_default();
         let metrics = self.setup.live.current().metrics().clone();
         metrics.set_lag(&self.plugin, lag);
         let up = statistics
