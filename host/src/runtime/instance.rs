@@ -154,6 +154,7 @@ impl Prepared {
                     ))
                 })?;
         }
+        let call = self.metrics.holds.call_slot(&self.name, slot);
         let state = PluginState {
             plugin: self.name.clone(),
             wasi: wasi.build(),
@@ -175,7 +176,7 @@ impl Prepared {
                 budget: spec.limits.timeout,
                 deadline: None,
                 stop: None,
-                call: self.metrics.holds.call_slot(&self.name, slot),
+                call: call.clone(),
             },
             metrics: self.metrics.clone(),
             slot,
@@ -250,6 +251,7 @@ impl Prepared {
             ticks,
             timeout,
             output,
+            call,
         })
     }
 }
@@ -262,6 +264,8 @@ pub struct Instance {
     timeout: Duration,
     /// The instance's stdout/stderr, whose last lines explain a trap.
     output: GuestOutput,
+    /// Its call in progress, for `waiting` (shared with its egress).
+    call: std::sync::Arc<crate::hold::CallSlot>,
 }
 
 impl Instance {
@@ -285,13 +289,12 @@ impl Instance {
         // Only what this call prints may explain its trap.
         self.output.take_tail();
         // A call that lasts shows in `waiting`, with what it waits on.
-        let call = self.store.data().egress.call.clone();
-        call.begin();
+        self.call.begin();
         let outcome = self
             .plugin
             .plugboard_plugin_handler()
             .call_handle(&mut self.store, batch);
-        call.end();
+        self.call.end();
         let data = self.store.data_mut();
         let outcome = match outcome {
             Ok(outcome) => outcome,
