@@ -56,11 +56,16 @@ impl Admin {
 
     /// GETs `path` and returns its JSON.
     fn get(&self, path: &str) -> Result<Value, CtlError> {
-        self.send(reqwest::Method::GET, path)
+        self.send(
+            reqwest::Method::GET,
+            path,
+            "the host does not serve it (is it a plugboard admin endpoint?)",
+        )
     }
 
-    /// Sends `method` to `path` and returns the answer's JSON.
-    fn send(&self, method: reqwest::Method, path: &str) -> Result<Value, CtlError> {
+    /// Sends `method` to `path` and returns the answer's JSON; `missing`
+    /// says what a 404 without a reason (no such route) means.
+    fn send(&self, method: reqwest::Method, path: &str, missing: &str) -> Result<Value, CtlError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -73,29 +78,28 @@ impl Admin {
             ))
         })?;
         let status = response.status();
-        let body: Value = response.json().map_err(|e| {
-            CtlError::Unreachable(format!("{url} did not answer JSON ({status}): {e}"))
-        })?;
+        let body: Option<Value> = response.json().ok();
         if !status.is_success() {
-            let error = body["error"].as_str().unwrap_or("no reason given");
+            let reason = body.as_ref().and_then(|b| b["error"].as_str());
+            let error = match reason {
+                Some(reason) => reason,
+                None if status == reqwest::StatusCode::NOT_FOUND => missing,
+                None => "no reason given",
+            };
             return Err(CtlError::Refused(format!("{error} ({status})")));
         }
-        Ok(body)
+        body.ok_or_else(|| CtlError::Unreachable(format!("{url} did not answer JSON ({status})")))
     }
 
     /// `ctl pause NAME` / `ctl resume NAME` (the token is required).
     pub fn pause(&self, plugin: &str, paused: bool, json: bool) -> Result<String, CtlError> {
         let verb = if paused { "pause" } else { "resume" };
         let path = format!("/plugins/{plugin}/{verb}");
-        let body = self
-            .send(reqwest::Method::POST, &path)
-            .map_err(|e| match e {
-                // No write endpoints: the host has no admin_token.
-                CtlError::Unreachable(m) if m.contains("404") => CtlError::Refused(format!(
-                    "{m}: the host serves no write endpoints (set admin_token in its config)"
-                )),
-                e => e,
-            })?;
+        let body = self.send(
+            reqwest::Method::POST,
+            &path,
+            "the host serves no write endpoints (set admin_token in its config)",
+        )?;
         if json {
             return Ok(pretty(&body));
         }

@@ -209,20 +209,21 @@ impl Holds {
             .locked()
             .remove(&(plugin.to_string(), partition));
         let partition = partition.to_string();
-        for cause in [Cause::Sink, Cause::Host, Cause::Plugin] {
-            let _ = self
-                .waiting
-                .remove_label_values(&[plugin, &partition, cause.as_str()]);
-        }
+        self.remove_series(|p, part| p == plugin && part == partition);
     }
 
     /// Ends every hold of `plugin`: it was removed, and what it waited
     /// for is no longer this host's to wait for.
     pub fn release_plugin(&self, plugin: &str) {
+        self.current.locked().retain(|(p, _), _| p != plugin);
+        self.remove_series(|p, _| p == plugin);
+    }
+
+    /// Removes every `plugboard_partition_waiting` series whose plugin and
+    /// partition `gone` picks, whatever its cause, the 0s of holds that
+    /// ended too.
+    fn remove_series(&self, gone: impl Fn(&str, &str) -> bool) {
         use prometheus::core::Collector;
-        let mut current = self.current.locked();
-        current.retain(|(p, _), _| p != plugin);
-        // Every series of the plugin goes, the 0s of holds that ended too.
         for family in self.waiting.collect() {
             for metric in family.get_metric() {
                 let value = |name: &str| {
@@ -230,15 +231,13 @@ impl Holds {
                         .get_label()
                         .iter()
                         .find(|l| l.name() == name)
-                        .map(|l| l.value().to_string())
-                        .unwrap_or_default()
+                        .map_or("", |l| l.value())
                 };
-                if value("plugin") == plugin {
-                    let _ = self.waiting.remove_label_values(&[
-                        plugin,
-                        &value("partition"),
-                        &value("cause"),
-                    ]);
+                let (plugin, partition) = (value("plugin"), value("partition"));
+                if gone(plugin, partition) {
+                    let _ = self
+                        .waiting
+                        .remove_label_values(&[plugin, partition, value("cause")]);
                 }
             }
         }
@@ -300,6 +299,7 @@ impl Holds {
         holds
     }
 
+    /// Whether a part of the host fails right now: the host is not ready.
     pub fn host_failing(&self) -> bool {
         self.current
             .locked()

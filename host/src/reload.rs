@@ -223,15 +223,14 @@ impl Reloader {
         let live = Arc::new(LivePlugin::new(prepared));
         let stop = Shutdown::new();
         let paused = self.pauses.flag(&name);
-        if paused.load(std::sync::atomic::Ordering::SeqCst) {
+        let is_paused = paused.load(std::sync::atomic::Ordering::SeqCst);
+        if is_paused {
             tracing::warn!(
                 plugin = name,
                 "paused (plugboard ctl resume {name} resumes it)"
             );
         }
-        self.runtime
-            .metrics()
-            .set_paused(&name, paused.load(std::sync::atomic::Ordering::SeqCst));
+        self.runtime.metrics().set_paused(&name, is_paused);
         let thread = {
             let (kafka, live, stop) = (self.kafka.clone(), live.clone(), stop.clone());
             let host_shutdown = self.host_shutdown.clone();

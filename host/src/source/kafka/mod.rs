@@ -148,7 +148,7 @@ pub fn consume(
 }
 
 /// Where one partition of a plugin's group stands.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PartitionOffsets {
     pub partition: i32,
     /// The group's committed offset (the next event it handles); none

@@ -161,6 +161,8 @@ fn run<C: ConsumerContext>(
         broker,
         paused,
     } = setup;
+    // The plugin's name, which no reload changes.
+    let name = live.current().name.clone();
     let mut dispatcher = Dispatcher::lazy(live.clone(), partition);
     dispatcher.warm();
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
@@ -203,7 +205,7 @@ fn run<C: ConsumerContext>(
         if stop.is_requested() {
             break;
         }
-        panic_hook::check(&live.current().name, partition, &batch);
+        panic_hook::check(&name, partition, &batch);
         let done = settle(&mut dispatcher, &batch, &stop);
         if done > 0 {
             // The settled prefix may be committed, even if the rest of the
