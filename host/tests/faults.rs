@@ -777,13 +777,52 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(Vec<u8>, String, String)> {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };
+        // A record parked without its payload (the topic refused it whole
+        // at that moment) names where the original is.
+        let payload = if header("plugboard.payload-omitted").is_empty() {
+            m.payload().unwrap_or_default().to_vec()
+        } else {
+            original(
+                brokers,
+                &header("plugboard.original-topic"),
+                header("plugboard.original-partition").parse().unwrap(),
+                header("plugboard.original-offset").parse().unwrap(),
+            )
+        };
         out.push((
-            m.payload().unwrap_or_default().to_vec(),
+            payload,
             header("plugboard.failure-class"),
             header("plugboard.reason"),
         ));
     }
     out
+}
+
+/// The payload of the record at `offset` of `partition` of `topic`.
+fn original(brokers: &str, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{:x}", rand::random::<u64>()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "cannot read {topic}/{partition}@{offset}"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            return m.payload().unwrap_or_default().to_vec();
+        }
+    }
 }
 
 /// Creates `topic` with `max.message.bytes` = `limit`, or (`None`) raises
