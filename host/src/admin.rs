@@ -31,8 +31,10 @@ pub struct Admin {
     pub catalog: Catalog,
     /// Set under Kafka: `/plugins` reports each plugin's lag.
     pub kafka: Option<KafkaConfig>,
-    /// Which plugins are paused.
-    pub pauses: crate::control::Pauses,
+    /// What an operator switched: pauses, rewinds, redrives.
+    pub control: crate::control::Control,
+    /// The redrives this host runs (Kafka only).
+    pub redrives: Option<crate::redrive::admin::Runs>,
     /// Required by the write endpoints, which are served only with one.
     pub token: Option<crate::config::AdminToken>,
 }
@@ -52,7 +54,12 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
     if admin.token.is_some() {
         app = app
             .route("/plugins/{name}/pause", post(pause))
-            .route("/plugins/{name}/resume", post(resume));
+            .route("/plugins/{name}/resume", post(resume))
+            .route("/plugins/{name}/rewind", post(rewind))
+            .route(
+                "/plugins/{name}/redrive",
+                post(crate::redrive::admin::start),
+            );
     }
     let app = app
         .route("/metrics", get(metrics_text))
@@ -60,6 +67,10 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
         .route("/readyz", get(readyz))
         .route("/plugins", get(plugins))
         .route("/plugins/{name}/offsets", get(offsets))
+        .route(
+            "/plugins/{name}/redrive",
+            get(crate::redrive::admin::status),
+        )
         .with_state(admin);
     std::thread::Builder::new()
         .name("plugboard-admin".into())
@@ -139,7 +150,8 @@ async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
             status.lag = admin.metrics.lag(name);
         }
         status.waiting = holds.iter().filter(|h| h.plugin == name).cloned().collect();
-        status.paused = admin.pauses.is_paused(name);
+        status.paused = admin.control.pauses.is_paused(name);
+        status.redrive = admin.control.redrive(name);
     }
     axum::Json(serde_json::json!({ "plugins": statuses }))
 }
@@ -192,9 +204,9 @@ async fn offsets(State(admin): State<Admin>, Path(name): Path<String>) -> impl I
 }
 
 /// An answer of a write endpoint: JSON, `error` saying why it failed.
-type Answer = (StatusCode, axum::Json<serde_json::Value>);
+pub(crate) type Answer = (StatusCode, axum::Json<serde_json::Value>);
 
-fn refuse(status: StatusCode, error: impl Into<String>) -> Answer {
+pub(crate) fn refuse(status: StatusCode, error: impl Into<String>) -> Answer {
     (
         status,
         axum::Json(serde_json::json!({ "error": error.into() })),
@@ -203,7 +215,7 @@ fn refuse(status: StatusCode, error: impl Into<String>) -> Answer {
 
 /// 401 without a bearer token, 403 with a wrong one; the token is never
 /// logged or echoed.
-fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Answer> {
+pub(crate) fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Answer> {
     let Some(token) = &admin.token else {
         return Err(refuse(StatusCode::NOT_FOUND, "write endpoints are off"));
     };
@@ -225,7 +237,7 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Answer> {
 }
 
 async fn pause(State(admin): State<Admin>, Path(name): Path<String>, headers: HeaderMap) -> Answer {
-    set_paused(&admin, &name, &headers, true)
+    set_paused(&admin, &name, &headers, true).await
 }
 
 async fn resume(
@@ -233,24 +245,35 @@ async fn resume(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    set_paused(&admin, &name, &headers, false)
+    set_paused(&admin, &name, &headers, false).await
 }
 
-/// Pauses or resumes a plugin this host knows, kept across restarts.
-fn set_paused(admin: &Admin, name: &str, headers: &HeaderMap, paused: bool) -> Answer {
-    if let Err(refused) = authorize(admin, headers) {
-        return refused;
-    }
-    if !admin.catalog.snapshot().iter().any(|p| p.name == name) {
-        return refuse(
+/// Refuses a request for a plugin this host does not know.
+pub(crate) fn known(admin: &Admin, name: &str) -> Result<(), Answer> {
+    if admin.catalog.snapshot().iter().any(|p| p.name == name) {
+        Ok(())
+    } else {
+        Err(refuse(
             StatusCode::NOT_FOUND,
             format!("no plugin {name} on this host (see /plugins)"),
-        );
+        ))
     }
-    if let Err(e) = admin.pauses.set(name, paused) {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
+}
+
+/// Pauses or resumes a plugin on every host of its group (through the
+/// control topic), kept across restarts.
+async fn set_paused(admin: &Admin, name: &str, headers: &HeaderMap, paused: bool) -> Answer {
+    if let Err(refused) = authorize(admin, headers).and_then(|()| known(admin, name)) {
+        return refused;
     }
-    admin.metrics.set_paused(name, paused);
+    let record = serde_json::json!({ "paused": paused, "at_ms": crate::control::now_ms() });
+    if let Err(e) = admin
+        .control
+        .publish(&format!("pause/{name}"), record)
+        .await
+    {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+    }
     tracing::info!(
         plugin = name,
         "{} by the admin endpoint",
@@ -258,6 +281,187 @@ fn set_paused(admin: &Admin, name: &str, headers: &HeaderMap, paused: bool) -> A
     );
     (
         StatusCode::OK,
-        axum::Json(serde_json::json!({ "plugin": name, "paused": paused })),
+        axum::Json(serde_json::json!({
+            "plugin": name,
+            "paused": paused,
+            "every_host": admin.control.shared(),
+        })),
     )
+}
+
+/// How long a rewind waits beyond the members' session timeout for the
+/// group to empty.
+const LEAVE_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Moves the plugin's group to `{"to": ...}` while the host runs (see
+/// [`crate::source::kafka::rewind`]): every member leaves, the group's
+/// offsets are committed, the members join again. Refused (nothing moved)
+/// if the target is not one, another rewind of the plugin is under way,
+/// or the group does not empty in time.
+async fn rewind(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Answer {
+    use crate::control::{RewindOrder, RewindPhase, now_ms};
+    use crate::source::kafka::rewind::{self as group, RewindTo};
+    if let Err(refused) = authorize(&admin, &headers).and_then(|()| known(&admin, &name)) {
+        return refused;
+    }
+    let Some(kafka) = admin.kafka.clone() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "this host reads a file, not Kafka: run it again with --from-offset instead",
+        );
+    };
+    let body: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let to = match RewindTo::parse(&body["to"]) {
+        Ok(to) => to,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(order) = admin
+        .control
+        .rewind(&name)
+        .filter(RewindOrder::holds_members_out)
+    {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "a rewind of {name} is under way (id {}): wait for it to end",
+                order.id
+            ),
+        );
+    }
+    let blocking = |f: Box<dyn FnOnce() -> anyhow::Result<serde_json::Value> + Send>| async {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|r| r)
+    };
+    {
+        let (kafka, name, to) = (kafka.clone(), name.clone(), to.clone());
+        let checked = blocking(Box::new(move || {
+            group::check(&kafka, &name, &to, OFFSETS_TIMEOUT).map(|()| serde_json::Value::Null)
+        }))
+        .await;
+        if let Err(e) = checked {
+            return refuse(StatusCode::BAD_REQUEST, format!("{e:#}"));
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut order = RewindOrder {
+        id: format!("{:x}-{:x}", now_ms(), std::process::id()),
+        phase: RewindPhase::Leave,
+        at_ms: now_ms(),
+        to: body["to"].clone(),
+        offsets: Default::default(),
+        error: None,
+    };
+    let key = format!("rewind/{name}");
+    let publish = |order: &RewindOrder| {
+        let value = serde_json::to_value(order).expect("an order is JSON");
+        let control = admin.control.clone();
+        let key = key.clone();
+        async move { control.publish(&key, value).await }
+    };
+    if let Err(e) = publish(&order).await {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+    }
+    tracing::info!(plugin = name, rewind = order.id, to = %body["to"], "rewind asked: every member of the group leaves");
+    // Every member leaves; a static member that left without saying so
+    // stays until its session times out.
+    let deadline = started + group::session_timeout(&kafka) + LEAVE_GRACE;
+    let moved: anyhow::Result<serde_json::Value> = loop {
+        let (k, n) = (kafka.clone(), name.clone());
+        let members = blocking(Box::new(move || {
+            group::members(&k, &n, OFFSETS_TIMEOUT).map(|m| serde_json::json!(m))
+        }))
+        .await;
+        match members {
+            Ok(m) if m.as_array().is_some_and(Vec::is_empty) => {}
+            Ok(m) if std::time::Instant::now() < deadline => {
+                let _ = m;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                continue;
+            }
+            Ok(m) => {
+                break Err(anyhow::anyhow!(
+                    "the group still has members after {:.0?}: {}. Members that are not plugboard hosts                      following the control topic {} (another tool, an older host) must be stopped first;                      nothing was moved",
+                    started.elapsed(),
+                    m.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    crate::control::topic::name(&kafka),
+                ));
+            }
+            Err(e) => break Err(e),
+        }
+        let (k, n, t) = (kafka.clone(), name.clone(), to.clone());
+        break blocking(Box::new(move || {
+            let before = crate::source::kafka::group_offsets(&k, &n, OFFSETS_TIMEOUT)?;
+            let after = group::resolve(&k, &n, &t, OFFSETS_TIMEOUT)?;
+            group::commit(&k, &n, &after)?;
+            let partitions: Vec<serde_json::Value> = before
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "partition": p.partition,
+                        "before": p.committed,
+                        "after": after.get(&p.partition).copied().or(p.committed),
+                    })
+                })
+                .collect();
+            Ok(serde_json::json!({ "offsets": after, "partitions": partitions }))
+        }))
+        .await;
+    };
+    match moved {
+        Ok(moved) => {
+            order.phase = RewindPhase::Done;
+            order.offsets = serde_json::from_value(moved["offsets"].clone()).unwrap_or_default();
+            if let Err(e) = publish(&order).await {
+                // The members go back after REWIND_EXPIRY anyway.
+                tracing::error!(
+                    plugin = name,
+                    "the rewind is done but cannot be told: {e:#}"
+                );
+            }
+            admin.metrics.rewinds.with_label_values(&[&name]).inc();
+            tracing::info!(
+                plugin = name,
+                rewind = order.id,
+                "rewind done in {:.1?}",
+                started.elapsed()
+            );
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({
+                    "plugin": name,
+                    "group": format!("{}{name}", kafka.group_prefix),
+                    "to": body["to"],
+                    "partitions": moved["partitions"],
+                    "seconds": started.elapsed().as_secs_f64(),
+                })),
+            )
+        }
+        Err(e) => {
+            order.phase = RewindPhase::Cancelled;
+            order.error = Some(format!("{e:#}"));
+            let _ = publish(&order).await;
+            tracing::warn!(plugin = name, rewind = order.id, "rewind cancelled: {e:#}");
+            refuse(StatusCode::CONFLICT, format!("{e:#}"))
+        }
+    }
 }

@@ -89,15 +89,32 @@ pub struct PluginStatus {
     pub waiting: Vec<crate::hold::Hold>,
     /// Paused by an operator: it takes no events until resumed.
     pub paused: bool,
+    /// The latest redrive of its dead letters, as every host sees it.
+    pub redrive: Option<serde_json::Value>,
 }
 
 /// Every plugin's status, shared by the reloader and the admin endpoint.
 #[derive(Default, Clone)]
-pub struct Catalog(Arc<Mutex<BTreeMap<String, PluginStatus>>>);
+pub struct Catalog {
+    statuses: Arc<Mutex<BTreeMap<String, PluginStatus>>>,
+    /// The plugins running now, for what serves them besides their
+    /// consumer (a redrive).
+    serving: Arc<Mutex<BTreeMap<String, Arc<LivePlugin>>>>,
+}
 
 impl Catalog {
+    /// `name` runs from now on, its version in `live`.
+    pub fn serving(&self, name: &str, live: Arc<LivePlugin>) {
+        self.serving.locked().insert(name.to_string(), live);
+    }
+
+    /// The running plugin `name`, if it runs.
+    pub fn live(&self, name: &str) -> Option<Arc<LivePlugin>> {
+        self.serving.locked().get(name).cloned()
+    }
+
     fn update(&self, name: &str, f: impl FnOnce(&mut PluginStatus)) {
-        let mut all = self.0.locked();
+        let mut all = self.statuses.locked();
         let status = all.entry(name.to_string()).or_insert_with(|| PluginStatus {
             name: name.to_string(),
             state: PluginState::Failed,
@@ -112,6 +129,7 @@ impl Catalog {
             lag: None,
             waiting: Vec::new(),
             paused: false,
+            redrive: None,
         });
         f(status);
     }
@@ -148,6 +166,7 @@ impl Catalog {
     }
 
     pub fn stopped(&self, name: &str) {
+        self.serving.locked().remove(name);
         self.update(name, |s| {
             s.state = PluginState::Stopped;
             s.sha256 = None;
@@ -155,7 +174,7 @@ impl Catalog {
     }
 
     pub fn snapshot(&self) -> Vec<PluginStatus> {
-        self.0.locked().values().cloned().collect()
+        self.statuses.locked().values().cloned().collect()
     }
 }
 

@@ -18,6 +18,9 @@ pub enum CtlError {
     /// The admin endpoint could not be reached (or answered nonsense).
     #[error("{0}")]
     Unreachable(String),
+    /// The command line itself is wrong.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CtlError {
@@ -26,6 +29,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Refused(_) => 1,
+            CtlError::Usage(_) => 2,
             CtlError::Unreachable(_) => 3,
         }
     }
@@ -66,8 +70,22 @@ impl Admin {
     /// Sends `method` to `path` and returns the answer's JSON; `missing`
     /// says what a 404 without a reason (no such route) means.
     fn send(&self, method: reqwest::Method, path: &str, missing: &str) -> Result<Value, CtlError> {
+        self.send_body(method, path, missing, None)
+    }
+
+    /// [`Admin::send`] with a JSON body.
+    fn send_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        missing: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CtlError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -95,17 +113,118 @@ impl Admin {
     pub fn pause(&self, plugin: &str, paused: bool, json: bool) -> Result<String, CtlError> {
         let verb = if paused { "pause" } else { "resume" };
         let path = format!("/plugins/{plugin}/{verb}");
-        let body = self.send(
-            reqwest::Method::POST,
-            &path,
-            "the host serves no write endpoints (set admin_token in its config)",
-        )?;
+        let body = self.send(reqwest::Method::POST, &path, WRITES_OFF)?;
         if json {
             return Ok(pretty(&body));
         }
         Ok(format!(
             "{plugin} {}\n",
             if paused { "paused" } else { "resumed" }
+        ))
+    }
+
+    /// `ctl rewind NAME --to T`: moves the plugin's group on every host.
+    /// `to` is `earliest`, `latest`, an RFC 3339 time, or
+    /// `<partition>=<offset>,...`.
+    pub fn rewind(&self, plugin: &str, to: &str, json: bool) -> Result<String, CtlError> {
+        let to = rewind_target(to)?;
+        let body = self.send_body(
+            reqwest::Method::POST,
+            &format!("/plugins/{plugin}/rewind"),
+            WRITES_OFF,
+            Some(&serde_json::json!({ "to": to })),
+        )?;
+        if json {
+            return Ok(pretty(&body));
+        }
+        let mut rows = vec![row(["PARTITION", "FROM", "TO"])];
+        for p in body["partitions"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                text(&p["partition"]),
+                text(&p["before"]),
+                text(&p["after"]),
+            ]);
+        }
+        let mut out = format!(
+            "{plugin}: group {} rewound to {} in {:.1} s; every host goes on from there\n",
+            text(&body["group"]),
+            text(&body["to"]),
+            body["seconds"].as_f64().unwrap_or_default()
+        );
+        out.push_str(&table(&rows));
+        Ok(out)
+    }
+
+    /// `ctl redrive NAME`: starts a redrive and, unless `wait` is off,
+    /// follows it to its end, its progress on stderr.
+    pub fn redrive(
+        &self,
+        plugin: &str,
+        class: Option<&str>,
+        since: Option<&str>,
+        wait: bool,
+        json: bool,
+    ) -> Result<String, CtlError> {
+        let mut ask = serde_json::Map::new();
+        if let Some(c) = class {
+            ask.insert("class".into(), c.into());
+        }
+        if let Some(s) = since {
+            ask.insert("since".into(), s.into());
+        }
+        let path = format!("/plugins/{plugin}/redrive");
+        let started = self.send_body(
+            reqwest::Method::POST,
+            &path,
+            WRITES_OFF,
+            Some(&Value::Object(ask)),
+        )?;
+        let id = text(&started["id"]);
+        if !wait {
+            return Ok(if json {
+                pretty(&started)
+            } else {
+                format!("{plugin}: redrive {id} started (plugboard ctl redrive-status {plugin})\n")
+            });
+        }
+        let mut last = String::new();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let progress = self.get(&path)?;
+            if progress["id"] != started["id"] {
+                continue;
+            }
+            let line = progress_line(&progress);
+            if line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+            match progress["state"].as_str() {
+                Some("running") => continue,
+                Some("done") if json => return Ok(pretty(&progress)),
+                Some("done") => return Ok(format!("{plugin}: redrive {id} done: {last}\n")),
+                _ => {
+                    return Err(CtlError::Refused(format!(
+                        "the redrive failed: {} ({last})",
+                        text(&progress["error"])
+                    )));
+                }
+            }
+        }
+    }
+
+    /// `ctl redrive-status NAME`: how far the plugin's latest redrive got.
+    pub fn redrive_status(&self, plugin: &str, json: bool) -> Result<String, CtlError> {
+        let progress = self.get(&format!("/plugins/{plugin}/redrive"))?;
+        if json {
+            return Ok(pretty(&progress));
+        }
+        Ok(format!(
+            "{plugin}: redrive {} {} on {}: {}\n",
+            text(&progress["id"]),
+            text(&progress["state"]),
+            text(&progress["owner"]),
+            progress_line(&progress)
         ))
     }
 
@@ -182,6 +301,41 @@ impl Admin {
         let _ = writeln!(out, "total lag {}", text(&body["lag"]));
         Ok(out)
     }
+}
+
+/// What a 404 of a write endpoint means.
+const WRITES_OFF: &str = "the host serves no write endpoints (set admin_token in its config)";
+
+/// A rewind target as the endpoint takes it.
+fn rewind_target(to: &str) -> Result<Value, CtlError> {
+    if !to.contains('=') {
+        return Ok(Value::String(to.to_string()));
+    }
+    let mut offsets = serde_json::Map::new();
+    for pair in to.split(',') {
+        let parsed = pair.split_once('=').and_then(|(p, o)| {
+            Some((p.trim().parse::<i32>().ok()?, o.trim().parse::<i64>().ok()?))
+        });
+        let Some((partition, offset)) = parsed else {
+            return Err(CtlError::Usage(format!(
+                "`{pair}` is not <partition>=<offset> (--to takes earliest, latest, an RFC 3339 time, or 0=120,1=98)"
+            )));
+        };
+        offsets.insert(partition.to_string(), offset.into());
+    }
+    Ok(Value::Object(offsets))
+}
+
+/// A redrive's counts in one line.
+fn progress_line(p: &Value) -> String {
+    format!(
+        "read {}, handled {}, parked again {}, skipped {}, remaining {}",
+        text(&p["read"]),
+        text(&p["handled"]),
+        text(&p["parked_again"]),
+        text(&p["skipped"]),
+        text(&p["remaining"])
+    )
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {

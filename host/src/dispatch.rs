@@ -70,6 +70,22 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    /// Every class, by name.
+    pub const NAMES: [&'static str; 7] = [
+        "decode",
+        "rejected",
+        "retries-exhausted",
+        "trap",
+        "timeout",
+        "contract",
+        "budget",
+    ];
+
+    /// Whether `name` names a class.
+    pub fn is_name(name: &str) -> bool {
+        Self::NAMES.contains(&name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::Decode => "decode",

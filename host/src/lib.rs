@@ -30,7 +30,11 @@
 //! - [`run`]: the one entry point, `run(config, source, shutdown)`.
 //! - [`reload`]: watches the plugins folder and starts, swaps or stops
 //!   plugins to match it; [`catalog`] holds what each serves for `/plugins`.
-//! - [`admin`]: `/plugins`, `/metrics`, `/healthz` and `/readyz` over HTTP.
+//! - [`admin`]: `/plugins`, `/metrics`, `/healthz` and `/readyz` over HTTP,
+//!   and the token-guarded writes: pause, resume, rewind, redrive;
+//!   [`control`] shares what an operator switched with every host through
+//!   the control topic; [`redrive`] delivers a plugin's dead letters again;
+//!   [`ctl`] is `plugboard ctl`, their command line.
 //! - [`metrics`]: the Prometheus registry for host metrics and, per plugin,
 //!   the metrics plugins report; [`observe`]: host events that log and count
 //!   with the same labels.
@@ -61,6 +65,7 @@ pub mod locks;
 pub mod metrics;
 pub mod observe;
 pub mod produce;
+pub mod redrive;
 pub mod reload;
 pub mod replay;
 pub mod run;

@@ -175,6 +175,38 @@ enum CtlVerb {
         /// The plugin.
         name: String,
     },
+    /// Moves a plugin's consumer group, on every host, while they run:
+    /// each member commits and leaves, the offsets move, they join again.
+    /// State is not undone: the events are delivered again. Needs the token.
+    Rewind {
+        /// The plugin.
+        name: String,
+        /// earliest, latest, an RFC 3339 time (the first event at or after
+        /// it, per partition), or <partition>=<offset>,...
+        #[arg(long)]
+        to: String,
+    },
+    /// Delivers the plugin's dead letters again to it alone, in their
+    /// original order; what fails again is parked again. Follows it to its
+    /// end unless --no-wait. Needs the token.
+    Redrive {
+        /// The plugin.
+        name: String,
+        /// Only dead letters of this failure class (e.g. retries-exhausted).
+        #[arg(long)]
+        class: Option<String>,
+        /// Only dead letters parked at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Returns once it started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// How far the plugin's latest redrive got.
+    RedriveStatus {
+        /// The plugin.
+        name: String,
+    },
 }
 
 /// The project folder of `new`: `--dir`, or the name in the current folder.
@@ -254,6 +286,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 CtlVerb::Offsets { name } => admin.offsets(&name, json),
                 CtlVerb::Pause { name } => admin.pause(&name, true, json),
                 CtlVerb::Resume { name } => admin.pause(&name, false, json),
+                CtlVerb::Rewind { name, to } => admin.rewind(&name, &to, json),
+                CtlVerb::Redrive {
+                    name,
+                    class,
+                    since,
+                    no_wait,
+                } => admin.redrive(&name, class.as_deref(), since.as_deref(), !no_wait, json),
+                CtlVerb::RedriveStatus { name } => admin.redrive_status(&name, json),
             });
             match answer {
                 Ok(text) => {

@@ -86,8 +86,8 @@ pub struct Reloader {
     /// Plugins whose `init` said to try again later: loaded again at the
     /// next rescan, whether or not their files change.
     retry_init: std::collections::BTreeSet<String>,
-    /// Which plugins an operator paused.
-    pauses: crate::control::Pauses,
+    /// What an operator switched (pauses, rewinds).
+    control: crate::control::Control,
 }
 
 impl Reloader {
@@ -97,7 +97,7 @@ impl Reloader {
         runtime: Runtime,
         catalog: Catalog,
         host_shutdown: Shutdown,
-        pauses: crate::control::Pauses,
+        control: crate::control::Control,
     ) -> Self {
         Reloader {
             config: config.clone(),
@@ -108,7 +108,7 @@ impl Reloader {
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
             retry_init: Default::default(),
-            pauses,
+            control,
         }
     }
 
@@ -221,9 +221,9 @@ impl Reloader {
             self.kafka.group_prefix
         );
         let live = Arc::new(LivePlugin::new(prepared));
+        self.catalog.serving(&name, live.clone());
         let stop = Shutdown::new();
-        let paused = self.pauses.flag(&name);
-        let is_paused = paused.load(std::sync::atomic::Ordering::SeqCst);
+        let is_paused = self.control.pauses.is_paused(&name);
         if is_paused {
             tracing::warn!(
                 plugin = name,
@@ -233,11 +233,12 @@ impl Reloader {
         self.runtime.metrics().set_paused(&name, is_paused);
         let thread = {
             let (kafka, live, stop) = (self.kafka.clone(), live.clone(), stop.clone());
+            let control = self.control.clone();
             let host_shutdown = self.host_shutdown.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-poll"))
                 .spawn(move || {
-                    let result = consume(&kafka, live, paused, &stop);
+                    let result = consume(&kafka, live, control, &stop);
                     if result.is_err() {
                         // A consumer that cannot go on stops the host.
                         host_shutdown.request();
@@ -311,7 +312,7 @@ fn join(name: &str, thread: JoinHandle<Result<()>>) {
 fn consume(
     kafka: &KafkaConfig,
     live: Arc<LivePlugin>,
-    paused: Arc<std::sync::atomic::AtomicBool>,
+    control: crate::control::Control,
     stop: &Shutdown,
 ) -> Result<()> {
     let topic = crate::dead_letter::topic::Topic::new(kafka, &live.current().name)?;
@@ -320,7 +321,7 @@ fn consume(
               batch: &[rdkafka::message::BorrowedMessage<'_>],
               stop: &Shutdown| { crate::settle::settle(dispatcher, batch, &topic, stop) },
     );
-    crate::source::kafka::consume(kafka, live, settle, paused, stop)
+    crate::source::kafka::consume(kafka, live, settle, control, stop)
 }
 
 /// What a panic said, if it said it as text.

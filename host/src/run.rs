@@ -48,8 +48,10 @@ pub struct Run<'a> {
     /// What `/readyz` reports.
     serving: Arc<AtomicBool>,
     admin: Option<SocketAddr>,
-    /// Which plugins an operator paused (Kafka only).
-    pauses: Option<crate::control::Pauses>,
+    /// What an operator switched (Kafka only).
+    control: Option<crate::control::Control>,
+    /// The redrives this host runs (Kafka only).
+    redrives: Option<crate::redrive::admin::Runs>,
     started: Instant,
 }
 
@@ -61,11 +63,15 @@ impl<'a> Run<'a> {
         let catalog = Catalog::default();
         let serving = Arc::new(AtomicBool::new(false));
         let mut admin = None;
-        let mut pauses = None;
+        let mut control = None;
+        let mut redrives = None;
         if let Source::Kafka = source {
             let kafka = kafka_config(config)?;
-            let paused = crate::control::Pauses::load(&config.data_dir)?;
-            pauses = Some(paused.clone());
+            let switched = crate::control::Control::load(&config.data_dir, metrics.clone())?;
+            control = Some(switched.clone());
+            let runs =
+                crate::redrive::admin::Runs::new(kafka.clone(), &config.data_dir, switched.clone());
+            redrives = Some(runs.clone());
             if let Some(addr) = config.admin_addr {
                 let bound = crate::admin::serve(
                     addr,
@@ -74,7 +80,8 @@ impl<'a> Run<'a> {
                         ready: serving.clone(),
                         catalog: catalog.clone(),
                         kafka: Some(kafka.clone()),
-                        pauses: paused,
+                        control: switched,
+                        redrives: Some(runs),
                         token: config.admin_token.clone(),
                     },
                 )?;
@@ -91,7 +98,8 @@ impl<'a> Run<'a> {
             catalog,
             serving,
             admin,
-            pauses,
+            control,
+            redrives,
             started: Instant::now(),
         })
     }
@@ -176,6 +184,8 @@ impl<'a> Run<'a> {
         let config = self.config;
         let kafka = kafka_config(config)?;
         let runtime = runtime_for(config, &kafka.topic.0, self.metrics.clone())?;
+        let control = self.control.clone().expect("loaded for Kafka");
+        control.follow(kafka, shutdown)?;
         let (changed_tx, changed) = std::sync::mpsc::channel();
         let _watcher = crate::reload::watch(&config.plugins_dir, changed_tx)?;
         let mut reloader = Reloader::new(
@@ -184,7 +194,7 @@ impl<'a> Run<'a> {
             runtime,
             self.catalog.clone(),
             shutdown.clone(),
-            self.pauses.clone().expect("loaded for Kafka"),
+            control,
         );
         reloader.reconcile()?;
         if reloader.running() == 0 && reloader.has_rejections() {
@@ -199,6 +209,13 @@ impl<'a> Run<'a> {
                 config.plugins_dir.display()
             );
         }
+        let redrives = self.redrives.clone().expect("made for Kafka");
+        redrives.resume(
+            self.catalog
+                .snapshot()
+                .into_iter()
+                .filter_map(|p| self.catalog.live(&p.name).map(|live| (p.name, live))),
+        );
         self.serving
             .store(true, std::sync::atomic::Ordering::SeqCst);
         while !shutdown.is_requested() {
@@ -214,6 +231,7 @@ impl<'a> Run<'a> {
                 tracing::error!("cannot rescan the plugins folder: {e:#}");
             }
         }
+        redrives.stop();
         let stopped = reloader.stop_all();
         let plugins = self
             .catalog

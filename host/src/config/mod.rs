@@ -117,6 +117,11 @@ pub struct KafkaConfig {
     /// Dead-letter topic per plugin; `{topic}` and `{plugin}` are replaced.
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
+    /// Where the hosts of the groups share what an operator switched
+    /// (pauses, rewinds, redrive progress): a compacted topic, made at
+    /// start if missing; `{topic}` is replaced.
+    #[serde(default = "default_control_topic")]
+    pub control_topic: String,
     /// How often stored offsets are committed; they are also committed on
     /// revoke and on shutdown.
     #[serde(default = "default_commit_interval_ms")]
@@ -152,6 +157,9 @@ fn default_start() -> String {
 }
 fn default_dead_letter_topic() -> String {
     "{topic}.dlq.{plugin}".into()
+}
+fn default_control_topic() -> String {
+    "{topic}.plugboard-control".into()
 }
 fn default_commit_interval_ms() -> u64 {
     5_000

@@ -70,6 +70,11 @@ pub struct Metrics {
     pub plugin_loads: IntCounterVec,
     /// Plugin log and output lines dropped over the plugin's budget.
     pub plugin_log_dropped: IntCounterVec,
+    /// Rewinds of a plugin's group this host carried out.
+    pub rewinds: IntCounterVec,
+    /// Dead letters a redrive took, by outcome (`handled`,
+    /// `dead_lettered` again, `skipped` as superseded).
+    pub redriven: IntCounterVec,
     /// Partitions that wait for a sink or for the host, and why.
     pub holds: crate::hold::Holds,
     /// Events not yet settled in the partitions this host owns, per
@@ -167,6 +172,18 @@ impl Metrics {
                 "plugboard_plugin_log_dropped_total",
                 "Plugin log and output lines dropped because the plugin wrote more than its budget",
                 &["plugin"],
+            ),
+            rewinds: counter(
+                &registry,
+                "plugboard_rewinds_total",
+                "Rewinds of a plugin's consumer group carried out by this host",
+                &["plugin"],
+            ),
+            redriven: counter(
+                &registry,
+                "plugboard_redriven_total",
+                "Dead letters delivered again by a redrive, by outcome (handled, dead_lettered again, skipped as superseded)",
+                &["plugin", "outcome"],
             ),
             plugin_loads: counter(
                 &registry,

@@ -18,6 +18,7 @@
 pub mod client;
 pub(crate) mod client_log;
 mod partitions;
+pub mod rewind;
 mod worker;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::catalog::LivePlugin;
 use crate::config::KafkaConfig;
+use crate::control::Control;
 use crate::shutdown::Shutdown;
 use client::{Role, client_config};
 use partitions::{GroupConsumer, Partitions};
@@ -55,16 +57,51 @@ const CONSUMER_DEFAULTS: [(&str, &str); 4] = [
 ];
 
 /// Consumes the topic for one plugin until `shutdown`, each batch with the
-/// version `live` holds at that moment, settled by `settle`.
+/// version `live` holds at that moment, settled by `settle`. A rewind of
+/// the plugin's group takes it out of the group until the group's offsets
+/// are moved (see [`rewind`]), then it joins again.
 pub fn consume(
     kafka: &KafkaConfig,
     live: Arc<LivePlugin>,
     settle: Settle,
-    paused: Arc<AtomicBool>,
+    control: Control,
     shutdown: &Shutdown,
 ) -> Result<()> {
+    let plugin = live.current().name.to_string();
+    loop {
+        control.wait_out_rewind(&plugin, shutdown);
+        if shutdown.is_requested() {
+            return Ok(());
+        }
+        // Rewinds asked before this membership are history.
+        let seen = control.rewind(&plugin).map(|o| o.id);
+        match member(kafka, &live, &settle, &control, seen, shutdown)? {
+            Left::Shutdown => return Ok(()),
+            Left::ForRewind => continue,
+        }
+    }
+}
+
+/// Why a consumer left its group.
+enum Left {
+    Shutdown,
+    /// A rewind of the group was asked: every member leaves while the
+    /// group's offsets are moved.
+    ForRewind,
+}
+
+/// One membership of the plugin's group: from joining to leaving it.
+fn member(
+    kafka: &KafkaConfig,
+    live: &Arc<LivePlugin>,
+    settle: &Settle,
+    control: &Control,
+    seen_rewind: Option<String>,
+    shutdown: &Shutdown,
+) -> Result<Left> {
     let prepared = live.current();
     let plugin = prepared.name.to_string();
+    let paused = control.pauses.flag(&plugin);
     let group = format!("{}{}", kafka.group_prefix, plugin);
     let topic = kafka.topic.0.clone();
     tracing::info!(
@@ -76,8 +113,8 @@ pub fn consume(
     );
     let (settled_tx, settled_rx) = std::sync::mpsc::channel();
     let setup = WorkerSetup {
-        live,
-        settle,
+        live: live.clone(),
+        settle: settle.clone(),
         settled: settled_tx,
         broker: Arc::new(Broker::new(&plugin)),
         paused: paused.clone(),
@@ -109,6 +146,7 @@ pub fn consume(
         .set("auto.offset.reset", &kafka.start_from)
         .create_with_context(Partitions::new(&topic, &plugin, setup, settled_rx))
         .with_context(|| format!("cannot create the consumer of group {group}"))?;
+    drop(prepared);
     let consumer = Arc::new(consumer);
     Partitions::attach(&consumer);
     consumer
@@ -117,10 +155,23 @@ pub fn consume(
 
     let partitions = consumer.context();
     let mut fetching = Fetching::default();
+    let mut left = Left::Shutdown;
     while !shutdown.is_requested() {
         partitions.store_settled(&consumer);
         partitions.tend(&consumer);
         fetching.follow(&consumer, &paused, &plugin);
+        if let Some(order) = control
+            .rewind(&plugin)
+            .filter(|o| o.holds_members_out() && seen_rewind.as_deref() != Some(o.id.as_str()))
+        {
+            tracing::info!(
+                plugin,
+                rewind = order.id,
+                "a rewind of the group was asked: finishing the batches in flight, committing and leaving the group"
+            );
+            left = Left::ForRewind;
+            break;
+        }
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Ok(message)) => partitions.stray(&consumer, &message),
@@ -129,7 +180,15 @@ pub fn consume(
     }
     if partitions.close(&consumer) {
         consumer.unsubscribe();
-        tracing::info!(plugin, "stopped; offsets committed");
+        match left {
+            Left::Shutdown => tracing::info!(plugin, "stopped; offsets committed"),
+            Left::ForRewind => {
+                // Leaving the group is what the rewind waits for: done
+                // here, not in the background.
+                drop(consumer);
+                tracing::info!(plugin, "left the group for a rewind; offsets committed");
+            }
+        }
     } else {
         // Leaving the group needs the broker; so does closing the consumer
         // cleanly, which waits for it. The close goes on in the background
@@ -144,7 +203,7 @@ pub fn consume(
             tracing::error!(plugin, "cannot close the consumer in the background: {e}");
         }
     }
-    Ok(())
+    Ok(left)
 }
 
 /// Where one partition of a plugin's group stands.

@@ -288,25 +288,49 @@ impl crate::source::Record for BorrowedMessage<'_> {
     }
 
     fn envelope(&self, _event: &BookingEvent) -> Envelope {
-        Envelope {
-            source: self.topic().to_string(),
-            partition: self.partition(),
-            offset: self.offset(),
-            key: self.key().map(<[u8]>::to_vec),
-            timestamp_ms: self.timestamp().to_millis(),
-            headers: self
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
+        envelope_of(self)
     }
 
     fn payload(&self, _event: &BookingEvent) -> Vec<u8> {
         // The bytes as produced, not a re-encoding.
         Message::payload(self).unwrap_or_default().to_vec()
+    }
+}
+
+/// So is a message a redrive took out of a dead-letter topic, with its
+/// original topic, partition and offset.
+impl crate::source::Record for rdkafka::message::OwnedMessage {
+    fn source(&self) -> &str {
+        self.topic()
+    }
+
+    fn decode(&self) -> Result<BookingEvent, DecodeError> {
+        decode::from_protobuf(Message::payload(self).unwrap_or_default())
+    }
+
+    fn envelope(&self, _event: &BookingEvent) -> Envelope {
+        envelope_of(self)
+    }
+
+    fn payload(&self, _event: &BookingEvent) -> Vec<u8> {
+        Message::payload(self).unwrap_or_default().to_vec()
+    }
+}
+
+fn envelope_of<M: Message>(message: &M) -> Envelope {
+    Envelope {
+        source: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers: message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
