@@ -82,6 +82,8 @@ impl<'a> Run<'a> {
                         kafka: Some(kafka.clone()),
                         control: switched,
                         redrives: Some(runs),
+                        started: Instant::now(),
+                        rates: Default::default(),
                         token: config.admin_token.clone(),
                     },
                 )?;

@@ -271,8 +271,19 @@ impl Metrics {
 
     /// `plugin`'s consumer lag over the partitions this host owns, once
     /// its statistics came.
+    /// The lag of each partition of `plugin` this host owns (empty before
+    /// the first statistics).
+    pub fn lag_by_partition(&self, plugin: &str) -> BTreeMap<i32, i64> {
+        self.lags.locked().get(plugin).cloned().unwrap_or_default()
+    }
+
     pub fn lag(&self, plugin: &str) -> Option<i64> {
-        self.lags.locked().get(plugin).map(|p| p.values().sum())
+        // None too while no partition's end is known.
+        self.lags
+            .locked()
+            .get(plugin)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.values().sum())
     }
 
     /// Counts one event of `plugin` parked in the dead-letter path, when

@@ -274,3 +274,28 @@ pub fn plugin_status(admin: &str, plugin: &str) -> serde_json::Value {
         .cloned()
         .unwrap_or(serde_json::Value::Null)
 }
+
+/// A running host, killed if a failing test leaves it running.
+pub struct Host(pub Option<Child>);
+
+impl Host {
+    /// SIGTERM, and a clean exit.
+    pub fn stop(mut self) {
+        stop(self.0.take().unwrap());
+    }
+
+    pub fn kill(mut self) {
+        let mut child = self.0.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

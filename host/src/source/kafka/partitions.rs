@@ -345,7 +345,9 @@ impl ClientContext for Partitions {
                 topic
                     .partitions
                     .values()
-                    .filter(|p| p.partition >= 0 && p.desired)
+                    // A partition not fetched yet (paused from the start)
+                    // has no known end: its lag is unknown, not 0.
+                    .filter(|p| p.partition >= 0 && p.desired && p.hi_offset >= 0)
                     .map(|p| {
                         let lag = if p.consumer_lag_stored >= 0 {
                             p.consumer_lag_stored

@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint (loopback by default): `/plugins` (what each
+//! The admin HTTP endpoint (loopback by default): `/`, the status page
+//! ([`page`]), `/plugins` (what each
 //! plugin serves, its versions, last error, counts, lag and the partitions
 //! that wait), `/metrics` in the Prometheus text format, `/healthz` (the
 //! process serves), `/readyz` (the consumers run and no part of the host
@@ -18,7 +19,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-use crate::catalog::{Catalog, PluginState};
+mod page;
+
+use crate::catalog::{Catalog, PluginState, PluginStatus};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 
@@ -37,6 +40,10 @@ pub struct Admin {
     pub redrives: Option<crate::redrive::admin::Runs>,
     /// Required by the write endpoints, which are served only with one.
     pub token: Option<crate::config::AdminToken>,
+    /// When the host started, for the status page.
+    pub started: std::time::Instant,
+    /// Counts sampled for the status page's rates.
+    pub rates: Arc<page::Rates>,
 }
 
 /// Starts serving on `addr` from a thread of its own and returns the address
@@ -61,7 +68,9 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
                 post(crate::redrive::admin::start),
             );
     }
+    let sampling = admin.clone();
     let app = app
+        .route("/", get(status_page))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -80,6 +89,14 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
                 .build()
                 .expect("admin runtime");
             runtime.block_on(async move {
+                // Rates per minute need counts from before the page is asked.
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+                    loop {
+                        every.tick().await;
+                        statuses(&sampling);
+                    }
+                });
                 let listener = tokio::net::TcpListener::from_std(listener).expect("admin listener");
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("admin endpoint stopped: {e}");
@@ -100,8 +117,19 @@ async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
 /// store, dead-letter topic, broker). Partitions waiting for a plugin's
 /// sink are listed but keep the host ready: the host itself is fine.
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    let (ready, text) = readiness(&admin);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, text)
+}
+
+/// Whether the host is ready, and `/readyz`'s text.
+fn readiness(admin: &Admin) -> (bool, String) {
     if !admin.ready.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
+        return (false, "starting\n".to_string());
     }
     let holds = admin.metrics.holds.snapshot();
     let mut text = String::new();
@@ -120,12 +148,9 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
         ));
     }
     if admin.metrics.holds.host_failing() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready\n{text}"),
-        )
+        (false, format!("not ready\n{text}"))
     } else {
-        (StatusCode::OK, format!("ready\n{text}"))
+        (true, format!("ready\n{text}"))
     }
 }
 
@@ -133,6 +158,12 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
 /// statistic (at most a second old; null before the first), so the answer
 /// never waits for the broker.
 async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "plugins": statuses(&admin) }))
+}
+
+/// Every plugin the host knows with its counts, lag, holds, pause and
+/// redrive; the counts are sampled for the status page's rates.
+fn statuses(admin: &Admin) -> Vec<PluginStatus> {
     let mut statuses = admin.catalog.snapshot();
     let holds = admin.metrics.holds.snapshot();
     for status in &mut statuses {
@@ -146,6 +177,9 @@ async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
         };
         status.handled = count("handled");
         status.dead_lettered = count("dead_lettered");
+        admin
+            .rates
+            .sample(name, status.handled, status.dead_lettered);
         if let (Some(_), PluginState::Running) = (&admin.kafka, status.state) {
             status.lag = admin.metrics.lag(name);
         }
@@ -153,7 +187,44 @@ async fn plugins(State(admin): State<Admin>) -> impl IntoResponse {
         status.paused = admin.control.pauses.is_paused(name);
         status.redrive = admin.control.redrive(name);
     }
-    axum::Json(serde_json::json!({ "plugins": statuses }))
+    statuses
+}
+
+/// The status page: HTML rendered here, reloaded by the browser.
+async fn status_page(State(admin): State<Admin>) -> impl IntoResponse {
+    let plugins = statuses(&admin);
+    let (ready, readiness) = readiness(&admin);
+    let mut lags = std::collections::BTreeMap::new();
+    let mut retries = std::collections::BTreeMap::new();
+    for p in &plugins {
+        if p.state == PluginState::Running {
+            lags.insert(p.name.clone(), admin.metrics.lag_by_partition(&p.name));
+        }
+        retries.insert(
+            p.name.clone(),
+            admin.metrics.retries.with_label_values(&[&p.name]).get(),
+        );
+    }
+    let topic = admin.kafka.as_ref().map_or("", |k| k.topic.0.as_str());
+    let html = page::render(&page::View {
+        topic,
+        ready,
+        readiness: readiness
+            .trim_start_matches("ready\n")
+            .trim_start_matches("not ready\n"),
+        uptime: admin.started.elapsed(),
+        plugins: &plugins,
+        lags: &lags,
+        retries: &retries,
+        rates: &admin.rates,
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
 }
 
 /// How long `/plugins/{name}/offsets` waits for each answer of the broker.
