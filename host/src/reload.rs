@@ -321,7 +321,7 @@ fn consume(
               batch: &[rdkafka::message::BorrowedMessage<'_>],
               stop: &Shutdown| { crate::settle::settle(dispatcher, batch, &topic, stop) },
     );
-    crate::source::kafka::consume(kafka, live, settle, control, stop)
+    crate::source::kafka::consume(kafka, live, settle, &control, stop)
 }
 
 /// What a panic said, if it said it as text.

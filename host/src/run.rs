@@ -51,7 +51,7 @@ pub struct Run<'a> {
     /// What an operator switched (Kafka only).
     control: Option<crate::control::Control>,
     /// The redrives this host runs (Kafka only).
-    redrives: Option<crate::redrive::admin::Runs>,
+    redrives: Option<crate::redrive::runs::Runs>,
     started: Instant,
 }
 
@@ -70,7 +70,7 @@ impl<'a> Run<'a> {
             let switched = crate::control::Control::load(&config.data_dir, metrics.clone())?;
             control = Some(switched.clone());
             let runs =
-                crate::redrive::admin::Runs::new(kafka.clone(), &config.data_dir, switched.clone());
+                crate::redrive::runs::Runs::new(kafka.clone(), &config.data_dir, switched.clone());
             redrives = Some(runs.clone());
             if let Some(addr) = config.admin_addr {
                 let bound = crate::admin::serve(

@@ -20,6 +20,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 mod page;
+mod redrive;
 
 use crate::catalog::{Catalog, PluginState, PluginStatus};
 use crate::config::KafkaConfig;
@@ -37,7 +38,7 @@ pub struct Admin {
     /// What an operator switched: pauses, rewinds, redrives.
     pub control: crate::control::Control,
     /// The redrives this host runs (Kafka only).
-    pub redrives: Option<crate::redrive::admin::Runs>,
+    pub redrives: Option<crate::redrive::runs::Runs>,
     /// Required by the write endpoints, which are served only with one.
     pub token: Option<crate::config::AdminToken>,
     /// When the host started, for the status page.
@@ -63,10 +64,7 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
             .route("/plugins/{name}/pause", post(pause))
             .route("/plugins/{name}/resume", post(resume))
             .route("/plugins/{name}/rewind", post(rewind))
-            .route(
-                "/plugins/{name}/redrive",
-                post(crate::redrive::admin::start),
-            );
+            .route("/plugins/{name}/redrive", post(redrive::start));
     }
     let sampling = admin.clone();
     let app = app
@@ -76,10 +74,7 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
         .route("/readyz", get(readyz))
         .route("/plugins", get(plugins))
         .route("/plugins/{name}/offsets", get(offsets))
-        .route(
-            "/plugins/{name}/redrive",
-            get(crate::redrive::admin::status),
-        )
+        .route("/plugins/{name}/redrive", get(redrive::status))
         .with_state(admin);
     std::thread::Builder::new()
         .name("plugboard-admin".into())
@@ -275,18 +270,31 @@ async fn offsets(State(admin): State<Admin>, Path(name): Path<String>) -> impl I
 }
 
 /// An answer of a write endpoint: JSON, `error` saying why it failed.
-pub(crate) type Answer = (StatusCode, axum::Json<serde_json::Value>);
+type Answer = (StatusCode, axum::Json<serde_json::Value>);
 
-pub(crate) fn refuse(status: StatusCode, error: impl Into<String>) -> Answer {
+fn refuse(status: StatusCode, error: impl Into<String>) -> Answer {
     (
         status,
         axum::Json(serde_json::json!({ "error": error.into() })),
     )
 }
 
+/// A request's JSON body (`{}` if empty); 400 if it is not JSON.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, Answer> {
+    if body.is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
 /// 401 without a bearer token, 403 with a wrong one; the token is never
 /// logged or echoed.
-pub(crate) fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Answer> {
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Answer> {
     let Some(token) = &admin.token else {
         return Err(refuse(StatusCode::NOT_FOUND, "write endpoints are off"));
     };
@@ -320,7 +328,7 @@ async fn resume(
 }
 
 /// Refuses a request for a plugin this host does not know.
-pub(crate) fn known(admin: &Admin, name: &str) -> Result<(), Answer> {
+fn known(admin: &Admin, name: &str) -> Result<(), Answer> {
     if admin.catalog.snapshot().iter().any(|p| p.name == name) {
         Ok(())
     } else {
@@ -386,14 +394,9 @@ async fn rewind(
             "this host reads a file, not Kafka: run it again with --from-offset instead",
         );
     };
-    let body: serde_json::Value = match serde_json::from_slice(&body) {
+    let body = match json_body(&body) {
         Ok(v) => v,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not JSON: {e}"),
-            );
-        }
+        Err(refused) => return refused,
     };
     let to = match RewindTo::parse(&body["to"]) {
         Ok(to) => to,

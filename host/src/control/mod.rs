@@ -78,6 +78,26 @@ struct Known {
     redrives: BTreeMap<String, serde_json::Value>,
 }
 
+impl crate::source::kafka::Switches for Control {
+    fn paused(&self, plugin: &str) -> Arc<AtomicBool> {
+        self.pauses.flag(plugin)
+    }
+
+    fn rewind_under_way(&self, plugin: &str) -> Option<String> {
+        self.rewind(plugin)
+            .filter(RewindOrder::holds_members_out)
+            .map(|o| o.id)
+    }
+
+    fn latest_rewind(&self, plugin: &str) -> Option<String> {
+        self.rewind(plugin).map(|o| o.id)
+    }
+
+    fn wait_out_rewind(&self, plugin: &str, shutdown: &Shutdown) {
+        Control::wait_out_rewind(self, plugin, shutdown);
+    }
+}
+
 /// What an operator switched, as every host of the groups sees it.
 #[derive(Clone)]
 pub struct Control {

@@ -17,7 +17,7 @@
 //! The records of one redrive are held in memory while it runs: redrive a
 //! very large dead-letter topic in parts, by `class` or `since`.
 
-pub mod admin;
+pub mod runs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -30,7 +30,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::catalog::LivePlugin;
 use crate::config::KafkaConfig;
-use crate::control::Control;
 use crate::shutdown::Shutdown;
 use client::{Role, client_config};
 use partitions::{GroupConsumer, Partitions};
@@ -56,6 +55,21 @@ const CONSUMER_DEFAULTS: [(&str, &str); 4] = [
     ("statistics.interval.ms", "1000"),
 ];
 
+/// What an operator switched, as a plugin's consumer reads it: the
+/// host's [`crate::control::Control`], shared by every host of the group.
+pub trait Switches: Send + Sync {
+    /// The flag the plugin's workers and consumer read (true: paused).
+    fn paused(&self, plugin: &str) -> Arc<AtomicBool>;
+    /// The id of the rewind of the plugin's group that keeps its members
+    /// out now, if one does.
+    fn rewind_under_way(&self, plugin: &str) -> Option<String>;
+    /// The id of the latest rewind of the group, whatever its phase.
+    fn latest_rewind(&self, plugin: &str) -> Option<String>;
+    /// Waits while a rewind keeps the group's members out, or until
+    /// `shutdown`.
+    fn wait_out_rewind(&self, plugin: &str, shutdown: &Shutdown);
+}
+
 /// Consumes the topic for one plugin until `shutdown`, each batch with the
 /// version `live` holds at that moment, settled by `settle`. A rewind of
 /// the plugin's group takes it out of the group until the group's offsets
@@ -64,18 +78,18 @@ pub fn consume(
     kafka: &KafkaConfig,
     live: Arc<LivePlugin>,
     settle: Settle,
-    control: Control,
+    switches: &dyn Switches,
     shutdown: &Shutdown,
 ) -> Result<()> {
     let plugin = live.current().name.to_string();
     loop {
-        control.wait_out_rewind(&plugin, shutdown);
+        switches.wait_out_rewind(&plugin, shutdown);
         if shutdown.is_requested() {
             return Ok(());
         }
         // Rewinds asked before this membership are history.
-        let seen = control.rewind(&plugin).map(|o| o.id);
-        match member(kafka, &live, &settle, &control, seen, shutdown)? {
+        let seen = switches.latest_rewind(&plugin);
+        match member(kafka, &live, &settle, switches, seen, shutdown)? {
             Left::Shutdown => return Ok(()),
             Left::ForRewind => continue,
         }
@@ -95,13 +109,13 @@ fn member(
     kafka: &KafkaConfig,
     live: &Arc<LivePlugin>,
     settle: &Settle,
-    control: &Control,
+    switches: &dyn Switches,
     seen_rewind: Option<String>,
     shutdown: &Shutdown,
 ) -> Result<Left> {
     let prepared = live.current();
     let plugin = prepared.name.to_string();
-    let paused = control.pauses.flag(&plugin);
+    let paused = switches.paused(&plugin);
     let group = format!("{}{}", kafka.group_prefix, plugin);
     let topic = kafka.topic.0.clone();
     tracing::info!(
@@ -160,13 +174,13 @@ fn member(
         partitions.store_settled(&consumer);
         partitions.tend(&consumer);
         fetching.follow(&consumer, &paused, &plugin);
-        if let Some(order) = control
-            .rewind(&plugin)
-            .filter(|o| o.holds_members_out() && seen_rewind.as_deref() != Some(o.id.as_str()))
+        if let Some(id) = switches
+            .rewind_under_way(&plugin)
+            .filter(|id| seen_rewind.as_deref() != Some(id.as_str()))
         {
             tracing::info!(
                 plugin,
-                rewind = order.id,
+                rewind = id,
                 "a rewind of the group was asked: finishing the batches in flight, committing and leaving the group"
             );
             left = Left::ForRewind;

@@ -277,45 +277,32 @@ fn partition_error(live: &LivePlugin, partition: i32, error: &rdkafka::error::Ka
 }
 
 /// A Kafka message is a record: protobuf, with its topic, partition,
-/// offset, key, timestamp and headers.
-impl crate::source::Record for BorrowedMessage<'_> {
-    fn source(&self) -> &str {
-        self.topic()
-    }
+/// offset, key, timestamp and headers. So is one a redrive took out of a
+/// dead-letter topic, made with its original topic, partition and offset.
+macro_rules! kafka_record {
+    ($($message:ty),*) => {$(
+        impl crate::source::Record for $message {
+            fn source(&self) -> &str {
+                self.topic()
+            }
 
-    fn decode(&self) -> Result<BookingEvent, DecodeError> {
-        decode::from_protobuf(Message::payload(self).unwrap_or_default())
-    }
+            fn decode(&self) -> Result<BookingEvent, DecodeError> {
+                decode::from_protobuf(Message::payload(self).unwrap_or_default())
+            }
 
-    fn envelope(&self, _event: &BookingEvent) -> Envelope {
-        envelope_of(self)
-    }
+            fn envelope(&self, _event: &BookingEvent) -> Envelope {
+                envelope_of(self)
+            }
 
-    fn payload(&self, _event: &BookingEvent) -> Vec<u8> {
-        // The bytes as produced, not a re-encoding.
-        Message::payload(self).unwrap_or_default().to_vec()
-    }
+            fn payload(&self, _event: &BookingEvent) -> Vec<u8> {
+                // The bytes as produced, not a re-encoding.
+                Message::payload(self).unwrap_or_default().to_vec()
+            }
+        }
+    )*};
 }
 
-/// So is a message a redrive took out of a dead-letter topic, with its
-/// original topic, partition and offset.
-impl crate::source::Record for rdkafka::message::OwnedMessage {
-    fn source(&self) -> &str {
-        self.topic()
-    }
-
-    fn decode(&self) -> Result<BookingEvent, DecodeError> {
-        decode::from_protobuf(Message::payload(self).unwrap_or_default())
-    }
-
-    fn envelope(&self, _event: &BookingEvent) -> Envelope {
-        envelope_of(self)
-    }
-
-    fn payload(&self, _event: &BookingEvent) -> Vec<u8> {
-        Message::payload(self).unwrap_or_default().to_vec()
-    }
-}
+kafka_record!(BorrowedMessage<'_>, rdkafka::message::OwnedMessage);
 
 fn envelope_of<M: Message>(message: &M) -> Envelope {
     Envelope {
