@@ -84,7 +84,9 @@ impl Admin {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(body) = body {
-            request = request.json(body);
+            // A rewind waits for every member of the group to leave: with
+            // static membership up to the session timeout and 15 s more.
+            request = request.json(body).timeout(Duration::from_secs(180));
         }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
