@@ -74,6 +74,9 @@ pub fn now_ms() -> i64 {
 /// What the control topic says, as this host last read it.
 #[derive(Default)]
 struct Known {
+    /// The last record this host wrote, per key: its own older records,
+    /// read back after it applied a newer one, are history.
+    written: BTreeMap<String, u64>,
     rewinds: BTreeMap<String, RewindOrder>,
     redrives: BTreeMap<String, serde_json::Value>,
 }
@@ -102,6 +105,10 @@ impl crate::source::kafka::Switches for Control {
 #[derive(Clone)]
 pub struct Control {
     pub pauses: Pauses,
+    /// This process, in the records it writes.
+    nonce: Arc<str>,
+    /// The number of its next record.
+    seq: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
     known: Arc<(Mutex<Known>, Condvar)>,
     topic: Arc<OnceLock<ControlTopic>>,
@@ -112,6 +119,8 @@ impl Control {
     pub fn load(data_dir: &Path, metrics: Arc<Metrics>) -> Result<Self> {
         Ok(Control {
             pauses: Pauses::load(data_dir)?,
+            nonce: format!("{:x}-{:x}", std::process::id(), now_ms()).into(),
+            seq: Arc::default(),
             metrics,
             known: Arc::default(),
             topic: Arc::default(),
@@ -122,11 +131,30 @@ impl Control {
     /// `shutdown`: from then on what any host switches applies here too.
     pub fn follow(&self, kafka: &KafkaConfig, shutdown: &Shutdown) -> Result<()> {
         let this = self.clone();
-        let apply = Arc::new(move |key: &str, value: &[u8]| this.apply(key, value));
+        let apply = Arc::new(move |key: &str, value: &[u8]| this.read(key, value));
         let topic = ControlTopic::open(kafka, apply, shutdown)?;
         tracing::info!(topic = topic.topic, "following the control topic");
         let _ = self.topic.set(topic);
         Ok(())
+    }
+
+    /// One record read from the control topic: applied unless it is one
+    /// of this host's own, older than one it applied since.
+    fn read(&self, key: &str, value: &[u8]) {
+        if let Ok(record) = serde_json::from_slice::<serde_json::Value>(value)
+            && record["by"] == *self.nonce
+            && let Some(seq) = record["seq"].as_u64()
+            && self
+                .known
+                .0
+                .locked()
+                .written
+                .get(key)
+                .is_some_and(|&last| seq < last)
+        {
+            return;
+        }
+        self.apply(key, value);
     }
 
     /// One record of the control topic (or of this host, before it is
@@ -156,15 +184,36 @@ impl Control {
             "rewind" => match serde_json::from_value::<RewindOrder>(parsed) {
                 Ok(order) => {
                     let (known, changed) = &*self.known;
-                    known.locked().rewinds.insert(plugin.to_string(), order);
-                    changed.notify_all();
+                    let mut known = known.locked();
+                    // The asking host applies its own records at once and
+                    // reads them back later: an older phase of the same
+                    // rewind never undoes a newer one.
+                    let older = known.rewinds.get(plugin).is_some_and(|k| {
+                        k.id == order.id
+                            && k.phase != RewindPhase::Leave
+                            && order.phase == RewindPhase::Leave
+                    });
+                    if !older {
+                        known.rewinds.insert(plugin.to_string(), order);
+                        changed.notify_all();
+                    }
                 }
                 Err(e) => tracing::warn!(key, "an unreadable rewind is ignored: {e}"),
             },
             "redrive" => {
                 let (known, changed) = &*self.known;
-                known.locked().redrives.insert(plugin.to_string(), parsed);
-                changed.notify_all();
+                let mut known = known.locked();
+                // The same for a redrive's progress: the newest count of
+                // one redrive wins, and its end is final.
+                let older = known.redrives.get(plugin).is_some_and(|k| {
+                    k["id"] == parsed["id"]
+                        && (k["state"] != "running" && parsed["state"] == "running"
+                            || k["updated_ms"].as_i64() > parsed["updated_ms"].as_i64())
+                });
+                if !older {
+                    known.redrives.insert(plugin.to_string(), parsed);
+                    changed.notify_all();
+                }
             }
             _ => {}
         }
@@ -173,7 +222,11 @@ impl Control {
     /// Writes `value` under `key` to the control topic (every host applies
     /// it) and applies it here at once. Without a control topic (a file
     /// source) it applies here only.
-    pub async fn publish(&self, key: &str, value: serde_json::Value) -> Result<()> {
+    pub async fn publish(&self, key: &str, mut value: serde_json::Value) -> Result<()> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        value["by"] = (*self.nonce).into();
+        value["seq"] = seq.into();
+        self.known.0.locked().written.insert(key.to_string(), seq);
         if let Some(topic) = self.topic.get() {
             topic.publish(key, &value).await?;
         }
@@ -308,6 +361,53 @@ impl Pauses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_read_back_late_never_undoes_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::load(dir.path(), Arc::new(Metrics::new())).unwrap();
+        let order = |phase: &str| {
+            format!(
+                r#"{{"id":"r1","phase":"{phase}","at_ms":{},"to":"earliest"}}"#,
+                now_ms()
+            )
+        };
+        control.apply("rewind/crm", order("leave").as_bytes());
+        control.apply("rewind/crm", order("done").as_bytes());
+        control.apply("rewind/crm", order("leave").as_bytes());
+        assert_eq!(control.rewind("crm").unwrap().phase, RewindPhase::Done);
+        let progress =
+            |state: &str, at: i64| format!(r#"{{"id":"d1","state":"{state}","updated_ms":{at}}}"#);
+        control.apply("redrive/crm", progress("running", 1).as_bytes());
+        control.apply("redrive/crm", progress("running", 3).as_bytes());
+        control.apply("redrive/crm", progress("running", 2).as_bytes());
+        assert_eq!(control.redrive("crm").unwrap()["updated_ms"], 3);
+        control.apply("redrive/crm", progress("done", 4).as_bytes());
+        control.apply("redrive/crm", progress("running", 3).as_bytes());
+        assert_eq!(control.redrive("crm").unwrap()["state"], "done");
+        // Its own pause read back after its newer resume is history;
+        // another host's record applies in the topic's order.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(control.publish("pause/crm", serde_json::json!({ "paused": true })))
+            .unwrap();
+        let echo = serde_json::json!({ "paused": true, "by": &*control.nonce, "seq": 0 });
+        runtime
+            .block_on(control.publish("pause/crm", serde_json::json!({ "paused": false })))
+            .unwrap();
+        control.read("pause/crm", echo.to_string().as_bytes());
+        assert!(!control.pauses.is_paused("crm"));
+        control.read("pause/crm", br#"{"paused":true,"by":"another","seq":0}"#);
+        assert!(control.pauses.is_paused("crm"));
+        // A new redrive replaces the last one.
+        control.apply(
+            "redrive/crm",
+            r#"{"id":"d2","state":"running","updated_ms":0}"#.as_bytes(),
+        );
+        assert_eq!(control.redrive("crm").unwrap()["id"], "d2");
+    }
 
     #[test]
     fn a_pause_outlives_a_restart_and_a_resume_too() {
