@@ -462,8 +462,7 @@ async fn rewind(
         .await;
         match members {
             Ok(m) if m.as_array().is_some_and(Vec::is_empty) => {}
-            Ok(m) if std::time::Instant::now() < deadline => {
-                let _ = m;
+            Ok(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 continue;
             }

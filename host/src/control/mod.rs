@@ -139,36 +139,35 @@ impl Control {
     }
 
     /// One record read from the control topic: applied unless it is one
-    /// of this host's own, older than one it applied since.
+    /// of this host's own, older than one it applied since (it applies
+    /// what it writes at once, and reads it back later).
     fn read(&self, key: &str, value: &[u8]) {
-        if let Ok(record) = serde_json::from_slice::<serde_json::Value>(value)
-            && record["by"] == *self.nonce
-            && let Some(seq) = record["seq"].as_u64()
-            && self
-                .known
-                .0
-                .locked()
-                .written
-                .get(key)
-                .is_some_and(|&last| seq < last)
-        {
-            return;
-        }
-        self.apply(key, value);
-    }
-
-    /// One record of the control topic (or of this host, before it is
-    /// written there).
-    fn apply(&self, key: &str, value: &[u8]) {
-        let Some((kind, plugin)) = key.split_once('/') else {
-            return;
-        };
-        let parsed: serde_json::Value = match serde_json::from_slice(value) {
+        let record: serde_json::Value = match serde_json::from_slice(value) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(key, "an unreadable control record is ignored: {e}");
                 return;
             }
+        };
+        let superseded = record["by"] == *self.nonce
+            && record["seq"].as_u64().is_some_and(|seq| {
+                self.known
+                    .0
+                    .locked()
+                    .written
+                    .get(key)
+                    .is_some_and(|&last| seq < last)
+            });
+        if !superseded {
+            self.apply(key, record);
+        }
+    }
+
+    /// One record of the control topic (or of this host, before it is
+    /// written there).
+    fn apply(&self, key: &str, parsed: serde_json::Value) {
+        let Some((kind, plugin)) = key.split_once('/') else {
+            return;
         };
         match kind {
             "pause" => {
@@ -184,36 +183,15 @@ impl Control {
             "rewind" => match serde_json::from_value::<RewindOrder>(parsed) {
                 Ok(order) => {
                     let (known, changed) = &*self.known;
-                    let mut known = known.locked();
-                    // The asking host applies its own records at once and
-                    // reads them back later: an older phase of the same
-                    // rewind never undoes a newer one.
-                    let older = known.rewinds.get(plugin).is_some_and(|k| {
-                        k.id == order.id
-                            && k.phase != RewindPhase::Leave
-                            && order.phase == RewindPhase::Leave
-                    });
-                    if !older {
-                        known.rewinds.insert(plugin.to_string(), order);
-                        changed.notify_all();
-                    }
+                    known.locked().rewinds.insert(plugin.to_string(), order);
+                    changed.notify_all();
                 }
                 Err(e) => tracing::warn!(key, "an unreadable rewind is ignored: {e}"),
             },
             "redrive" => {
                 let (known, changed) = &*self.known;
-                let mut known = known.locked();
-                // The same for a redrive's progress: the newest count of
-                // one redrive wins, and its end is final.
-                let older = known.redrives.get(plugin).is_some_and(|k| {
-                    k["id"] == parsed["id"]
-                        && (k["state"] != "running" && parsed["state"] == "running"
-                            || k["updated_ms"].as_i64() > parsed["updated_ms"].as_i64())
-                });
-                if !older {
-                    known.redrives.insert(plugin.to_string(), parsed);
-                    changed.notify_all();
-                }
+                known.locked().redrives.insert(plugin.to_string(), parsed);
+                changed.notify_all();
             }
             _ => {}
         }
@@ -230,7 +208,7 @@ impl Control {
         if let Some(topic) = self.topic.get() {
             topic.publish(key, &value).await?;
         }
-        self.apply(key, &serde_json::to_vec(&value)?);
+        self.apply(key, value);
         Ok(())
     }
 
@@ -271,13 +249,6 @@ impl Control {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
-    }
-
-    /// Waits until the redrive progress of `plugin` changes or `timeout`.
-    pub fn wait_redrive_change(&self, timeout: Duration) {
-        let (known, changed) = &*self.known;
-        let guard = known.locked();
-        let _ = changed.wait_timeout(guard, timeout);
     }
 }
 
@@ -366,45 +337,48 @@ mod tests {
     fn a_record_read_back_late_never_undoes_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
         let control = Control::load(dir.path(), Arc::new(Metrics::new())).unwrap();
-        let order = |phase: &str| {
-            format!(
-                r#"{{"id":"r1","phase":"{phase}","at_ms":{},"to":"earliest"}}"#,
-                now_ms()
-            )
-        };
-        control.apply("rewind/crm", order("leave").as_bytes());
-        control.apply("rewind/crm", order("done").as_bytes());
-        control.apply("rewind/crm", order("leave").as_bytes());
-        assert_eq!(control.rewind("crm").unwrap().phase, RewindPhase::Done);
-        let progress =
-            |state: &str, at: i64| format!(r#"{{"id":"d1","state":"{state}","updated_ms":{at}}}"#);
-        control.apply("redrive/crm", progress("running", 1).as_bytes());
-        control.apply("redrive/crm", progress("running", 3).as_bytes());
-        control.apply("redrive/crm", progress("running", 2).as_bytes());
-        assert_eq!(control.redrive("crm").unwrap()["updated_ms"], 3);
-        control.apply("redrive/crm", progress("done", 4).as_bytes());
-        control.apply("redrive/crm", progress("running", 3).as_bytes());
-        assert_eq!(control.redrive("crm").unwrap()["state"], "done");
-        // Its own pause read back after its newer resume is history;
-        // another host's record applies in the topic's order.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime
-            .block_on(control.publish("pause/crm", serde_json::json!({ "paused": true })))
-            .unwrap();
-        let echo = serde_json::json!({ "paused": true, "by": &*control.nonce, "seq": 0 });
-        runtime
-            .block_on(control.publish("pause/crm", serde_json::json!({ "paused": false })))
-            .unwrap();
-        control.read("pause/crm", echo.to_string().as_bytes());
+        // Writes a record (applied here at once) and returns it as the
+        // topic hands it back later.
+        let write = |key: &str, value: serde_json::Value| {
+            let seq = control.seq.load(Ordering::SeqCst);
+            runtime
+                .block_on(control.publish(key, value.clone()))
+                .unwrap();
+            let mut echo = value;
+            echo["by"] = (*control.nonce).into();
+            echo["seq"] = seq.into();
+            echo.to_string()
+        };
+        let order = |phase: &str| serde_json::json!({"id": "r1", "phase": phase, "at_ms": now_ms(), "to": "earliest"});
+        let leave = write("rewind/crm", order("leave"));
+        let done = write("rewind/crm", order("done"));
+        control.read("rewind/crm", leave.as_bytes());
+        assert_eq!(control.rewind("crm").unwrap().phase, RewindPhase::Done);
+        control.read("rewind/crm", done.as_bytes());
+        let progress = |state: &str, at: i64| serde_json::json!({"id": "d1", "state": state, "updated_ms": at});
+        let first = write("redrive/crm", progress("running", 1));
+        write("redrive/crm", progress("running", 3));
+        control.read("redrive/crm", first.as_bytes());
+        assert_eq!(control.redrive("crm").unwrap()["updated_ms"], 3);
+        let running = write("redrive/crm", progress("running", 3));
+        write("redrive/crm", progress("done", 4));
+        control.read("redrive/crm", running.as_bytes());
+        assert_eq!(control.redrive("crm").unwrap()["state"], "done");
+        // Its own pause read back after its newer resume is history;
+        // another host's record applies in the topic's order.
+        let paused = write("pause/crm", serde_json::json!({ "paused": true }));
+        write("pause/crm", serde_json::json!({ "paused": false }));
+        control.read("pause/crm", paused.as_bytes());
         assert!(!control.pauses.is_paused("crm"));
         control.read("pause/crm", br#"{"paused":true,"by":"another","seq":0}"#);
         assert!(control.pauses.is_paused("crm"));
         // A new redrive replaces the last one.
-        control.apply(
+        control.read(
             "redrive/crm",
-            r#"{"id":"d2","state":"running","updated_ms":0}"#.as_bytes(),
+            br#"{"id":"d2","state":"running","updated_ms":0,"by":"another","seq":0}"#,
         );
         assert_eq!(control.redrive("crm").unwrap()["id"], "d2");
     }

@@ -134,9 +134,8 @@ impl Filter {
         self.since
             .as_deref()
             .map(|s| {
-                s.parse::<prost_types::Timestamp>()
-                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-                    .map_err(|_| format!("`since` must be an RFC 3339 time, not `{s}`"))
+                crate::source::kafka::rewind::time_ms(s)
+                    .ok_or_else(|| format!("`since` must be an RFC 3339 time, not `{s}`"))
             })
             .transpose()
     }
@@ -188,14 +187,17 @@ pub fn run(
     stop: &Shutdown,
 ) -> Progress {
     let plugin = live.current().name.to_string();
+    // One runtime for the progress records of the whole redrive.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let key = format!("redrive/{plugin}");
     let publish = |progress: &Progress| {
         let value = serde_json::to_value(progress).expect("progress is JSON");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        let published = runtime
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(control.publish(&format!("redrive/{plugin}"), value)));
+        let published = match &runtime {
+            Ok(rt) => rt.block_on(control.publish(&key, value)),
+            Err(e) => Err(anyhow::anyhow!("no runtime to write it with: {e}")),
+        };
         if let Err(e) = published {
             tracing::warn!(plugin, "cannot record the redrive's progress: {e:#}");
         }

@@ -40,10 +40,9 @@ impl RewindTo {
         match to {
             serde_json::Value::String(s) if s == "earliest" => Ok(RewindTo::Earliest),
             serde_json::Value::String(s) if s == "latest" => Ok(RewindTo::Latest),
-            serde_json::Value::String(s) => s
-                .parse::<prost_types::Timestamp>()
-                .map(|t| RewindTo::Time(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000))
-                .map_err(|_| format!("`{s}` is not a time: {HOW}")),
+            serde_json::Value::String(s) => time_ms(s)
+                .map(RewindTo::Time)
+                .ok_or_else(|| format!("`{s}` is not a time: {HOW}")),
             serde_json::Value::Object(map) if !map.is_empty() => {
                 let mut offsets = BTreeMap::new();
                 for (partition, offset) in map {
@@ -63,6 +62,13 @@ impl RewindTo {
             _ => Err(HOW.to_string()),
         }
     }
+}
+
+/// An RFC 3339 time (any offset) in ms since the epoch, as Kafka's
+/// timestamps are.
+pub fn time_ms(text: &str) -> Option<i64> {
+    let t = text.parse::<prost_types::Timestamp>().ok()?;
+    Some(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
 /// A consumer of `plugin`'s group that never joins it: for asking about
