@@ -91,6 +91,33 @@ pub struct PluginStatus {
     pub paused: bool,
     /// The latest redrive of its dead letters, as every host sees it.
     pub redrive: Option<serde_json::Value>,
+    /// A new version waiting for an operator's approval, if one does.
+    pub pending_approval: Option<PendingApproval>,
+    /// Automatic rollbacks since the host started, and the last one.
+    pub rollbacks: u64,
+    pub rollback: Option<RollbackStatus>,
+}
+
+/// A new version that asks for more grants than the serving one, waiting
+/// for `plugboard ctl approve`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingApproval {
+    /// Always `pending-approval`.
+    pub state: &'static str,
+    pub version: String,
+    pub sha256: String,
+    /// What it asks for beyond the serving version, one grant each.
+    pub asks: Vec<String>,
+}
+
+/// The last automatic rollback of a plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackStatus {
+    /// The version taken out, and the one serving again.
+    pub from: String,
+    pub to: String,
+    pub at: String,
+    pub reason: String,
 }
 
 /// Every plugin's status, shared by the reloader and the admin endpoint.
@@ -130,6 +157,9 @@ impl Catalog {
             waiting: Vec::new(),
             paused: false,
             redrive: None,
+            pending_approval: None,
+            rollbacks: 0,
+            rollback: None,
         });
         f(status);
     }
@@ -150,6 +180,29 @@ impl Catalog {
                 loaded_at,
                 handled: prepared.handled.clone(),
                 faulty: prepared.faulty.clone(),
+            });
+        });
+    }
+
+    /// What waits for approval for `name` now, if anything.
+    pub fn pending(&self, name: &str, pending: Option<PendingApproval>) {
+        self.update(name, |s| s.pending_approval = pending);
+    }
+
+    /// `previous` serves `name` again: the version it replaced was rolled
+    /// back.
+    pub fn rolled_back(&self, previous: &Prepared, from: &str, reason: &str) {
+        let at = now();
+        self.update(&previous.name, |s| {
+            s.sha256 = Some(previous.sha256.clone());
+            s.loaded_at = Some(at.clone());
+            s.rollbacks += 1;
+            s.last_error = Some(format!("version {from} rolled back: {reason}"));
+            s.rollback = Some(RollbackStatus {
+                from: from.to_string(),
+                to: previous.version.clone(),
+                at,
+                reason: reason.to_string(),
             });
         });
     }

@@ -215,6 +215,35 @@ impl Admin {
         }
     }
 
+    /// `ctl approve NAME`: the version waiting for approval goes live.
+    pub fn approve(&self, plugin: &str, json: bool) -> Result<String, CtlError> {
+        let body = self.send(
+            reqwest::Method::POST,
+            &format!("/plugins/{plugin}/approve"),
+            WRITES_OFF,
+        )?;
+        if json {
+            return Ok(pretty(&body));
+        }
+        let granted: Vec<String> = body["granted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        let mut out = format!(
+            "{plugin}: version {} approved, granted {}\n",
+            text(&body["version"]),
+            granted.join("; ")
+        );
+        out.push_str(if body["serving"] == true {
+            "it serves on this host now\n"
+        } else {
+            "it goes live on each host at its next rescan\n"
+        });
+        Ok(out)
+    }
+
     /// `ctl redrive-status NAME`: how far the plugin's latest redrive got.
     pub fn redrive_status(&self, plugin: &str, json: bool) -> Result<String, CtlError> {
         let progress = self.get(&format!("/plugins/{plugin}/redrive"))?;
@@ -261,6 +290,8 @@ impl Admin {
             let sha = text(&p["sha256"]);
             let state = if p["paused"] == true {
                 "paused".to_string()
+            } else if p["pending_approval"].is_object() {
+                "running, pending-approval".to_string()
             } else {
                 text(&p["state"])
             };
@@ -278,6 +309,23 @@ impl Admin {
         for p in &plugins {
             if let Some(error) = p["last_error"].as_str() {
                 let _ = writeln!(out, "{}: last error: {error}", text(&p["name"]));
+            }
+            let pending = &p["pending_approval"];
+            if pending.is_object() {
+                let asks: Vec<String> = pending["asks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{}: version {} waits for approval (plugboard ctl approve {}): it asks for {}",
+                    text(&p["name"]),
+                    text(&pending["version"]),
+                    text(&p["name"]),
+                    asks.join("; ")
+                );
             }
         }
         Ok(out)

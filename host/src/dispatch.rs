@@ -477,6 +477,13 @@ impl Dispatcher {
         if !park(outcomes.len(), &failure, &self.prepared) {
             return false;
         }
+        if class != FailureClass::RetriesExhausted {
+            // The plugin's own failure, not its sink's: what a rollback
+            // compares.
+            self.prepared
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         outcomes.push(Outcome::DeadLetter(failure));
         self.stats.dead_lettered += 1;
         *head = Head::default();

@@ -207,6 +207,13 @@ enum CtlVerb {
         /// The plugin.
         name: String,
     },
+    /// Lets the version of a plugin that waits as pending-approval (its
+    /// manifest asks for more grants than the serving one) go live, on
+    /// every host that holds it. Needs the token.
+    Approve {
+        /// The plugin.
+        name: String,
+    },
 }
 
 /// The project folder of `new`: `--dir`, or the name in the current folder.
@@ -294,6 +301,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     no_wait,
                 } => admin.redrive(&name, class.as_deref(), since.as_deref(), !no_wait, json),
                 CtlVerb::RedriveStatus { name } => admin.redrive_status(&name, json),
+                CtlVerb::Approve { name } => admin.approve(&name, json),
             });
             match answer {
                 Ok(text) => {

@@ -190,6 +190,7 @@ impl<'a> Run<'a> {
         control.follow(kafka, shutdown)?;
         let (changed_tx, changed) = std::sync::mpsc::channel();
         let _watcher = crate::reload::watch(&config.plugins_dir, changed_tx)?;
+        let redrives = self.redrives.clone().expect("made for Kafka");
         let mut reloader = Reloader::new(
             config,
             kafka,
@@ -197,7 +198,8 @@ impl<'a> Run<'a> {
             self.catalog.clone(),
             shutdown.clone(),
             control,
-        );
+        )
+        .with_redrives(redrives.clone());
         reloader.reconcile()?;
         if reloader.running() == 0 && reloader.has_rejections() {
             anyhow::bail!(
@@ -211,7 +213,6 @@ impl<'a> Run<'a> {
                 config.plugins_dir.display()
             );
         }
-        let redrives = self.redrives.clone().expect("made for Kafka");
         redrives.resume(
             self.catalog
                 .snapshot()
@@ -227,8 +228,12 @@ impl<'a> Run<'a> {
             match changed.recv_timeout(Duration::from_millis(wait)) {
                 Ok(()) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if reloader.has_failures() => {}
-                Err(_) => continue,
+                Err(_) => {
+                    reloader.tick();
+                    continue;
+                }
             }
+            reloader.tick();
             if let Err(e) = reloader.reconcile() {
                 tracing::error!("cannot rescan the plugins folder: {e:#}");
             }

@@ -306,6 +306,9 @@ impl Scenario {
         );
         std::fs::write(&setup.config, text).unwrap();
         let kafka = kafka_config(&setup, brokers, &topic, label);
+        // Its rows swap manifests to break and fix things (a CRM address
+        // that moved is a new origin): no operator approves them here.
+        append_config(&setup, "\n[reload]\napprove_new_grants = \"auto\"\n");
         let pending =
             plugboard::generate::lifecycles(bookings, seed, plugboard::generate::DEFAULT_START);
         let (host, admin) = start_host_with_admin(&setup, "metrics.prom");

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 
 mod page;
 mod redrive;
+mod rollout;
 
 use crate::catalog::{Catalog, PluginState, PluginStatus};
 use crate::config::KafkaConfig;
@@ -64,7 +65,8 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
             .route("/plugins/{name}/pause", post(pause))
             .route("/plugins/{name}/resume", post(resume))
             .route("/plugins/{name}/rewind", post(rewind))
-            .route("/plugins/{name}/redrive", post(redrive::start));
+            .route("/plugins/{name}/redrive", post(redrive::start))
+            .route("/plugins/{name}/approve", post(rollout::approve));
     }
     let sampling = admin.clone();
     let app = app

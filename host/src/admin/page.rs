@@ -215,6 +215,23 @@ pub fn render(view: &View<'_>) -> String {
                 text("remaining"),
             ));
         }
+        if let Some(pending) = &p.pending_approval {
+            notes.push(format!(
+                "<span class=\"badge warn pending\">pending-approval</span> version <code>{}</code> asks for {} \
+                 (<code>plugboard ctl approve {}</code>)",
+                esc(&pending.version),
+                esc(&pending.asks.join("; ")),
+                esc(&p.name)
+            ));
+        }
+        if let Some(r) = &p.rollback {
+            notes.push(format!(
+                "<span class=\"rollback\">rolled back {} at {}: {}</span>",
+                esc(&r.from),
+                esc(&r.at),
+                esc(&r.reason)
+            ));
+        }
         if let Some(error) = &p.last_error {
             notes.push(format!(
                 "<span class=\"last-error\">last error: {}</span>",

@@ -1,13 +1,10 @@
 //! The redrive endpoints: `POST /plugins/{name}/redrive` starts one,
 //! `GET` of the same path shows how far the latest got.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 
 use super::{Admin, Answer, authorize, json_body, known, refuse};
-use crate::control::now_ms;
 use crate::redrive::{Filter, Progress, RedriveState};
 
 /// Starts a redrive of the plugin's dead letters: `{"class": "...",
@@ -35,6 +32,7 @@ pub async fn start(
     let filter = Filter {
         class: body["class"].as_str().map(str::to_string),
         since: body["since"].as_str().map(str::to_string),
+        version: body["version"].as_str().map(str::to_string),
     };
     if let Err(e) = filter.check() {
         return refuse(StatusCode::BAD_REQUEST, e);
@@ -75,25 +73,12 @@ pub async fn start(
             ),
         );
     }
-    let now = now_ms();
-    let progress = Progress {
-        id: format!("{now:x}-{:x}", std::process::id()),
-        owner: runs.me.clone(),
-        state: RedriveState::Running,
-        class: filter.class.clone(),
-        since: filter.since.clone(),
-        started_ms: now,
-        updated_ms: now,
-        end: BTreeMap::new(),
-        // What earlier redrives settled stays settled.
-        done: before.map(|p| p.done).unwrap_or_default(),
-        read: 0,
-        handled: 0,
-        parked_again: 0,
-        skipped: 0,
-        remaining: 0,
-        error: None,
-    };
+    // What earlier redrives settled stays settled.
+    let progress = Progress::new(
+        &runs.me,
+        &filter,
+        before.map(|p| p.done).unwrap_or_default(),
+    );
     let id = progress.id.clone();
     if let Err(e) = runs.start(&name, live, progress) {
         return refuse(

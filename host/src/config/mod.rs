@@ -43,6 +43,79 @@ pub struct HostConfig {
     /// The bearer token the admin endpoint's write endpoints (pause,
     /// resume) require; none: they are not served.
     pub admin_token: Option<AdminToken>,
+    /// How new plugin versions go live: approval of new grants, and the
+    /// window in which a regressing version is rolled back.
+    pub reload: ReloadConfig,
+}
+
+/// Who lets a new version that asks for more grants go live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// An operator, with `plugboard ctl approve NAME`.
+    #[default]
+    Operator,
+    /// Nobody: every version goes in at once (development).
+    Auto,
+}
+
+/// The `[reload]` table: how a swapped version is watched, and whether new
+/// grants wait for an operator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// `operator` (default): a version whose manifest asks for more than
+    /// the running one (an origin, a folder, write access, a larger
+    /// budget) waits as pending-approval; `auto`: it goes in at once.
+    #[serde(default)]
+    pub approve_new_grants: Approval,
+    /// Whether a version that fails more than the one it replaced is
+    /// swapped back by itself.
+    #[serde(default = "yes")]
+    pub rollback: bool,
+    /// How many events after a swap the new version is watched for ...
+    #[serde(default = "default_window_events")]
+    pub rollback_window_events: u64,
+    /// ... or for how long, whichever ends first.
+    #[serde(default = "default_window_secs")]
+    pub rollback_window_secs: u64,
+    /// How many percentage points more of its events the new version may
+    /// fail (trap, time out, reject) than the previous one did ...
+    #[serde(default = "default_rollback_points")]
+    pub rollback_points: f64,
+    /// ... once it failed at least this many; a contract violation rolls
+    /// back at once.
+    #[serde(default = "default_rollback_min_failures")]
+    pub rollback_min_failures: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            approve_new_grants: Approval::default(),
+            rollback: true,
+            rollback_window_events: default_window_events(),
+            rollback_window_secs: default_window_secs(),
+            rollback_points: default_rollback_points(),
+            rollback_min_failures: default_rollback_min_failures(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_window_events() -> u64 {
+    1_000
+}
+fn default_window_secs() -> u64 {
+    600
+}
+fn default_rollback_points() -> f64 {
+    5.0
+}
+fn default_rollback_min_failures() -> u64 {
+    10
 }
 
 /// The admin token: never shown, not even by `{:?}`, and compared in
@@ -199,6 +272,9 @@ struct HostFile {
     /// Usually `"${PLUGBOARD_ADMIN_TOKEN}"`.
     #[serde(default)]
     admin_token: Option<Text>,
+    /// Approval of new grants and automatic rollback.
+    #[serde(default)]
+    reload: ReloadConfig,
 }
 
 /// Budgets as written in a `[limits]` table; unset fields fall back to the
@@ -268,6 +344,7 @@ impl HostConfig {
             limits: raw.limits,
             kafka: raw.kafka,
             log_format: raw.log_format,
+            reload: raw.reload,
             admin_token: raw
                 .admin_token
                 .map(|t| t.0)

@@ -79,6 +79,8 @@ struct Known {
     written: BTreeMap<String, u64>,
     rewinds: BTreeMap<String, RewindOrder>,
     redrives: BTreeMap<String, serde_json::Value>,
+    /// The version of each plugin an operator approved last.
+    approvals: BTreeMap<String, String>,
 }
 
 impl crate::source::kafka::Switches for Control {
@@ -188,6 +190,16 @@ impl Control {
                 }
                 Err(e) => tracing::warn!(key, "an unreadable rewind is ignored: {e}"),
             },
+            "approve" => {
+                if let Some(version) = parsed["version"].as_str() {
+                    tracing::info!(plugin, version, "new grants approved");
+                    let (known, _) = &*self.known;
+                    known
+                        .locked()
+                        .approvals
+                        .insert(plugin.to_string(), version.to_string());
+                }
+            }
             "redrive" => {
                 let (known, changed) = &*self.known;
                 known.locked().redrives.insert(plugin.to_string(), parsed);
@@ -221,6 +233,17 @@ impl Control {
     /// The latest rewind of `plugin`'s group, if any.
     pub fn rewind(&self, plugin: &str) -> Option<RewindOrder> {
         self.known.0.locked().rewinds.get(plugin).cloned()
+    }
+
+    /// Whether an operator approved `version` of `plugin` (its new grants).
+    pub fn approved(&self, plugin: &str, version: &str) -> bool {
+        self.known
+            .0
+            .locked()
+            .approvals
+            .get(plugin)
+            .map(String::as_str)
+            == Some(version)
     }
 
     /// The latest redrive progress of `plugin`, if any.

@@ -27,8 +27,10 @@ pub use crate::dispatch::{MAX_REASON_BYTES, truncate, truncate_reason};
 /// headers of a dead-letter record, which are part of its format.
 pub struct Letter<'a> {
     pub plugin: &'a str,
-    /// The plugin version that failed on it.
+    /// The plugin version that failed on it: its component's sha256, and
+    /// its version id (component and manifest, as `/plugins` names it).
     pub sha256: &'a str,
+    pub version: &'a str,
     pub failure: &'a Failure,
     pub topic: &'a str,
     pub partition: i32,
@@ -45,6 +47,7 @@ impl Letter<'_> {
         let mut headers = vec![
             ("plugboard.plugin", self.plugin.to_string()),
             ("plugboard.component-sha256", self.sha256.to_string()),
+            ("plugboard.version", self.version.to_string()),
             (
                 "plugboard.failure-class",
                 self.failure.class.as_str().into(),

@@ -150,6 +150,55 @@ impl Topic {
     }
 }
 
+impl Topic {
+    /// Writes a marker to partition `partition` of the dead-letter topic:
+    /// a record without payload whose `headers` say which dead letter of
+    /// that partition is superseded (see [`crate::redrive::SUPERSEDED`]).
+    /// Tried until the broker has it or `stop`.
+    pub fn mark(
+        &self,
+        partition: i32,
+        key: Option<&[u8]>,
+        headers: &[(&str, String)],
+        stop: &Shutdown,
+    ) -> bool {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut owned = OwnedHeaders::new();
+            for (key, value) in headers {
+                owned = owned.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .partition(partition)
+                .headers(owned);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            match self.send(record, stop) {
+                Sent::Delivered => return true,
+                Sent::Stopped => return false,
+                Sent::Refused(e) | Sent::Failed(e) => tracing::warn!(
+                    plugin = self.plugin,
+                    "cannot mark a dead letter of {} superseded: {e}; trying again",
+                    self.topic
+                ),
+            }
+            let delay = crate::dispatch::jittered_backoff(
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+                attempt,
+            );
+            if !stop.sleep(delay) {
+                return false;
+            }
+        }
+    }
+}
+
 /// Whether the topic refuses this record as such (its size or form), so
 /// writing it again the same way can never work.
 fn refuses_record(error: &KafkaError) -> bool {
@@ -174,6 +223,7 @@ impl<M: Message> super::DeadLetters<M> for Topic {
             let letter = Letter {
                 plugin: &self.plugin,
                 sha256: &version.sha256,
+                version: &version.version,
                 failure,
                 topic: original.topic(),
                 partition: original.partition(),

@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Dead letters a redrive took, by outcome (`handled`,
     /// `dead_lettered` again, `skipped` as superseded).
     pub redriven: IntCounterVec,
+    /// New versions swapped back by the rollback watch.
+    pub rollbacks: IntCounterVec,
     /// Partitions that wait for a sink or for the host, and why.
     pub holds: crate::hold::Holds,
     /// Events not yet settled in the partitions this host owns, per
@@ -184,6 +186,12 @@ impl Metrics {
                 "plugboard_redriven_total",
                 "Dead letters delivered again by a redrive, by outcome (handled, dead_lettered again, skipped as superseded)",
                 &["plugin", "outcome"],
+            ),
+            rollbacks: counter(
+                &registry,
+                "plugboard_rollbacks_total",
+                "New plugin versions swapped back automatically because they failed more than the version they replaced",
+                &["plugin"],
             ),
             plugin_loads: counter(
                 &registry,
@@ -413,6 +421,12 @@ impl Metrics {
         if let Some(families) = self.plugins.locked().get_mut(plugin) {
             families.forget_gauges();
         }
+    }
+
+    /// A new version of `plugin` was rolled back.
+    pub fn rolled_back(&self, plugin: &str) {
+        self.rollbacks.with_label_values(&[plugin]).inc();
+        self.new_plugin_version(plugin);
     }
 
     /// A new version of `plugin` goes live: the series the old one wrote

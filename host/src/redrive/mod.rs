@@ -42,6 +42,9 @@ use crate::source::kafka::client::{Role, client_config, dead_letter_topic};
 /// The header that marks a dead letter a later version made obsolete: a
 /// redrive skips it.
 pub const SUPERSEDED: &str = "plugboard.superseded";
+/// The header of a superseded marker: `<partition>/<offset>` of the dead
+/// letter (in the same dead-letter partition) it supersedes.
+pub const SUPERSEDES: &str = "plugboard.supersedes";
 /// The header of a dead letter parked again by a redrive: `<redrive
 /// id>/<partition>/<offset>` of the record it came from.
 pub const REDRIVE_OF: &str = "plugboard.redrive-of";
@@ -72,6 +75,13 @@ pub struct Progress {
     /// Only dead letters parked at or after this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Only dead letters this version parked (`plugboard.version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Why each record taken is marked superseded once settled (a
+    /// rollback's redrive), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersede: Option<String>,
     pub started_ms: i64,
     pub updated_ms: i64,
     /// The dead-letter topic's end per partition when it started: what is
@@ -93,6 +103,40 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A new redrive of what `filter` takes, owned by `owner`; `done` is
+    /// what earlier redrives settled.
+    pub fn new(owner: &str, filter: &Filter, done: BTreeMap<i32, Vec<(i64, i64)>>) -> Self {
+        let now = now_ms();
+        Progress {
+            id: format!("{now:x}-{:x}", std::process::id()),
+            owner: owner.to_string(),
+            state: RedriveState::Running,
+            class: filter.class.clone(),
+            since: filter.since.clone(),
+            version: filter.version.clone(),
+            supersede: None,
+            started_ms: now,
+            updated_ms: now,
+            end: BTreeMap::new(),
+            done,
+            read: 0,
+            handled: 0,
+            parked_again: 0,
+            skipped: 0,
+            remaining: 0,
+            error: None,
+        }
+    }
+
+    /// The filter this redrive was started with.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            class: self.class.clone(),
+            since: self.since.clone(),
+            version: self.version.clone(),
+        }
+    }
+
     fn settled(&mut self, partition: i32, offset: i64) {
         let ranges = self.done.entry(partition).or_default();
         ranges.push((offset, offset + 1));
@@ -127,6 +171,8 @@ impl Progress {
 pub struct Filter {
     pub class: Option<String>,
     pub since: Option<String>,
+    /// Only what this version parked.
+    pub version: Option<String>,
 }
 
 impl Filter {
@@ -174,6 +220,8 @@ struct Taken {
     dlq_partition: i32,
     dlq_offset: i64,
     attempts: u32,
+    /// The dead letter's key, for its superseded marker.
+    dlq_key: Option<Vec<u8>>,
 }
 
 /// Runs (or goes on with) the redrive `progress` of `live`'s plugin until
@@ -252,6 +300,17 @@ pub fn run(
                     .with_label_values(&[&plugin, "handled"])
                     .inc();
             }
+            if let Some(why) = &progress.supersede {
+                let headers = [
+                    (SUPERSEDED, why.clone()),
+                    (SUPERSEDES, format!("{}/{}", t.dlq_partition, t.dlq_offset)),
+                    ("plugboard.plugin", plugin.clone()),
+                    ("plugboard.redrive", progress.id.clone()),
+                ];
+                if !dead_letters.mark(t.dlq_partition, t.dlq_key.as_deref(), &headers, stop) {
+                    anyhow::bail!("stopped before it ended");
+                }
+            }
             progress.settled(t.dlq_partition, t.dlq_offset);
             publish(&progress);
         }
@@ -323,6 +382,8 @@ fn take(
     }
     let since = filter.since_ms().map_err(anyhow::Error::msg)?;
     let mut taken = Vec::new();
+    // Dead letters a marker says are superseded, per partition.
+    let mut superseded = std::collections::HashSet::new();
     // Parked again by this redrive before a crash: settled already.
     let mut reparked = std::collections::HashSet::new();
     let mut tpl = TopicPartitionList::new();
@@ -386,12 +447,27 @@ fn take(
             continue;
         }
         if header(SUPERSEDED).is_some() {
+            if let Some((sp, so)) = header(SUPERSEDES)
+                .as_deref()
+                .and_then(|s| s.split_once('/'))
+                && let (Ok(sp), Ok(so)) = (sp.parse::<i32>(), so.parse::<i64>())
+            {
+                // A marker: its dead letter, read before it, is skipped.
+                superseded.insert((sp, so));
+            }
             progress.skipped += 1;
             progress.settled(p, o);
             continue;
         }
         let class = header("plugboard.failure-class").unwrap_or_default();
         if filter.class.as_ref().is_some_and(|c| *c != class) {
+            continue;
+        }
+        if filter
+            .version
+            .as_ref()
+            .is_some_and(|v| header("plugboard.version").as_ref() != Some(v))
+        {
             continue;
         }
         if since.is_some_and(|since| message.timestamp().to_millis().unwrap_or(0) < since) {
@@ -454,8 +530,18 @@ fn take(
             dlq_partition: p,
             dlq_offset: o,
             attempts,
+            dlq_key: message.key().map(<[u8]>::to_vec),
         });
     }
+    // What a marker superseded is settled, not delivered: the marker was
+    // counted as skipped.
+    taken.retain(|t| {
+        let gone = superseded.contains(&(t.dlq_partition, t.dlq_offset));
+        if gone {
+            progress.settled(t.dlq_partition, t.dlq_offset);
+        }
+        !gone
+    });
     if resuming {
         taken.retain(|t| {
             let again = reparked.contains(&(t.dlq_partition, t.dlq_offset));
@@ -542,6 +628,8 @@ mod tests {
             state: RedriveState::Running,
             class: None,
             since: None,
+            version: None,
+            supersede: None,
             started_ms: 0,
             updated_ms: 0,
             end: BTreeMap::new(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{Filter, Progress, RedriveState, host_id};
+use super::{Progress, RedriveState, host_id};
 use crate::catalog::LivePlugin;
 use crate::config::KafkaConfig;
 use crate::control::Control;
@@ -50,10 +50,7 @@ impl Runs {
         progress: Progress,
     ) -> std::io::Result<()> {
         let this = self.clone();
-        let filter = Filter {
-            class: progress.class.clone(),
-            since: progress.since.clone(),
-        };
+        let filter = progress.filter();
         let thread = std::thread::Builder::new()
             .name(format!("{plugin}-redrive"))
             .spawn(move || {

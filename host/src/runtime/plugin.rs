@@ -82,6 +82,7 @@ impl Runtime {
         Ok(Prepared {
             name,
             allowed,
+            version: sha256.clone(),
             sha256,
             spec: Arc::new(spec),
             pre,
@@ -93,6 +94,7 @@ impl Runtime {
             observer: self.observer.clone(),
             log_budget,
             handled: Arc::default(),
+            failed: Arc::default(),
             faulty: Arc::default(),
         })
     }
@@ -112,6 +114,9 @@ pub struct Prepared {
     /// sha256 of the component file, to tell versions apart in logs and
     /// dead-letter records.
     pub sha256: String,
+    /// The version's id: the component's sha256 unless a reload names it
+    /// by its component and manifest.
+    pub version: String,
     pub spec: Arc<PluginSpec>,
     pub(super) pre: PluginPre<PluginState>,
     pub(super) engine: Engine,
@@ -123,6 +128,9 @@ pub struct Prepared {
     pub(super) log_budget: Arc<log_budget::LogBudget>,
     /// Events this version handled, for `/plugins` during a rollout.
     pub handled: Arc<std::sync::atomic::AtomicU64>,
+    /// Events this version failed for good (rejected, trapped, timed out,
+    /// broke the contract or its budget): a rollback compares the rates.
+    pub failed: Arc<std::sync::atomic::AtomicU64>,
     /// How this version last broke the contract, if it did: `/plugins`
     /// shows it as faulty.
     pub faulty: Arc<std::sync::Mutex<Option<String>>>,

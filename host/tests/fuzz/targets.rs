@@ -316,6 +316,7 @@ pub fn dead_letter(data: &[u8]) {
     let letter = plugboard::dead_letter::Letter {
         plugin: "fuzz",
         sha256: "00",
+        version: "00",
         failure: &failure,
         topic: "bookings",
         partition: u.arbitrary().unwrap_or(0),

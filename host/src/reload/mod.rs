@@ -8,6 +8,12 @@
 //!   the failure is logged, counted and shown by `/plugins`;
 //! - a removed plugin finishes its batches, commits and stops.
 //!
+//! A changed version whose manifest asks for more than the running one
+//! (see [`grants`]) waits as pending-approval until an operator approves
+//! it (`plugboard ctl approve`), unless `[reload] approve_new_grants` is
+//! `auto`; and a swapped version is watched by [`rollback`] for a window,
+//! and swapped back if it fails more than the version it replaced.
+//!
 //! A half-written file fails to compile and is retried when it changes
 //! again (a plain `cp` ends with a close-after-write event; a rename is one
 //! event), so both ways of deploying work.
@@ -23,8 +29,11 @@ use anyhow::{Context, Result};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
-use crate::catalog::{Catalog, LivePlugin};
-use crate::config::{HostConfig, KafkaConfig, PluginSpec, scan_plugins};
+pub mod grants;
+pub mod rollback;
+
+use crate::catalog::{Catalog, LivePlugin, PendingApproval};
+use crate::config::{Approval, HostConfig, KafkaConfig, PluginSpec, scan_plugins};
 use crate::observe::HostEvent;
 use crate::runtime::{Prepared, Runtime, sha256_hex};
 use crate::shutdown::Shutdown;
@@ -43,6 +52,25 @@ const SETTLED: Duration = Duration::from_millis(20);
 struct Fingerprint {
     component: String,
     manifest: Option<String>,
+}
+
+impl Fingerprint {
+    /// The version's name in `/plugins`, approvals and dead letters: the
+    /// component's sha256, and the manifest's after a `+` (a changed
+    /// manifest is a new version of the same component).
+    fn id(&self) -> String {
+        match &self.manifest {
+            Some(m) => format!("{}+{}", &self.component[..16], &m[..16]),
+            None => self.component[..16].to_string(),
+        }
+    }
+}
+
+/// A version that asks for more grants than the one it would replace,
+/// loaded and checked, waiting for an operator.
+struct Pending {
+    fingerprint: Fingerprint,
+    prepared: Arc<Prepared>,
 }
 
 /// The fingerprint of `spec`, and the component's bytes it was taken
@@ -86,8 +114,16 @@ pub struct Reloader {
     /// Plugins whose `init` said to try again later: loaded again at the
     /// next rescan, whether or not their files change.
     retry_init: std::collections::BTreeSet<String>,
-    /// What an operator switched (pauses, rewinds).
+    /// What an operator switched (pauses, rewinds, approvals).
     control: crate::control::Control,
+    /// Versions waiting for an operator's approval, per plugin.
+    pending: BTreeMap<String, Pending>,
+    /// Swapped versions under watch, per plugin.
+    watched: BTreeMap<String, rollback::Watch>,
+    /// Where a rolled-back version's dead letters are delivered again.
+    redrives: Option<crate::redrive::runs::Runs>,
+    /// Rolled-back versions whose dead letters wait to be delivered again.
+    redeliver: Vec<rollback::Redeliver>,
 }
 
 impl Reloader {
@@ -109,7 +145,17 @@ impl Reloader {
             failed: BTreeMap::new(),
             retry_init: Default::default(),
             control,
+            pending: BTreeMap::new(),
+            watched: BTreeMap::new(),
+            redrives: None,
+            redeliver: Vec::new(),
         }
+    }
+
+    /// Delivers the dead letters of a rolled-back version through `runs`.
+    pub fn with_redrives(mut self, runs: crate::redrive::runs::Runs) -> Self {
+        self.redrives = Some(runs);
+        self
     }
 
     pub fn running(&self) -> usize {
@@ -139,6 +185,16 @@ impl Reloader {
         }
         self.failed.retain(|name, _| scanned.contains_key(name));
         self.retry_init.retain(|name| scanned.contains_key(name));
+        let dropped: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|name| !scanned.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in dropped {
+            self.pending.remove(&name);
+            self.catalog.pending(&name, None);
+        }
         for (name, spec) in scanned {
             let spec = match spec {
                 Ok(spec) => spec,
@@ -154,32 +210,68 @@ impl Reloader {
                     continue;
                 }
             };
-            if self.running.get(&name).map(|r| &r.fingerprint) == Some(&fingerprint)
-                || self.failed.get(&name) == Some(&fingerprint)
+            if self.running.get(&name).map(|r| &r.fingerprint) == Some(&fingerprint) {
+                // Back to the serving version: nothing waits any more.
+                if self.pending.remove(&name).is_some() {
+                    self.catalog.pending(&name, None);
+                }
+                continue;
+            }
+            if self.failed.get(&name) == Some(&fingerprint)
+                || self.pending.get(&name).map(|p| &p.fingerprint) == Some(&fingerprint)
             {
                 continue;
             }
             let began = Instant::now();
             match load(&self.runtime, spec, &bytes) {
-                Ok(prepared) => {
+                Ok(mut prepared) => {
                     self.failed.remove(&name);
                     self.retry_init.remove(&name);
-                    self.catalog.loaded(&prepared);
+                    prepared.version = fingerprint.id();
+                    let asks = match self.running.get(&name) {
+                        Some(running)
+                            if self.config.reload.approve_new_grants == Approval::Operator =>
+                        {
+                            grants::added(&running.live.current().spec, &prepared.spec)
+                        }
+                        _ => Vec::new(),
+                    };
+                    let prepared = Arc::new(prepared);
+                    if !asks.is_empty() && !self.control.approved(&name, &prepared.version) {
+                        tracing::warn!(
+                            plugin = name,
+                            version = prepared.version,
+                            "the new version waits for approval (plugboard ctl approve {name}): it asks for {}",
+                            asks.join("; ")
+                        );
+                        self.catalog.pending(
+                            &name,
+                            Some(PendingApproval {
+                                state: "pending-approval",
+                                version: prepared.version.clone(),
+                                sha256: prepared.sha256.clone(),
+                                asks,
+                            }),
+                        );
+                        self.pending.insert(
+                            name,
+                            Pending {
+                                fingerprint,
+                                prepared,
+                            },
+                        );
+                        continue;
+                    }
+                    if self.pending.remove(&name).is_some() {
+                        self.catalog.pending(&name, None);
+                    }
                     HostEvent::PluginLoaded {
                         plugin: &name,
                         sha256: &prepared.sha256,
                         took: began.elapsed(),
                     }
                     .emit(self.runtime.metrics());
-                    let prepared = Arc::new(prepared);
-                    match self.running.get_mut(&name) {
-                        Some(running) => {
-                            running.live.swap(prepared);
-                            self.runtime.metrics().new_plugin_version(&name);
-                            running.fingerprint = fingerprint;
-                        }
-                        None => self.start(name, prepared, fingerprint),
-                    }
+                    self.go_live(name, prepared, fingerprint);
                 }
                 Err(err) => {
                     // An `init` that will work later is tried again, the
@@ -199,6 +291,99 @@ impl Reloader {
             }
         }
         Ok(())
+    }
+
+    /// Makes `prepared` serve `name`: started, or swapped in between
+    /// batches (and watched for the rollback window).
+    fn go_live(&mut self, name: String, prepared: Arc<Prepared>, fingerprint: Fingerprint) {
+        self.catalog.loaded(&prepared);
+        match self.running.get_mut(&name) {
+            Some(running) => {
+                let previous = running.live.current();
+                running.live.swap(prepared.clone());
+                self.runtime.metrics().new_plugin_version(&name);
+                running.fingerprint = fingerprint;
+                if self.config.reload.rollback {
+                    let watch = rollback::Watch::new(previous, prepared, &self.config.reload);
+                    self.watched.insert(name, watch);
+                }
+            }
+            None => self.start(name, prepared, fingerprint),
+        }
+    }
+
+    /// What is due between file changes: approved versions go live, and
+    /// swapped versions are judged.
+    pub fn tick(&mut self) {
+        let approved: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(name, p)| self.control.approved(name, &p.prepared.version))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in approved {
+            let Some(pending) = self.pending.remove(&name) else {
+                continue;
+            };
+            self.catalog.pending(&name, None);
+            tracing::info!(
+                plugin = name,
+                version = pending.prepared.version,
+                "approved: the new version goes live"
+            );
+            self.go_live(name, pending.prepared, pending.fingerprint);
+        }
+        self.judge();
+    }
+
+    /// Judges each swapped version under watch: kept once its window
+    /// passed, swapped back if it fails more than the one it replaced.
+    fn judge(&mut self) {
+        let names: Vec<String> = self.watched.keys().cloned().collect();
+        for name in names {
+            let verdict = self.watched[&name].verdict();
+            match verdict {
+                rollback::Verdict::Watching => {}
+                rollback::Verdict::Kept => {
+                    let watch = self.watched.remove(&name).expect("listed");
+                    tracing::info!(
+                        plugin = name,
+                        version = watch.next.version,
+                        "the new version passed its rollback window"
+                    );
+                }
+                rollback::Verdict::RollBack(reason) => {
+                    let watch = self.watched.remove(&name).expect("listed");
+                    let Some(running) = self.running.get(&name) else {
+                        continue;
+                    };
+                    // The file's fingerprint stays the bad version's: it is
+                    // not loaded again until the file changes.
+                    running.live.swap(watch.previous.clone());
+                    let (from, to) = (&watch.next.version, &watch.previous.version);
+                    tracing::error!(
+                        plugin = name,
+                        from,
+                        to,
+                        "rolled back: {reason}; the version stays refused until its files change, and what it dead-lettered is delivered again"
+                    );
+                    self.runtime.metrics().rolled_back(&name);
+                    self.catalog.rolled_back(&watch.previous, from, &reason);
+                    self.redeliver.push(rollback::Redeliver::new(
+                        name.clone(),
+                        running.live.clone(),
+                        watch.next,
+                        reason,
+                    ));
+                }
+            }
+        }
+        let Some(runs) = self.redrives.clone() else {
+            self.redeliver.clear();
+            return;
+        };
+        self.redeliver
+            .retain_mut(|r| !r.try_start(&runs, &self.control));
     }
 
     fn fail(&mut self, name: &str, fingerprint: Option<Fingerprint>, error: &str) {
@@ -260,6 +445,7 @@ impl Reloader {
 
     /// Drains and stops one plugin: its batches finish and it commits.
     fn stop(&mut self, name: &str) {
+        self.watched.remove(name);
         if let Some(running) = self.running.remove(name) {
             tracing::info!(plugin = name, "removed from the folder; draining");
             running.stop.request();

@@ -1,0 +1,279 @@
+//! Changing a plugin safely on live traffic, against the real broker and
+//! the counting plugin (which counts every delivery, so a lost or repeated
+//! event shows): a version that asks for new grants waits for an operator,
+//! and a version that fails more than the one it replaced is swapped back
+//! by itself, what it parked delivered again to the good version.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Setup;
+use common::kafka::*;
+
+const TOKEN: &str = "rollout-s3cret";
+
+/// `plugboard ctl` with the token; exit code, stdout, stderr.
+fn ctl(admin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .arg("ctl")
+        .args(args)
+        .env("PLUGBOARD_ADMIN_URL", admin)
+        .env("PLUGBOARD_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn start(setup: &Setup) -> (Host, String) {
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, "admin_token = \"${TEST_ADMIN_TOKEN}\"\n");
+    std::fs::write(&setup.config, &text).unwrap();
+    let mut command = host_command(setup, "metrics.prom");
+    command
+        .env("TEST_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::piped());
+    let (child, admin) = start_with_admin(command);
+    (Host(Some(child)), admin)
+}
+
+/// `n/<id>` of the counting plugin in the host's state.
+fn counted(data_dir: &Path, topic: &str, id: &str) -> u64 {
+    let db = rusqlite::Connection::open(data_dir.join("state.sqlite")).unwrap();
+    db.query_row(
+        "SELECT value FROM state WHERE plugin = 'counting' AND scope = ?1 AND bucket = 'counting' AND key = ?2",
+        [topic, &format!("n/{id}")],
+        |row| row.get::<_, Vec<u8>>(0),
+    )
+    .map(|v| String::from_utf8(v).unwrap().parse::<u64>().unwrap())
+    .unwrap_or(0)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The versions the counting plugin wrote in its delivery lines for `ids`.
+fn delivered_by(out: &Path, ids: &[String]) -> std::collections::BTreeSet<String> {
+    let mut versions = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(out).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if ids.iter().any(|id| id == fields[0]) {
+                versions.insert(fields[3].to_string());
+            }
+        }
+    }
+    versions
+}
+
+#[test]
+fn a_version_asking_for_new_grants_waits_for_approval_and_one_asking_for_less_goes_in() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, first) = stream(&brokers, 2, 4, 71);
+    let out = setup.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let manifest = |version: u32, hosts: &str| {
+        format!(
+            "allow_hosts = [{hosts}]\n[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\nversion = \"{version}\"\n",
+            out.display()
+        )
+    };
+    setup.plugin("counting", "counting", &manifest(1, ""));
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "approve");
+    let (host, admin) = start(&setup);
+    wait_for_zero_lag(&kafka, &["counting"]);
+
+    // Nothing waits yet: approve says so.
+    let (code, _, err) = ctl(&admin, &["approve", "counting"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no version of counting waits"), "{err}");
+
+    // Version 2 adds an origin: it waits, and version 1 goes on serving.
+    std::fs::write(
+        setup.plugins.join("counting.toml"),
+        manifest(2, "\"http://127.0.0.1:9\""),
+    )
+    .unwrap();
+    wait_until("version 2 waits for approval", || {
+        plugin_status(&admin, "counting")["pending_approval"]["state"] == "pending-approval"
+    });
+    let status = plugin_status(&admin, "counting");
+    assert_eq!(status["reloads"], 0, "{status}");
+    assert_eq!(
+        status["pending_approval"]["asks"],
+        serde_json::json!(["outgoing HTTP to http://127.0.0.1:9"]),
+        "{status}"
+    );
+    let (code, said, _) = ctl(&admin, &["status"]);
+    assert_eq!(code, 0);
+    assert!(said.contains("pending-approval"), "{said}");
+    assert!(
+        said.contains("it asks for outgoing HTTP to http://127.0.0.1:9"),
+        "{said}"
+    );
+    let page = reqwest::blocking::get(format!("{admin}/"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("pending-approval"),
+        "the status page shows it"
+    );
+    let second = common::generated_events(setup.dir.path(), 3, 72);
+    produce(&brokers, &topic, &second);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    assert_eq!(
+        delivered_by(&out, &common::event_ids(&second)),
+        ["1".to_string()].into(),
+        "version 1 served while version 2 waited"
+    );
+
+    // A wrong token approves nothing.
+    let refused = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .args([
+            "ctl", "--admin", &admin, "--token", "wrong", "approve", "counting",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(plugin_status(&admin, "counting")["reloads"], 0);
+
+    let (code, said, err) = ctl(&admin, &["approve", "counting"]);
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(
+        said.contains("approved, granted outgoing HTTP to http://127.0.0.1:9"),
+        "{said}"
+    );
+    assert!(said.contains("serves on this host now"), "{said}");
+    let status = plugin_status(&admin, "counting");
+    assert_eq!(status["reloads"], 1, "{status}");
+    assert!(status["pending_approval"].is_null(), "{status}");
+    let third = common::generated_events(setup.dir.path(), 3, 73);
+    produce(&brokers, &topic, &third);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    assert_eq!(
+        delivered_by(&out, &common::event_ids(&third)),
+        ["2".to_string()].into()
+    );
+
+    // Version 3 drops the origin: less is never held.
+    std::fs::write(setup.plugins.join("counting.toml"), manifest(3, "")).unwrap();
+    wait_until("version 3 serves at once", || {
+        plugin_status(&admin, "counting")["reloads"] == 2
+    });
+    assert!(plugin_status(&admin, "counting")["pending_approval"].is_null());
+    let data = setup.path(".plugboard");
+    for id in common::event_ids(&first)
+        .iter()
+        .chain(&common::event_ids(&second))
+        .chain(&common::event_ids(&third))
+    {
+        assert_eq!(counted(&data, &topic, id), 1, "{id}");
+    }
+    host.stop();
+}
+
+#[test]
+fn a_version_that_rejects_more_is_rolled_back_and_what_it_parked_is_delivered_again() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, first) = stream(&brokers, 3, 12, 81);
+    let out = setup.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let second = common::generated_events(setup.dir.path(), 12, 82);
+    let second_ids = common::event_ids(&second);
+    // Version 2 rejects every third event of the second batch.
+    let rejects: Vec<String> = second_ids.iter().step_by(3).cloned().collect();
+    let manifest = |version: u32, reject: &str| {
+        format!(
+            "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\nversion = \"{version}\"\nreject = \"{reject}\"\n",
+            out.display()
+        )
+    };
+    setup.plugin("counting", "counting", &manifest(1, ""));
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "rollback");
+    append_config(
+        &setup,
+        "\n[reload]\nrollback_window_events = 500\nrollback_min_failures = 5\n",
+    );
+    let (host, admin) = start(&setup);
+    wait_for_zero_lag(&kafka, &["counting"]);
+
+    std::fs::write(
+        setup.plugins.join("counting.toml"),
+        manifest(2, &rejects.join(",")),
+    )
+    .unwrap();
+    wait_until("version 2 serves", || {
+        plugin_status(&admin, "counting")["reloads"] == 1
+    });
+    let bad = plugin_status(&admin, "counting")["versions"][1]["sha256"].clone();
+    produce(&brokers, &topic, &second);
+    wait_until("version 2 is rolled back", || {
+        plugin_status(&admin, "counting")["rollbacks"] == 1
+    });
+    let status = plugin_status(&admin, "counting");
+    let reason = status["rollback"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("the previous version 0.0%"), "{status}");
+    assert_ne!(status["rollback"]["from"], status["rollback"]["to"]);
+    assert_eq!(status["versions"][1]["sha256"], bad);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    wait_until("the rollback's redrive is done", || {
+        let r = &plugin_status(&admin, "counting")["redrive"];
+        r["state"] == "done" && r["version"] == status["rollback"]["from"]
+    });
+
+    // Every event counted exactly once; what version 2 parked was handled
+    // by version 1.
+    let data = setup.path(".plugboard");
+    for id in common::event_ids(&first).iter().chain(&second_ids) {
+        assert_eq!(counted(&data, &topic, id), 1, "{id}");
+    }
+    let redrive = plugin_status(&admin, "counting")["redrive"].clone();
+    let parked = redrive["read"].as_u64().unwrap();
+    assert!(parked >= 5, "{redrive}");
+    assert_eq!(redrive["handled"].as_u64(), Some(parked), "{redrive}");
+
+    // Each of its dead letters is marked superseded, so a later redrive
+    // skips them all.
+    let dlq = format!("{topic}.dlq.counting");
+    let letters = read_topic(&brokers, &dlq, 2 * parked as usize);
+    assert_eq!(letters.len(), 2 * parked as usize, "{letters:?}");
+    let markers: Vec<_> = letters
+        .iter()
+        .filter(|l| l.contains_key("plugboard.superseded"))
+        .collect();
+    assert_eq!(markers.len(), parked as usize, "{letters:?}");
+    assert!(markers[0]["plugboard.superseded"].contains("rolled back"));
+    let (code, said, err) = ctl(&admin, &["redrive", "counting"]);
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(said.contains("read 0"), "{said}");
+    assert!(said.contains(&format!("skipped {parked}")), "{said}");
+
+    // The rolled-back files are not loaded again until they change.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = plugin_status(&admin, "counting");
+    assert_eq!(status["reloads"], 1, "{status}");
+    let metrics = reqwest::blocking::get(format!("{admin}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("plugboard_rollbacks_total{plugin=\"counting\"} 1"),
+        "{metrics}"
+    );
+    host.stop();
+}
