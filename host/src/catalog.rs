@@ -11,17 +11,36 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::runtime::Prepared;
+use crate::shadow::Shadow;
 
 /// The version of one plugin that its workers serve; swapped by a reload.
 pub struct LivePlugin {
     current: RwLock<Arc<Prepared>>,
+    /// A candidate version run beside it, if one is dropped in.
+    shadow: RwLock<Option<Arc<Shadow>>>,
 }
 
 impl LivePlugin {
     pub fn new(prepared: Arc<Prepared>) -> Self {
         LivePlugin {
             current: RwLock::new(prepared),
+            shadow: RwLock::new(None),
         }
+    }
+
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.reading().clone()
+    }
+
+    /// Runs `shadow` beside the serving version from the next batch on
+    /// (`None` ends it); the serving version's effects are tapped only
+    /// while one runs.
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        let mut slot = self.shadow.writing();
+        self.current()
+            .tap
+            .store(shadow.is_some(), std::sync::atomic::Ordering::Relaxed);
+        *slot = shadow;
     }
 
     pub fn current(&self) -> Arc<Prepared> {
@@ -30,7 +49,13 @@ impl LivePlugin {
 
     /// Makes `next` the version the next batches go to.
     pub fn swap(&self, next: Arc<Prepared>) {
-        *self.current.writing() = next;
+        let shadowed = self.shadow.reading().is_some();
+        next.tap
+            .store(shadowed, std::sync::atomic::Ordering::Relaxed);
+        let previous = std::mem::replace(&mut *self.current.writing(), next);
+        previous
+            .tap
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -91,6 +116,8 @@ pub struct PluginStatus {
     pub paused: bool,
     /// The latest redrive of its dead letters, as every host sees it.
     pub redrive: Option<serde_json::Value>,
+    /// A shadow run beside it, if one runs: its version and counts.
+    pub shadow: Option<serde_json::Value>,
     /// A new version waiting for an operator's approval, if one does.
     pub pending_approval: Option<PendingApproval>,
     /// Automatic rollbacks since the host started, and the last one.
@@ -157,6 +184,7 @@ impl Catalog {
             waiting: Vec::new(),
             paused: false,
             redrive: None,
+            shadow: None,
             pending_approval: None,
             rollbacks: 0,
             rollback: None,

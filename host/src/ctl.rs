@@ -244,6 +244,91 @@ impl Admin {
         Ok(out)
     }
 
+    /// `ctl shadow NAME`: the shadow against the serving version.
+    pub fn shadow(&self, plugin: &str, json: bool) -> Result<String, CtlError> {
+        let report = self.get(&format!("/plugins/{plugin}/shadow"))?;
+        if json {
+            return Ok(pretty(&report));
+        }
+        let kinds = &report["differences_by_kind"];
+        let mut out = format!(
+            "{plugin}: shadow {} beside the serving version since {}\n\
+             compared {} events: {} agree, {} differ{}\n\
+             differences: outcome {}, requests {}, metrics {}\n",
+            text(&report["version"]),
+            text(&report["since"]),
+            text(&report["compared"]),
+            text(&report["agreed"]),
+            text(&report["differing"]),
+            report["agreement"]
+                .as_f64()
+                .map_or(String::new(), |a| format!(" ({:.1}% agreement)", a * 100.0)),
+            text(&kinds["outcome"]),
+            text(&kinds["request"]),
+            text(&kinds["metrics"]),
+        );
+        let files = &report["files"];
+        if files.is_object() {
+            let list = |k: &str| files[k].as_array().map_or(0, Vec::len);
+            let _ = writeln!(
+                out,
+                "files: {} the same, {} differ, {} only served, {} only in the shadow",
+                text(&files["same"]),
+                list("differing"),
+                list("serving_only"),
+                list("shadow_only")
+            );
+        }
+        let differences = report["differences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !differences.is_empty() {
+            out.push_str("\nfirst differences:\n");
+            let mut rows = vec![row(["EVENT", "BOOKING", "AT", "WHAT", "SERVING", "SHADOW"])];
+            for d in &differences {
+                let e = &d["event"];
+                rows.push(vec![
+                    text(&e["event_id"]),
+                    text(&e["booking_id"]),
+                    format!("p{} @{}", text(&e["partition"]), text(&e["offset"])),
+                    text(&d["what"]),
+                    text(&d["serving"]),
+                    text(&d["shadow"]),
+                ]);
+            }
+            out.push_str(&table(&rows));
+        }
+        Ok(out)
+    }
+
+    /// `ctl promote NAME`: the shadow becomes the serving version.
+    pub fn promote(&self, plugin: &str, json: bool) -> Result<String, CtlError> {
+        let body = self.send(
+            reqwest::Method::POST,
+            &format!("/plugins/{plugin}/promote"),
+            WRITES_OFF,
+        )?;
+        if json {
+            return Ok(pretty(&body));
+        }
+        let state = if body["serving"] == true {
+            "it serves on this host now".to_string()
+        } else if body["pending_approval"] == true {
+            format!(
+                "it asks for new grants and waits for approval (plugboard ctl approve {plugin})"
+            )
+        } else {
+            "it goes live on each host at its next rescan".to_string()
+        };
+        Ok(format!(
+            "{plugin}: shadow {} promoted after {} events compared, {} agreeing; {state}\n",
+            text(&body["version"]),
+            text(&body["compared"]),
+            text(&body["agreed"]),
+        ))
+    }
+
     /// `ctl redrive-status NAME`: how far the plugin's latest redrive got.
     pub fn redrive_status(&self, plugin: &str, json: bool) -> Result<String, CtlError> {
         let progress = self.get(&format!("/plugins/{plugin}/redrive"))?;

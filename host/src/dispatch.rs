@@ -234,6 +234,24 @@ impl Dispatcher {
         &self.prepared
     }
 
+    /// The partition it serves.
+    pub fn slot(&self) -> i32 {
+        self.slot
+    }
+
+    /// The shadow running beside the plugin, if one does.
+    pub fn shadow(&self) -> Option<Arc<crate::shadow::Shadow>> {
+        self.live.as_ref().and_then(|l| l.shadow())
+    }
+
+    /// What the instance did while tapped since the last take.
+    pub fn take_effects(&mut self) -> crate::runtime::observer::Effects {
+        self.instance
+            .as_ref()
+            .map(Instance::take_effects)
+            .unwrap_or_default()
+    }
+
     /// Moves to the version the plugin serves now, if it is another one:
     /// the next call goes to a fresh instance of it. Called between
     /// batches, and before every attempt within one (the events already

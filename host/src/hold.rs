@@ -68,6 +68,16 @@ pub struct CallSlot {
 }
 
 impl CallSlot {
+    /// A slot no `waiting` reads: a shadow's calls.
+    pub fn unlisted(plugin: Arc<str>) -> Self {
+        CallSlot {
+            plugin,
+            partition: -1,
+            began_ms: AtomicU64::new(0),
+            doing: Mutex::new(None),
+        }
+    }
+
     pub fn begin(&self) {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -22,6 +22,8 @@
 //!   a sandboxed instance and how a call ends, the host side of each import.
 //! - [`settle`]: how every source ends a batch: decode, dispatch, dead
 //!   letters in order; the settled prefix may be committed.
+//! - [`shadow`]: a candidate version run beside the serving one on the
+//!   settled events, its effects held back and compared per event.
 //! - [`dead_letter`]: one interface for parking what will never be handled,
 //!   with a file sink and a topic sink.
 //! - [`commit`]: what a settled prefix becomes: Kafka offsets stored and
@@ -29,9 +31,13 @@
 //! - [`summary`]: what a run did.
 //! - [`run`]: the one entry point, `run(config, source, shutdown)`.
 //! - [`reload`]: watches the plugins folder and starts, swaps or stops
-//!   plugins to match it; [`catalog`] holds what each serves for `/plugins`.
+//!   plugins to match it, holds a version asking for new grants until it is
+//!   approved, attaches shadows, and rolls back a version that fails more
+//!   than the one it replaced; [`catalog`] holds what each serves for
+//!   `/plugins`.
 //! - [`admin`]: `/plugins`, `/metrics`, `/healthz` and `/readyz` over HTTP,
-//!   and the token-guarded writes: pause, resume, rewind, redrive;
+//!   and the token-guarded writes: pause, resume, rewind, redrive,
+//!   approve, promote;
 //!   [`control`] shares what an operator switched with every host through
 //!   the control topic; [`redrive`] delivers a plugin's dead letters again;
 //!   [`ctl`] is `plugboard ctl`, their command line.
@@ -72,6 +78,7 @@ pub mod run;
 pub mod runtime;
 pub mod scaffold;
 pub mod settle;
+pub mod shadow;
 pub mod shutdown;
 pub mod source;
 pub mod summary;

@@ -214,6 +214,19 @@ enum CtlVerb {
         /// The plugin.
         name: String,
     },
+    /// How the shadow of a plugin (<name>.shadow.wasm) compares with its
+    /// serving version: events compared, agreement, and the first
+    /// differences side by side with their event.
+    Shadow {
+        /// The plugin.
+        name: String,
+    },
+    /// Makes the shadow of a plugin its serving version, on every host
+    /// that runs it (swapped between batches, as a reload). Needs the token.
+    Promote {
+        /// The plugin.
+        name: String,
+    },
 }
 
 /// The project folder of `new`: `--dir`, or the name in the current folder.
@@ -302,6 +315,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } => admin.redrive(&name, class.as_deref(), since.as_deref(), !no_wait, json),
                 CtlVerb::RedriveStatus { name } => admin.redrive_status(&name, json),
                 CtlVerb::Approve { name } => admin.approve(&name, json),
+                CtlVerb::Shadow { name } => admin.shadow(&name, json),
+                CtlVerb::Promote { name } => admin.promote(&name, json),
             });
             match answer {
                 Ok(text) => {

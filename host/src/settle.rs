@@ -2,13 +2,16 @@
 //! decoded, the events dispatched to one plugin, and every record that will
 //! never be handled (it does not decode, or the plugin gave up on it) is
 //! parked in the dead-letter sink, in order. A record is settled once it is
-//! handled or parked; only a settled prefix may be committed.
+//! handled or parked; only a settled prefix may be committed. A shadow of
+//! the plugin, if one runs, then gets the settled events (see
+//! [`crate::shadow`]): it settles nothing.
 
 use crate::dead_letter::DeadLetters;
-use crate::dispatch::{Dispatcher, Ended, Failure, FailureClass};
+use crate::dispatch::{Dispatcher, Ended, Failure, FailureClass, Outcome};
 use crate::event::BookingEvent;
 use crate::runtime::bindings::wit;
 use crate::runtime::convert;
+use crate::shadow::Served;
 use crate::shutdown::Shutdown;
 use crate::source::Record;
 
@@ -44,10 +47,34 @@ pub fn settle<R: Record>(
         }
         if !events.is_empty() {
             let base = next;
+            let shadow = dispatcher.shadow();
+            if shadow.is_some() {
+                // Only this batch's effects are compared.
+                dispatcher.take_effects();
+            }
             let (outcomes, ended) =
                 dispatcher.deliver_parking(&events, stop, &mut |k, failure, version| {
                     dead_letters.park(&records[base + k], failure, version, stop)
                 });
+            if let Some(shadow) = shadow {
+                let served: Vec<Served> = outcomes
+                    .iter()
+                    .map(|o| match o {
+                        Outcome::Handled => Served::Handled,
+                        Outcome::DeadLetter(f) => {
+                            Served::Parked(f.class.as_str(), f.reason.clone())
+                        }
+                    })
+                    .collect();
+                let effects = dispatcher.take_effects();
+                shadow.compare(
+                    dispatcher.slot(),
+                    &events[..outcomes.len()],
+                    &served,
+                    effects,
+                    stop,
+                );
+            }
             next += outcomes.len();
             match ended {
                 Ended::Settled => {}

@@ -277,3 +277,106 @@ fn a_version_that_rejects_more_is_rolled_back_and_what_it_parked_is_delivered_ag
     );
     host.stop();
 }
+
+#[test]
+fn a_shadow_that_changes_one_field_shows_it_per_event_sends_nothing_and_is_promoted() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, _first) = stream(&brokers, 2, 5, 91);
+    let crm = common::Crm::start(&setup.path("crm.sqlite"));
+    let lake = setup.path("lake");
+    setup.demo_plugins(&crm, &lake);
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "shadow");
+    let (host, admin) = start(&setup);
+    wait_for_zero_lag(&kafka, &["crm-sync"]);
+
+    // The candidate: the same component, prices as decimals.
+    std::fs::copy(
+        setup.plugins.join("crm-sync.wasm"),
+        setup.plugins.join("crm-sync.shadow.wasm"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(setup.plugins.join("crm-sync.toml")).unwrap();
+    std::fs::write(
+        setup.plugins.join("crm-sync.shadow.toml"),
+        format!("{manifest}price_format = \"decimal\"\n"),
+    )
+    .unwrap();
+    wait_until("the shadow runs", || {
+        plugin_status(&admin, "crm-sync")["shadow"]["version"].is_string()
+    });
+    let second = common::generated_events(setup.dir.path(), 6, 92);
+    let second_ids = common::event_ids(&second);
+    produce(&brokers, &topic, &second);
+    wait_for_zero_lag(&kafka, &["crm-sync"]);
+    let report: serde_json::Value =
+        reqwest::blocking::get(format!("{admin}/plugins/crm-sync/shadow"))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(report["compared"], second_ids.len(), "{report:#}");
+    assert_eq!(report["differences_by_kind"]["outcome"], 0, "{report:#}");
+    assert_eq!(report["differences_by_kind"]["metrics"], 0, "{report:#}");
+    let differences = report["differences"].as_array().unwrap();
+    assert!(!differences.is_empty(), "{report:#}");
+    for d in differences {
+        let what = d["what"].as_str().unwrap();
+        assert!(what.ends_with(".properties.price_amount_minor"), "{d}");
+        assert!(what.starts_with("POST "), "{d}");
+        let serving: String = serde_json::from_str(d["serving"].as_str().unwrap()).unwrap();
+        let shadow: String = serde_json::from_str(d["shadow"].as_str().unwrap()).unwrap();
+        let minor: i64 = serving.parse().unwrap();
+        assert_eq!(shadow, format!("{}.{:02}", minor / 100, minor % 100), "{d}");
+        assert!(second_ids.contains(&d["event"]["event_id"].as_str().unwrap().to_string()));
+    }
+    // Each differing event is about the booking whose field differs.
+    let crm_now = crm.all();
+    for d in differences {
+        let booking = d["event"]["booking_id"].as_str().unwrap();
+        let held = &crm_now[booking]["properties"]["price_amount_minor"];
+        let serving: String = serde_json::from_str(d["serving"].as_str().unwrap()).unwrap();
+        assert_eq!(held, &serde_json::Value::String(serving), "{d}");
+    }
+    // Nothing the shadow did reached the CRM, the offsets or the
+    // dead-letter topic.
+    for (id, record) in &crm_now {
+        let price = record["properties"]["price_amount_minor"].as_str().unwrap();
+        assert!(!price.contains('.'), "{id}: the shadow's request was sent");
+    }
+    let status = plugin_status(&admin, "crm-sync");
+    assert_eq!(status["dead_lettered"], 0, "{status}");
+    let (code, said, err) = ctl(&admin, &["shadow", "crm-sync"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        said.contains(&format!("compared {} events", second_ids.len())),
+        "{said}"
+    );
+    assert!(said.contains("price_amount_minor"), "{said}");
+
+    // Promoted: it serves, its files took the serving ones' place.
+    let (code, said, err) = ctl(&admin, &["promote", "crm-sync"]);
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(said.contains("serves on this host now"), "{said}");
+    assert!(!setup.plugins.join("crm-sync.shadow.wasm").exists());
+    let status = plugin_status(&admin, "crm-sync");
+    assert!(status["shadow"].is_null(), "{status}");
+    let third = common::generated_events(setup.dir.path(), 3, 93);
+    produce(&brokers, &topic, &third);
+    wait_for_zero_lag(&kafka, &["crm-sync"]);
+    let crm_now = crm.all();
+    let third_bookings: std::collections::BTreeSet<String> = std::fs::read_to_string(&third)
+        .unwrap()
+        .lines()
+        .map(|l| plugboard::decode::from_json(l).unwrap().booking_id)
+        .collect();
+    for booking in &third_bookings {
+        let price = crm_now[booking]["properties"]["price_amount_minor"]
+            .as_str()
+            .unwrap();
+        assert!(
+            price.contains('.'),
+            "{booking}: {price} after the promotion"
+        );
+    }
+    host.stop();
+}

@@ -66,7 +66,8 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
             .route("/plugins/{name}/resume", post(resume))
             .route("/plugins/{name}/rewind", post(rewind))
             .route("/plugins/{name}/redrive", post(redrive::start))
-            .route("/plugins/{name}/approve", post(rollout::approve));
+            .route("/plugins/{name}/approve", post(rollout::approve))
+            .route("/plugins/{name}/promote", post(rollout::promote));
     }
     let sampling = admin.clone();
     let app = app
@@ -77,6 +78,7 @@ pub fn serve(addr: SocketAddr, admin: Admin) -> Result<SocketAddr> {
         .route("/plugins", get(plugins))
         .route("/plugins/{name}/offsets", get(offsets))
         .route("/plugins/{name}/redrive", get(redrive::status))
+        .route("/plugins/{name}/shadow", get(rollout::shadow))
         .with_state(admin);
     std::thread::Builder::new()
         .name("plugboard-admin".into())
@@ -183,6 +185,19 @@ fn statuses(admin: &Admin) -> Vec<PluginStatus> {
         status.waiting = holds.iter().filter(|h| h.plugin == name).cloned().collect();
         status.paused = admin.control.pauses.is_paused(name);
         status.redrive = admin.control.redrive(name);
+        status.shadow = admin
+            .catalog
+            .live(name)
+            .and_then(|l| l.shadow())
+            .map(|shadow| {
+                let counts = shadow.counts();
+                serde_json::json!({
+                    "version": shadow.prepared.version,
+                    "sha256": shadow.prepared.sha256,
+                    "compared": counts.compared,
+                    "agreed": counts.agreed,
+                })
+            });
     }
     statuses
 }

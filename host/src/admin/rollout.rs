@@ -1,5 +1,7 @@
 //! The rollout endpoints: `POST /plugins/{name}/approve` lets a version
-//! that asks for new grants go live on every host that holds it.
+//! that asks for new grants go live on every host that holds it; `GET
+//! /plugins/{name}/shadow` compares a shadow with the serving version, and
+//! `POST /plugins/{name}/promote` makes the shadow serve.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -72,6 +74,95 @@ pub async fn approve(
             "version": pending.version,
             "granted": pending.asks,
             "serving": live,
+        })),
+    )
+}
+
+/// How the shadow of the plugin compares with its serving version.
+pub async fn shadow(State(admin): State<Admin>, Path(name): Path<String>) -> Answer {
+    match admin.catalog.live(&name).and_then(|l| l.shadow()) {
+        Some(shadow) => {
+            let report = tokio::task::spawn_blocking(move || shadow.report())
+                .await
+                .unwrap_or_default();
+            (StatusCode::OK, axum::Json(report))
+        }
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            format!("no shadow of {name} runs on this host: drop in {name}.shadow.wasm"),
+        ),
+    }
+}
+
+/// Makes the shadow of the plugin its serving version, on every host that
+/// runs the same shadow: its files take the serving ones' place and are
+/// swapped in between batches, as a reload (a version asking for new
+/// grants waits for approval). 200 once it serves here or waits.
+pub async fn promote(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    if let Err(refused) = authorize(&admin, &headers).and_then(|()| known(&admin, &name)) {
+        return refused;
+    }
+    let Some(shadow) = admin.catalog.live(&name).and_then(|l| l.shadow()) else {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!("no shadow of {name} runs on this host (drop in {name}.shadow.wasm)"),
+        );
+    };
+    let counts = shadow.counts();
+    let record = serde_json::json!({
+        "version": shadow.prepared.version,
+        "at_ms": crate::control::now_ms(),
+    });
+    if let Err(e) = admin
+        .control
+        .publish(&format!("promote/{name}"), record)
+        .await
+    {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+    }
+    tracing::info!(
+        plugin = name,
+        version = shadow.prepared.version,
+        compared = counts.compared,
+        agreed = counts.agreed,
+        "shadow promoted by the admin endpoint"
+    );
+    let began = std::time::Instant::now();
+    let (serving, pending) = loop {
+        let status = admin
+            .catalog
+            .snapshot()
+            .into_iter()
+            .find(|p| p.name == name);
+        let serving = status.as_ref().is_some_and(|p| {
+            p.sha256.as_deref() == Some(&shadow.prepared.sha256)
+                && admin
+                    .catalog
+                    .live(&name)
+                    .is_some_and(|l| l.shadow().is_none())
+        });
+        let pending = status
+            .as_ref()
+            .and_then(|p| p.pending_approval.as_ref())
+            .is_some_and(|p| p.version == shadow.prepared.version);
+        if serving || pending || began.elapsed() > LIVE_WAIT * 2 {
+            break (serving, pending);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({
+            "plugin": name,
+            "version": shadow.prepared.version,
+            "compared": counts.compared,
+            "agreed": counts.agreed,
+            "serving": serving,
+            "pending_approval": pending,
         })),
     )
 }

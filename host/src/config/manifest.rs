@@ -330,8 +330,8 @@ pub fn scan_plugins(host: &HostConfig) -> Result<BTreeMap<String, Result<PluginS
         ) else {
             continue;
         };
-        if stem.starts_with('.') {
-            continue; // temp files of an in-progress copy
+        if stem.starts_with('.') || stem.ends_with(SHADOW) {
+            continue; // temp files of an in-progress copy; shadows
         }
         let slot = names.entry(stem.to_string()).or_default();
         match ext {
@@ -354,6 +354,42 @@ pub fn scan_plugins(host: &HostConfig) -> Result<BTreeMap<String, Result<PluginS
         specs.insert(name, spec);
     }
     Ok(specs)
+}
+
+/// What a shadow's files add to the plugin's name: `<name>.shadow.wasm`.
+const SHADOW: &str = ".shadow";
+
+/// Every shadow in the plugins folder, by the plugin it shadows: each
+/// `<name>.shadow.wasm`, with `<name>.shadow.toml` if there is one, else
+/// the plugin's own manifest (whose `component` it replaces).
+pub fn scan_shadows(host: &HostConfig) -> Result<BTreeMap<String, Result<PluginSpec>>> {
+    let dir = &host.plugins_dir;
+    let mut shadows = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the plugins folder {}", dir.display()))?
+    {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".shadow.wasm"))
+        else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let own = dir.join(format!("{name}{SHADOW}.toml"));
+        let base = dir.join(format!("{name}.toml"));
+        let manifest = [own, base].into_iter().find(|m| m.exists());
+        let spec = check_name(name, dir).and_then(|()| {
+            let mut spec = parse_manifest(name, &path, manifest.as_deref(), &host.limits)?;
+            spec.component = path.clone();
+            Ok(spec)
+        });
+        shadows.insert(name.to_string(), spec);
+    }
+    Ok(shadows)
 }
 
 fn check_name(name: &str, dir: &Path) -> Result<()> {

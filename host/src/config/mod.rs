@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 pub use manifest::{
     FolderGrant, Limits, PluginSpec, check_plugin_name, load_plugins, manifest_from_text,
-    normalise_origin, parse_manifest, scan_plugins,
+    normalise_origin, parse_manifest, scan_plugins, scan_shadows,
 };
 use template::Text;
 

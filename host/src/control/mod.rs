@@ -81,6 +81,9 @@ struct Known {
     redrives: BTreeMap<String, serde_json::Value>,
     /// The version of each plugin an operator approved last.
     approvals: BTreeMap<String, String>,
+    /// The shadow version of each plugin an operator promoted last, and
+    /// when.
+    promotions: BTreeMap<String, (String, i64)>,
 }
 
 impl crate::source::kafka::Switches for Control {
@@ -200,6 +203,16 @@ impl Control {
                         .insert(plugin.to_string(), version.to_string());
                 }
             }
+            "promote" => {
+                if let Some(version) = parsed["version"].as_str() {
+                    let at = parsed["at_ms"].as_i64().unwrap_or(0);
+                    let (known, _) = &*self.known;
+                    known
+                        .locked()
+                        .promotions
+                        .insert(plugin.to_string(), (version.to_string(), at));
+                }
+            }
             "redrive" => {
                 let (known, changed) = &*self.known;
                 known.locked().redrives.insert(plugin.to_string(), parsed);
@@ -244,6 +257,17 @@ impl Control {
             .get(plugin)
             .map(String::as_str)
             == Some(version)
+    }
+
+    /// Whether an operator promoted the shadow `version` of `plugin` at
+    /// or after `since_ms` (an older promotion was of another run).
+    pub fn promoted(&self, plugin: &str, version: &str, since_ms: i64) -> bool {
+        self.known
+            .0
+            .locked()
+            .promotions
+            .get(plugin)
+            .is_some_and(|(v, at)| v == version && *at >= since_ms)
     }
 
     /// The latest redrive progress of `plugin`, if any.

@@ -31,6 +31,7 @@ use notify::{RecursiveMode, Watcher};
 
 pub mod grants;
 pub mod rollback;
+mod shadows;
 
 use crate::catalog::{Catalog, LivePlugin, PendingApproval};
 use crate::config::{Approval, HostConfig, KafkaConfig, PluginSpec, scan_plugins};
@@ -124,6 +125,9 @@ pub struct Reloader {
     redrives: Option<crate::redrive::runs::Runs>,
     /// Rolled-back versions whose dead letters wait to be delivered again.
     redeliver: Vec<rollback::Redeliver>,
+    /// Shadows running beside plugins, and shadow files that failed.
+    shadows: BTreeMap<String, shadows::Attached>,
+    failed_shadows: BTreeMap<String, Fingerprint>,
 }
 
 impl Reloader {
@@ -149,6 +153,8 @@ impl Reloader {
             watched: BTreeMap::new(),
             redrives: None,
             redeliver: Vec::new(),
+            shadows: BTreeMap::new(),
+            failed_shadows: BTreeMap::new(),
         }
     }
 
@@ -290,6 +296,7 @@ impl Reloader {
                 }
             }
         }
+        self.reconcile_shadows();
         Ok(())
     }
 
@@ -333,6 +340,7 @@ impl Reloader {
             );
             self.go_live(name, pending.prepared, pending.fingerprint);
         }
+        self.promote_shadows();
         self.judge();
     }
 
@@ -446,6 +454,7 @@ impl Reloader {
     /// Drains and stops one plugin: its batches finish and it commits.
     fn stop(&mut self, name: &str) {
         self.watched.remove(name);
+        self.shadows.remove(name);
         if let Some(running) = self.running.remove(name) {
             tracing::info!(plugin = name, "removed from the folder; draining");
             running.stop.request();

@@ -154,7 +154,13 @@ impl Prepared {
                     ))
                 })?;
         }
-        let call = self.metrics.holds.call_slot(&self.name, slot);
+        // A shadow's calls do not show in the plugin's `waiting`.
+        let call = if self.detached {
+            std::sync::Arc::new(crate::hold::CallSlot::unlisted(self.name.clone()))
+        } else {
+            self.metrics.holds.call_slot(&self.name, slot)
+        };
+        let effects = super::observer::EffectsLog::default();
         let state = PluginState {
             plugin: self.name.clone(),
             wasi: wasi.build(),
@@ -177,13 +183,15 @@ impl Prepared {
                 deadline: None,
                 stop: None,
                 call: call.clone(),
+                tap: self.tap.clone(),
+                effects: effects.clone(),
             },
             metrics: self.metrics.clone(),
             slot,
             kv: kv::KvState::new(
                 self.state.clone(),
                 kv::Scope {
-                    plugin: self.name.clone(),
+                    plugin: self.state_name.clone(),
                     source: self.source.clone(),
                 },
                 spec.limits.memory_limit_bytes,
@@ -195,6 +203,9 @@ impl Prepared {
             max_pending_metric_bytes: spec.limits.memory_limit_bytes / 4,
             metrics_overrun: None,
             max_series: spec.limits.max_series,
+            tap: self.tap.clone(),
+            effects: effects.clone(),
+            detached: self.detached,
         };
         let mut store = Store::new(&self.engine, state);
         if self.budgets {
@@ -252,6 +263,7 @@ impl Prepared {
             timeout,
             output,
             call,
+            effects,
         })
     }
 }
@@ -266,9 +278,18 @@ pub struct Instance {
     output: GuestOutput,
     /// Its call in progress, for `waiting` (shared with its egress).
     call: std::sync::Arc<crate::hold::CallSlot>,
+    /// What it did while tapped, until taken.
+    effects: super::observer::EffectsLog,
 }
 
 impl Instance {
+    /// The requests and metric updates of its calls since the last take
+    /// (only while its version is tapped).
+    pub fn take_effects(&self) -> super::observer::Effects {
+        use crate::locks::Lock;
+        std::mem::take(&mut *self.effects.locked())
+    }
+
     /// Calls `handle` with a fresh deadline and sorts how it ended.
     ///
     /// What the call wrote to its state and its metric updates count only

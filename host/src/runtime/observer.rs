@@ -20,7 +20,36 @@ pub trait Observer: Send + Sync {
     /// How a request to a granted `origin` goes: `None` sends it; a status
     /// and body answer it here and nothing is sent.
     fn answer(&self, origin: &str) -> Option<(u16, String)>;
+
+    /// The answer to a request [`Observer::answer`] kept from going out,
+    /// once its body is read: `stub` unless the observer knows better (a
+    /// shadow answers what the serving version was answered).
+    fn respond(&self, request: &Exchange, stub: (u16, String)) -> (u16, String) {
+        _ = request;
+        stub
+    }
 }
+
+/// One outgoing request and its answer, as a shadow run compares them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Exchange {
+    pub method: String,
+    pub url: String,
+    pub body: String,
+    pub status: u16,
+    pub response: String,
+}
+
+/// What one instance did beyond its answer while it was tapped: its
+/// requests and its metric updates, in order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub requests: Vec<Exchange>,
+    pub metrics: Vec<String>,
+}
+
+/// Where a tapped instance keeps its [`Effects`] until they are taken.
+pub type EffectsLog = Arc<Mutex<Effects>>;
 
 /// Where a plugin's outgoing requests go during a replay.
 #[derive(Clone)]

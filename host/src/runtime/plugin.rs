@@ -80,6 +80,7 @@ impl Runtime {
         ));
         let allowed: Arc<[String]> = spec.allow_hosts.clone().into();
         Ok(Prepared {
+            state_name: name.clone(),
             name,
             allowed,
             version: sha256.clone(),
@@ -96,6 +97,8 @@ impl Runtime {
             handled: Arc::default(),
             failed: Arc::default(),
             faulty: Arc::default(),
+            tap: Arc::default(),
+            detached: false,
         })
     }
 }
@@ -110,6 +113,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// instances quickly (tens of microseconds each).
 pub struct Prepared {
     pub name: Arc<str>,
+    /// Whose key-value state its instances use: the plugin's, or a
+    /// shadow's own.
+    pub(super) state_name: Arc<str>,
     pub(super) allowed: Arc<[String]>,
     /// sha256 of the component file, to tell versions apart in logs and
     /// dead-letter records.
@@ -134,11 +140,28 @@ pub struct Prepared {
     /// How this version last broke the contract, if it did: `/plugins`
     /// shows it as faulty.
     pub faulty: Arc<std::sync::Mutex<Option<String>>>,
+    /// While set, its instances keep their requests (with bodies and
+    /// answers) and metric updates for a shadow run to compare.
+    pub tap: Arc<std::sync::atomic::AtomicBool>,
+    /// A shadow: its metric updates go to no registry, only to its tap.
+    pub(super) detached: bool,
 }
 
 impl Prepared {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// This version as a shadow: watched by `observer` (which keeps its
+    /// requests from going out and its log lines from the host's log),
+    /// tapped, its metric updates kept from the registry and its state
+    /// its own (`<name>.shadow`).
+    pub fn into_shadow(mut self, observer: Arc<dyn Observer>) -> Prepared {
+        self.observer = Some(observer);
+        self.state_name = Arc::from(format!("{}.shadow", self.name));
+        self.detached = true;
+        self.tap = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        self
     }
 
     /// This version broke the contract: `/plugins` says so.

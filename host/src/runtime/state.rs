@@ -45,6 +45,12 @@ pub struct PluginState {
     pub(super) metrics_overrun: Option<String>,
     /// Metric series the plugin may create.
     pub(super) max_series: usize,
+    /// While set, metric updates are also kept in `effects` (a shadow run
+    /// compares them).
+    pub(super) tap: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) effects: super::observer::EffectsLog,
+    /// A shadow's instance: its metric updates reach no registry.
+    pub(super) detached: bool,
 }
 
 /// One metric update a plugin made during a call.
@@ -57,6 +63,11 @@ pub(super) struct MetricOp {
 impl PluginState {
     /// Applies the call's metric updates: the call's outcome counts.
     pub(super) fn apply_metrics(&mut self) {
+        if self.detached {
+            self.pending_metrics.clear();
+            self.pending_metric_bytes = 0;
+            return;
+        }
         // Taken and given back, so the next call reuses the allocation.
         let mut ops = std::mem::take(&mut self.pending_metrics);
         for op in ops.drain(..) {

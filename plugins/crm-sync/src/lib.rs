@@ -11,7 +11,9 @@
 //!
 //! Config: `base_url` (required), `token` (a bearer token, optional),
 //! `object_type` (default `bookings`), `request_timeout_ms` (default 10000:
-//! a CRM that does not answer within it is retried).
+//! a CRM that does not answer within it is retried), `price_format`
+//! (`minor`, the default: `price_amount_minor` in minor units, "12345";
+//! `decimal`: in major units, "123.45").
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +52,8 @@ struct Crm {
     origin: http::Origin,
     authorization: Option<String>,
     object_type: String,
+    /// `price_amount_minor` as a decimal in major units.
+    decimal_price: bool,
 }
 
 thread_local! {
@@ -95,6 +99,15 @@ impl Guest for CrmSync {
                 .get("object_type")
                 .cloned()
                 .unwrap_or_else(|| "bookings".to_string()),
+            decimal_price: match config.get("price_format").map(String::as_str) {
+                None | Some("minor") => false,
+                Some("decimal") => true,
+                Some(other) => {
+                    return Err(InitError::Reject(format!(
+                        "price_format must be minor or decimal, got `{other}`"
+                    )));
+                }
+            },
         };
         CRM.with(|c| *c.borrow_mut() = Some(crm));
         Ok(())
@@ -208,7 +221,7 @@ impl Crm {
                 json!({
                     "idProperty": "booking_id",
                     "id": e.booking_id,
-                    "properties": properties(e),
+                    "properties": properties(e, self.decimal_price),
                 })
             })
             .collect();
@@ -267,8 +280,19 @@ fn message(body: &str) -> String {
 }
 
 /// The CRM record of a booking. HubSpot property values are strings.
-fn properties(e: &BookingEvent) -> Value {
+fn properties(e: &BookingEvent, decimal_price: bool) -> Value {
     let customer = e.customer.as_ref();
+    let amount = e.price.as_ref().map(|p| {
+        if decimal_price {
+            format!(
+                "{}.{:02}",
+                p.amount_minor / 100,
+                (p.amount_minor % 100).abs()
+            )
+        } else {
+            p.amount_minor.to_string()
+        }
+    });
     json!({
         "booking_id": e.booking_id,
         "booking_state": e.state.as_str(),
@@ -277,7 +301,7 @@ fn properties(e: &BookingEvent) -> Value {
         "customer_email": customer.map(|c| c.email.as_str()).unwrap_or_default(),
         "garage_name": e.garage.as_ref().map(|g| g.name.as_str()).unwrap_or_default(),
         "service_code": e.service.as_ref().map(|s| s.service_code.as_str()).unwrap_or_default(),
-        "price_amount_minor": e.price.as_ref().map(|p| p.amount_minor.to_string()).unwrap_or_default(),
+        "price_amount_minor": amount.unwrap_or_default(),
         "price_currency": e.price.as_ref().map(|p| p.currency_code.as_str()).unwrap_or_default(),
         "appointment_start": e.appointment_start.as_ref().map(|t| t.to_rfc3339()).unwrap_or_default(),
         "last_event_id": e.event_id,

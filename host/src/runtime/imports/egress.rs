@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::locks::Lock;
 use crate::metrics::Metrics;
-use crate::runtime::observer::Observer;
+use crate::runtime::observer::{EffectsLog, Exchange, Observer};
 use crate::shutdown::Shutdown;
 
 /// Adds `wasi:http/outgoing-handler`, every request checked by [`Egress`].
@@ -44,6 +45,10 @@ pub struct Egress {
     /// The instance's call in progress: a request in flight shows in the
     /// partition's `waiting` once the call lasts.
     pub(crate) call: Arc<crate::hold::CallSlot>,
+    /// While set (a shadow runs beside this version, or this is the
+    /// shadow), each request is kept in `effects` with its body and answer.
+    pub(crate) tap: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) effects: crate::runtime::observer::EffectsLog,
 }
 
 type ResponseFuture = Box<
@@ -109,9 +114,15 @@ impl WasiHttpHooks for Egress {
         });
         let stop = self.stop.clone();
         _ = fut;
+        let tapped = self
+            .tap
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.effects.clone());
         if let Some(observer) = self.observer.clone() {
             match observer.answer(&origin) {
-                Some(answer) => return Box::new(capture(request, line, observer, answer)),
+                Some(answer) => {
+                    return Box::new(capture(request, line, observer, answer, tapped));
+                }
                 None => observer.record(format!("{line} (sent)")),
             }
         }
@@ -120,22 +131,27 @@ impl WasiHttpHooks for Egress {
         Box::new(async move {
             use http_body_util::BodyExt;
             let _waited = CallWaited(call);
-            let send = tokio::time::timeout(
-                left,
-                wasmtime_wasi_http::default_send_request(request, options),
-            );
-            let (response, io) = tokio::select! {
-                sent = send => sent.map_err(|_| Error::ConnectionReadTimeout)??,
-                () = stopped(stop) => {
-                    return Err(Error::InternalError(Some(
-                        "the partition is stopping: the request was cut".into(),
-                    )));
-                }
+            let work = async {
+                let Some(effects) = tapped else {
+                    let (response, io) =
+                        wasmtime_wasi_http::default_send_request(request, options).await?;
+                    return Ok((
+                        response.map(BodyExt::boxed_unsync),
+                        Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+                    ));
+                };
+                send_tapped(request, options, effects).await
             };
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ))
+            tokio::select! {
+                sent = tokio::time::timeout(left, work) => {
+                    sent.map_err(|_| Error::ConnectionReadTimeout)?
+                }
+                () = stopped(stop) => {
+                    Err(Error::InternalError(Some(
+                        "the partition is stopping: the request was cut".into(),
+                    )))
+                }
+            }
         })
     }
 }
@@ -160,39 +176,98 @@ async fn stopped(stop: Option<Shutdown>) {
     }
 }
 
-/// Records a request with its body and answers it with the stub, sending
-/// nothing.
-async fn capture(
-    request: http::Request<WasiBody>,
-    line: String,
-    observer: Arc<dyn Observer>,
-    (status, body): (u16, String),
-) -> Result<
+type Answered = Result<
     (
         http::Response<WasiBody>,
         Box<dyn Future<Output = Result<(), Error>> + Send>,
     ),
     Error,
-> {
+>;
+
+/// A whole body as bytes: what a tapped request or answer keeps.
+fn full(bytes: bytes::Bytes) -> WasiBody {
     use http_body_util::BodyExt;
-    let sent = request
-        .into_body()
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Sends a request of a tapped instance: its body and the answer's are
+/// read whole (the connection driven meanwhile) and kept in `effects`.
+async fn send_tapped(
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    effects: EffectsLog,
+) -> Answered {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let sent = body.collect().await?.to_bytes();
+    let mut exchange = Exchange {
+        method: parts.method.to_string(),
+        url: parts.uri.to_string(),
+        body: String::from_utf8_lossy(&sent).into_owned(),
+        ..Exchange::default()
+    };
+    let request = http::Request::from_parts(parts, full(sent));
+    let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+    let (parts, body) = response.into_parts();
+    let mut io = Box::pin(io);
+    let mut io_result = None;
+    let collect = body.collect();
+    tokio::pin!(collect);
+    let answer = loop {
+        tokio::select! {
+            body = &mut collect => break body?.to_bytes(),
+            done = &mut io, if io_result.is_none() => io_result = Some(done),
+        }
+    };
+    exchange.status = parts.status.as_u16();
+    exchange.response = String::from_utf8_lossy(&answer).into_owned();
+    effects.locked().requests.push(exchange);
+    let io: Box<dyn Future<Output = Result<(), Error>> + Send> = match io_result {
+        Some(done) => Box::new(async move { done }),
+        None => Box::new(io),
+    };
+    Ok((http::Response::from_parts(parts, full(answer)), io))
+}
+
+/// Records a request with its body and answers it (with the stub, or what
+/// the observer knows better), sending nothing; a tapped instance keeps it
+/// in `effects` too.
+async fn capture(
+    request: http::Request<WasiBody>,
+    line: String,
+    observer: Arc<dyn Observer>,
+    stub: (u16, String),
+    tapped: Option<EffectsLog>,
+) -> Answered {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let sent = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let mut exchange = Exchange {
+        method: parts.method.to_string(),
+        url: parts.uri.to_string(),
+        body: String::from_utf8_lossy(&sent).into_owned(),
+        ..Exchange::default()
+    };
+    let (status, body) = observer.respond(&exchange, stub);
     observer.record(format!("{line} -> {status} (stub, not sent)"));
     if !sent.is_empty() {
-        observer.record(format!("  body: {}", String::from_utf8_lossy(&sent)));
+        observer.record(format!("  body: {}", exchange.body));
+    }
+    exchange.status = status;
+    exchange.response = body.clone();
+    if let Some(effects) = tapped {
+        effects.locked().requests.push(exchange);
     }
     let response = http::Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(
-            http_body_util::Full::new(bytes::Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(full(bytes::Bytes::from(body)))
         .map_err(|e| Error::InternalError(Some(e.to_string())))?;
     Ok((
         response,

@@ -36,13 +36,21 @@ impl PluginState {
     /// Holds one update with the call (shown to an observer now).
     fn hold_metric(&mut self, name: String, labels: Vec<wit_metrics::Label>, update: Update) {
         let labels = pairs(labels);
-        if let Some(observer) = &self.observer {
+        let tapped = self.tap.load(std::sync::atomic::Ordering::Relaxed);
+        if self.observer.is_some() || tapped {
             let change = match update {
                 Update::Add(delta) => format!("+= {delta}"),
                 Update::Set { value, .. } => format!("= {value}"),
                 Update::Observe(value) => format!("observe {value}"),
             };
-            observer.record(format!("metric {} {change}", series(&name, &labels)));
+            let line = format!("metric {} {change}", series(&name, &labels));
+            if tapped {
+                use crate::locks::Lock;
+                self.effects.locked().metrics.push(line.clone());
+            }
+            if let Some(observer) = &self.observer {
+                observer.record(line);
+            }
         }
         // What the update holds of the host's memory until the call ends.
         let size = name.len()
