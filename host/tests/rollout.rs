@@ -33,8 +33,10 @@ fn ctl(admin: &str, args: &[&str]) -> (i32, String, String) {
 
 fn start(setup: &Setup) -> (Host, String) {
     let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.insert_str(0, "admin_token = \"${TEST_ADMIN_TOKEN}\"\n");
-    std::fs::write(&setup.config, &text).unwrap();
+    if !text.contains("admin_token") {
+        text.insert_str(0, "admin_token = \"${TEST_ADMIN_TOKEN}\"\n");
+        std::fs::write(&setup.config, &text).unwrap();
+    }
     let mut command = host_command(setup, "metrics.prom");
     command
         .env("TEST_ADMIN_TOKEN", TOKEN)
@@ -194,15 +196,17 @@ fn a_version_that_rejects_more_is_rolled_back_and_what_it_parked_is_delivered_ag
     std::fs::create_dir_all(&out).unwrap();
     let second = common::generated_events(setup.dir.path(), 12, 82);
     let second_ids = common::event_ids(&second);
-    // Version 2 rejects every third event of the second batch.
+    // Version 2 rejects every third event of the second batch and traps
+    // on every third but one.
     let rejects: Vec<String> = second_ids.iter().step_by(3).cloned().collect();
-    let manifest = |version: u32, reject: &str| {
+    let traps: Vec<String> = second_ids.iter().skip(1).step_by(3).cloned().collect();
+    let manifest = |version: u32, reject: &str, trap: &str| {
         format!(
-            "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\nversion = \"{version}\"\nreject = \"{reject}\"\n",
+            "[folder]\npath = \"{}\"\n[limits]\nmax_attempts = 2\nbackoff_initial_ms = 20\n[config]\ndir = \"/data\"\nversion = \"{version}\"\nreject = \"{reject}\"\ntrap = \"{trap}\"\n",
             out.display()
         )
     };
-    setup.plugin("counting", "counting", &manifest(1, ""));
+    setup.plugin("counting", "counting", &manifest(1, "", ""));
     enable_admin(&setup);
     let kafka = kafka_config(&setup, &brokers, &topic, "rollback");
     append_config(
@@ -214,7 +218,7 @@ fn a_version_that_rejects_more_is_rolled_back_and_what_it_parked_is_delivered_ag
 
     std::fs::write(
         setup.plugins.join("counting.toml"),
-        manifest(2, &rejects.join(",")),
+        manifest(2, &rejects.join(","), &traps.join(",")),
     )
     .unwrap();
     wait_until("version 2 serves", || {
@@ -258,6 +262,11 @@ fn a_version_that_rejects_more_is_rolled_back_and_what_it_parked_is_delivered_ag
         .collect();
     assert_eq!(markers.len(), parked as usize, "{letters:?}");
     assert!(markers[0]["plugboard.superseded"].contains("rolled back"));
+    let classes: std::collections::BTreeSet<&str> = letters
+        .iter()
+        .filter_map(|l| l.get("plugboard.failure-class").map(String::as_str))
+        .collect();
+    assert!(classes.contains("rejected"), "{classes:?}");
     let (code, said, err) = ctl(&admin, &["redrive", "counting"]);
     assert_eq!(code, 0, "{said}{err}");
     assert!(said.contains("read 0"), "{said}");
@@ -275,6 +284,30 @@ fn a_version_that_rejects_more_is_rolled_back_and_what_it_parked_is_delivered_ag
         metrics.contains("plugboard_rollbacks_total{plugin=\"counting\"} 1"),
         "{metrics}"
     );
+    host.stop();
+
+    // After a restart the folder's version is still refused: the version
+    // kept in the data folder serves.
+    let (host, admin) = start(&setup);
+    wait_until("the kept version serves", || {
+        plugin_status(&admin, "counting")["state"] == "running"
+    });
+    let status = plugin_status(&admin, "counting");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{status}"
+    );
+    let third = common::generated_events(setup.dir.path(), 4, 83);
+    produce(&brokers, &topic, &third);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    let third_ids = common::event_ids(&third);
+    assert_eq!(delivered_by(&out, &third_ids), ["1".to_string()].into());
+    for id in &third_ids {
+        assert_eq!(counted(&data, &topic, id), 1, "{id}");
+    }
     host.stop();
 }
 
@@ -377,6 +410,68 @@ fn a_shadow_that_changes_one_field_shows_it_per_event_sends_nothing_and_is_promo
             price.contains('.'),
             "{booking}: {price} after the promotion"
         );
+    }
+    host.stop();
+}
+
+#[test]
+fn a_crm_sync_version_the_crm_refuses_is_rolled_back_and_the_crm_equals_a_clean_run() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, first) = stream(&brokers, 3, 6, 101);
+    let crm = common::Crm::start(&setup.path("crm.sqlite"));
+    setup.plugin(
+        "crm-sync",
+        "crm-sync",
+        &format!(
+            "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
+            url = crm.url,
+            token = crm.token
+        ),
+    );
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "crm-rollback");
+    let (host, admin) = start(&setup);
+    wait_for_zero_lag(&kafka, &["crm-sync"]);
+
+    // Version 2 sends a token the CRM refuses: every event rejected.
+    let manifest = setup.plugins.join("crm-sync.toml");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, good.replace(&crm.token, "expired-token")).unwrap();
+    wait_until("version 2 serves", || {
+        plugin_status(&admin, "crm-sync")["reloads"] == 1
+    });
+    let second = common::generated_events(setup.dir.path(), 12, 102);
+    produce(&brokers, &topic, &second);
+    wait_until("version 2 is rolled back", || {
+        plugin_status(&admin, "crm-sync")["rollbacks"] == 1
+    });
+    wait_for_zero_lag(&kafka, &["crm-sync"]);
+    wait_until("the rollback's redrive is done", || {
+        plugin_status(&admin, "crm-sync")["redrive"]["state"] == "done"
+    });
+    let (code, said, _) = ctl(&admin, &["status"]);
+    assert_eq!(code, 0);
+    assert!(said.contains("rolled back"), "{said}");
+    eprintln!("{said}");
+
+    // The CRM holds the latest version of every booking, as a run
+    // without version 2 would have left it.
+    let mut latest = std::collections::BTreeMap::<String, (u64, String)>::new();
+    for file in [&first, &second] {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let e = plugboard::decode::from_json(line).unwrap();
+            let slot = latest.entry(e.booking_id.clone()).or_default();
+            if e.version > slot.0 {
+                *slot = (e.version, e.event_id.clone());
+            }
+        }
+    }
+    let held = crm.all();
+    assert_eq!(held.len(), latest.len());
+    for (booking, (version, event)) in &latest {
+        let p = &held[booking]["properties"];
+        assert_eq!(p["booking_version"], version.to_string(), "{booking}");
+        assert_eq!(p["last_event_id"], *event, "{booking}");
     }
     host.stop();
 }

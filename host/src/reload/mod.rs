@@ -30,6 +30,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 pub mod grants;
+mod kept;
 pub mod rollback;
 mod shadows;
 
@@ -72,25 +73,38 @@ impl Fingerprint {
 struct Pending {
     fingerprint: Fingerprint,
     prepared: Arc<Prepared>,
+    files: Files,
 }
 
-/// The fingerprint of `spec`, and the component's bytes it was taken
-/// from: those very bytes are compiled, so the version's sha256 and its
-/// fingerprint never disagree.
-fn fingerprint(spec: &PluginSpec) -> Result<(Fingerprint, Vec<u8>)> {
+/// A version's files as they were read for its fingerprint.
+pub struct Files {
+    pub component: Vec<u8>,
+    pub manifest: Option<Vec<u8>>,
+}
+
+/// The fingerprint of `spec`, and the files it was taken from: those very
+/// bytes are compiled, so the version's sha256 and its fingerprint never
+/// disagree.
+fn fingerprint(spec: &PluginSpec) -> Result<(Fingerprint, Files)> {
     let read = |path: &Path| -> Result<Vec<u8>> {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
     let component = read(&spec.component)?;
     let manifest = match spec.manifest.as_deref() {
-        Some(path) => Some(sha256_hex(&read(path)?)),
+        Some(path) => Some(read(path)?),
         None => None,
     };
     let fingerprint = Fingerprint {
         component: sha256_hex(&component),
-        manifest,
+        manifest: manifest.as_deref().map(sha256_hex),
     };
-    Ok((fingerprint, component))
+    Ok((
+        fingerprint,
+        Files {
+            component,
+            manifest,
+        },
+    ))
 }
 
 /// A plugin consuming on a thread of its own.
@@ -128,6 +142,9 @@ pub struct Reloader {
     /// Shadows running beside plugins, and shadow files that failed.
     shadows: BTreeMap<String, shadows::Attached>,
     failed_shadows: BTreeMap<String, Fingerprint>,
+    /// The versions that served well and those rolled back, across
+    /// restarts.
+    kept: kept::Kept,
 }
 
 impl Reloader {
@@ -155,6 +172,7 @@ impl Reloader {
             redeliver: Vec::new(),
             shadows: BTreeMap::new(),
             failed_shadows: BTreeMap::new(),
+            kept: kept::Kept::new(&config.data_dir),
         }
     }
 
@@ -209,7 +227,7 @@ impl Reloader {
                     continue;
                 }
             };
-            let (fingerprint, bytes) = match fingerprint(&spec) {
+            let (fingerprint, files) = match fingerprint(&spec) {
                 Ok(f) => f,
                 Err(err) => {
                     self.fail(&name, None, &format!("{err:#}"));
@@ -228,8 +246,12 @@ impl Reloader {
             {
                 continue;
             }
+            if !self.running.contains_key(&name) && self.kept.refused(&name, &fingerprint.id()) {
+                self.start_kept(name, fingerprint);
+                continue;
+            }
             let began = Instant::now();
-            match load(&self.runtime, spec, &bytes) {
+            match load(&self.runtime, spec, &files.component) {
                 Ok(mut prepared) => {
                     self.failed.remove(&name);
                     self.retry_init.remove(&name);
@@ -264,6 +286,7 @@ impl Reloader {
                             Pending {
                                 fingerprint,
                                 prepared,
+                                files,
                             },
                         );
                         continue;
@@ -277,7 +300,7 @@ impl Reloader {
                         took: began.elapsed(),
                     }
                     .emit(self.runtime.metrics());
-                    self.go_live(name, prepared, fingerprint);
+                    self.go_live(name, prepared, fingerprint, files);
                 }
                 Err(err) => {
                     // An `init` that will work later is tried again, the
@@ -302,7 +325,13 @@ impl Reloader {
 
     /// Makes `prepared` serve `name`: started, or swapped in between
     /// batches (and watched for the rollback window).
-    fn go_live(&mut self, name: String, prepared: Arc<Prepared>, fingerprint: Fingerprint) {
+    fn go_live(
+        &mut self,
+        name: String,
+        prepared: Arc<Prepared>,
+        fingerprint: Fingerprint,
+        files: Files,
+    ) {
         self.catalog.loaded(&prepared);
         match self.running.get_mut(&name) {
             Some(running) => {
@@ -311,11 +340,56 @@ impl Reloader {
                 self.runtime.metrics().new_plugin_version(&name);
                 running.fingerprint = fingerprint;
                 if self.config.reload.rollback {
-                    let watch = rollback::Watch::new(previous, prepared, &self.config.reload);
+                    let watch =
+                        rollback::Watch::new(previous, prepared, files, &self.config.reload);
                     self.watched.insert(name, watch);
+                } else {
+                    self.kept
+                        .save(&name, &prepared.version, &prepared.spec, &files);
                 }
             }
-            None => self.start(name, prepared, fingerprint),
+            None => {
+                self.kept
+                    .save(&name, &prepared.version, &prepared.spec, &files);
+                self.start(name, prepared, fingerprint);
+            }
+        }
+    }
+
+    /// The folder holds a version of `name` rolled back before: the kept
+    /// version serves instead, until the files change.
+    fn start_kept(&mut self, name: String, fingerprint: Fingerprint) {
+        let refused = format!(
+            "version {} was rolled back: refused until its files change",
+            fingerprint.id()
+        );
+        let Some((spec, files, version)) = self.kept.load(&name, &self.config) else {
+            self.fail(
+                &name,
+                Some(fingerprint),
+                &format!("{refused}; no earlier version is kept"),
+            );
+            return;
+        };
+        match load(&self.runtime, spec, &files.component) {
+            Ok(mut prepared) => {
+                prepared.version = version;
+                tracing::error!(
+                    plugin = name,
+                    kept = prepared.version,
+                    "{refused}: the kept version serves"
+                );
+                let prepared = Arc::new(prepared);
+                self.catalog.loaded(&prepared);
+                self.catalog.failed(&name, &refused);
+                // The folder's fingerprint: not loaded again until it changes.
+                self.start(name, prepared, fingerprint);
+            }
+            Err(e) => self.fail(
+                &name,
+                Some(fingerprint),
+                &format!("{refused}; the kept version cannot serve either: {e:#}"),
+            ),
         }
     }
 
@@ -338,7 +412,7 @@ impl Reloader {
                 version = pending.prepared.version,
                 "approved: the new version goes live"
             );
-            self.go_live(name, pending.prepared, pending.fingerprint);
+            self.go_live(name, pending.prepared, pending.fingerprint, pending.files);
         }
         self.promote_shadows();
         self.judge();
@@ -354,6 +428,8 @@ impl Reloader {
                 rollback::Verdict::Watching => {}
                 rollback::Verdict::Kept => {
                     let watch = self.watched.remove(&name).expect("listed");
+                    self.kept
+                        .save(&name, &watch.next.version, &watch.next.spec, &watch.files);
                     tracing::info!(
                         plugin = name,
                         version = watch.next.version,
@@ -376,6 +452,7 @@ impl Reloader {
                         "rolled back: {reason}; the version stays refused until its files change, and what it dead-lettered is delivered again"
                     );
                     self.runtime.metrics().rolled_back(&name);
+                    self.kept.refuse(&name, from);
                     self.catalog.rolled_back(&watch.previous, from, &reason);
                     self.redeliver.push(rollback::Redeliver::new(
                         name.clone(),

@@ -47,8 +47,8 @@ impl Reloader {
                 continue;
             };
             let attempt = spec.and_then(|spec| {
-                let (fingerprint, bytes) = fingerprint(&spec)?;
-                Ok((spec, fingerprint, bytes))
+                let (fingerprint, files) = fingerprint(&spec)?;
+                Ok((spec, fingerprint, files.component))
             });
             let (spec, fingerprint, bytes) = match attempt {
                 Ok(a) => a,
