@@ -82,6 +82,11 @@ pub struct Metrics {
     /// Events not yet settled in the partitions this host owns, per
     /// plugin, from the consumer's own statistics (no broker round trip).
     consumer_lag: prometheus::IntGaugeVec,
+    /// 1 while a new version of the plugin waits for an operator's
+    /// approval of its grants.
+    pub pending_approval: prometheus::IntGaugeVec,
+    /// Events a shadow run compared, by whether the two versions agreed.
+    pub shadow_events: IntCounterVec,
     /// 1 while an operator has a plugin paused.
     paused: prometheus::IntGaugeVec,
     /// The same, for `/plugins`: absent until the first statistics.
@@ -200,6 +205,26 @@ impl Metrics {
                 &["plugin", "result"],
             ),
             holds: crate::hold::Holds::new(&registry),
+            pending_approval: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "plugboard_plugin_pending_approval",
+                        "1 while a new version of the plugin asks for more grants and waits for plugboard ctl approve",
+                    ),
+                    &["plugin"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            shadow_events: counter(
+                &registry,
+                "plugboard_shadow_events_total",
+                "Events a shadow version got beside the serving one, by result (agreed, differed)",
+                &["plugin", "result"],
+            ),
             paused: {
                 let g = prometheus::IntGaugeVec::new(
                     Opts::new(
@@ -411,6 +436,7 @@ impl Metrics {
     pub fn plugin_removed(&self, plugin: &str) {
         self.holds.release_plugin(plugin);
         let _ = self.paused.remove_label_values(&[plugin]);
+        let _ = self.pending_approval.remove_label_values(&[plugin]);
         if let Some(partitions) = self.lags.locked().remove(plugin) {
             for partition in partitions.keys() {
                 let _ = self

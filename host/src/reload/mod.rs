@@ -217,7 +217,7 @@ impl Reloader {
             .collect();
         for name in dropped {
             self.pending.remove(&name);
-            self.catalog.pending(&name, None);
+            self.nothing_pending(&name);
         }
         for (name, spec) in scanned {
             let spec = match spec {
@@ -237,7 +237,7 @@ impl Reloader {
             if self.running.get(&name).map(|r| &r.fingerprint) == Some(&fingerprint) {
                 // Back to the serving version: nothing waits any more.
                 if self.pending.remove(&name).is_some() {
-                    self.catalog.pending(&name, None);
+                    self.nothing_pending(&name);
                 }
                 continue;
             }
@@ -292,7 +292,7 @@ impl Reloader {
                         continue;
                     }
                     if self.pending.remove(&name).is_some() {
-                        self.catalog.pending(&name, None);
+                        self.nothing_pending(&name);
                     }
                     HostEvent::PluginLoaded {
                         plugin: &name,
@@ -321,6 +321,16 @@ impl Reloader {
         }
         self.reconcile_shadows();
         Ok(())
+    }
+
+    /// Nothing of `name` waits for approval (any more).
+    fn nothing_pending(&self, name: &str) {
+        self.catalog.pending(name, None);
+        self.runtime
+            .metrics()
+            .pending_approval
+            .with_label_values(&[name])
+            .set(0);
     }
 
     /// Makes `prepared` serve `name`: started, or swapped in between
@@ -406,7 +416,7 @@ impl Reloader {
             let Some(pending) = self.pending.remove(&name) else {
                 continue;
             };
-            self.catalog.pending(&name, None);
+            self.nothing_pending(&name);
             tracing::info!(
                 plugin = name,
                 version = pending.prepared.version,

@@ -246,10 +246,18 @@ impl Shadow {
         }
 
         let differing: std::collections::BTreeSet<usize> = found.iter().map(|(i, _)| *i).collect();
+        let differed = differing.len().min(served.len()) as u64;
+        let metric = &self.prepared.metrics().shadow_events;
+        metric
+            .with_label_values(&[&self.plugin, "agreed"])
+            .inc_by(served.len() as u64 - differed);
+        metric
+            .with_label_values(&[&self.plugin, "differed"])
+            .inc_by(differed);
         {
             let mut counts = self.counts.locked();
             counts.compared += served.len() as u64;
-            counts.agreed += (served.len() - differing.len().min(served.len())) as u64;
+            counts.agreed += served.len() as u64 - differed;
             for (_, d) in &found {
                 match d.kind {
                     "outcome" => counts.outcome += 1,
