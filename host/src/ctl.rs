@@ -267,6 +267,9 @@ impl Admin {
             text(&kinds["request"]),
             text(&kinds["metrics"]),
         );
+        if let Some(off) = report["switched_off"].as_str() {
+            let _ = writeln!(out, "switched off: {off}");
+        }
         let files = &report["files"];
         if files.is_object() {
             let list = |k: &str| files[k].as_array().map_or(0, Vec::len);

@@ -378,10 +378,31 @@ fn a_shadow_that_changes_one_field_shows_it_per_event_sends_nothing_and_is_promo
     }
     let status = plugin_status(&admin, "crm-sync");
     assert_eq!(status["dead_lettered"], 0, "{status}");
+    // The same events again: the CRM holds them, so the serving version
+    // writes nothing; the shadow, answered what the serving version was
+    // answered, writes nothing either, and agrees.
+    produce(&brokers, &topic, &second);
+    wait_for_zero_lag(&kafka, &["crm-sync"]);
+    let again: serde_json::Value =
+        reqwest::blocking::get(format!("{admin}/plugins/crm-sync/shadow"))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(again["compared"], 2 * second_ids.len(), "{again:#}");
+    assert_eq!(
+        again["agreed"].as_u64().unwrap(),
+        report["agreed"].as_u64().unwrap() + second_ids.len() as u64,
+        "{again:#}"
+    );
+    assert_eq!(
+        again["differences_by_kind"], report["differences_by_kind"],
+        "{again:#}"
+    );
     let (code, said, err) = ctl(&admin, &["shadow", "crm-sync"]);
     assert_eq!(code, 0, "{err}");
+    eprintln!("{said}");
     assert!(
-        said.contains(&format!("compared {} events", second_ids.len())),
+        said.contains(&format!("compared {} events", 2 * second_ids.len())),
         "{said}"
     );
     assert!(said.contains("price_amount_minor"), "{said}");
@@ -389,6 +410,7 @@ fn a_shadow_that_changes_one_field_shows_it_per_event_sends_nothing_and_is_promo
     // Promoted: it serves, its files took the serving ones' place.
     let (code, said, err) = ctl(&admin, &["promote", "crm-sync"]);
     assert_eq!(code, 0, "{said}{err}");
+    eprintln!("{said}");
     assert!(said.contains("serves on this host now"), "{said}");
     assert!(!setup.plugins.join("crm-sync.shadow.wasm").exists());
     let status = plugin_status(&admin, "crm-sync");
@@ -473,5 +495,105 @@ fn a_crm_sync_version_the_crm_refuses_is_rolled_back_and_the_crm_equals_a_clean_
         assert_eq!(p["booking_version"], version.to_string(), "{booking}");
         assert_eq!(p["last_event_id"], *event, "{booking}");
     }
+    host.stop();
+}
+
+#[test]
+fn a_shadow_keeps_to_its_scratch_folder_and_own_state_and_its_rejects_are_only_shown() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, _first) = stream(&brokers, 2, 3, 111);
+    let out = setup.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let manifest = |version: &str, reject: &str| {
+        format!(
+            "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\nversion = \"{version}\"\nreject = \"{reject}\"\n",
+            out.display()
+        )
+    };
+    setup.plugin("counting", "counting", &manifest("1", ""));
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "shadow-state");
+    let (host, admin) = start(&setup);
+    wait_for_zero_lag(&kafka, &["counting"]);
+
+    let second = common::generated_events(setup.dir.path(), 4, 112);
+    let second_ids = common::event_ids(&second);
+    let rejected = [second_ids[0].clone(), second_ids[5].clone()];
+    std::fs::copy(
+        setup.plugins.join("counting.wasm"),
+        setup.plugins.join("counting.shadow.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        setup.plugins.join("counting.shadow.toml"),
+        manifest("shadow", &rejected.join(",")),
+    )
+    .unwrap();
+    wait_until("the shadow runs", || {
+        plugin_status(&admin, "counting")["shadow"]["version"].is_string()
+    });
+    produce(&brokers, &topic, &second);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    let report: serde_json::Value =
+        reqwest::blocking::get(format!("{admin}/plugins/counting/shadow"))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(report["compared"], second_ids.len(), "{report:#}");
+    assert_eq!(report["differences_by_kind"]["outcome"], 2, "{report:#}");
+    let outcomes: Vec<&serde_json::Value> = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "outcome")
+        .collect();
+    for (d, id) in outcomes.iter().zip(&rejected) {
+        assert_eq!(d["event"]["event_id"], *id, "{d}");
+        assert_eq!(d["serving"], "ok");
+        assert_eq!(d["shadow"], format!("reject: counting rejects {id}"));
+    }
+    // Its rejects parked nothing, and the serving version counted all.
+    let status = plugin_status(&admin, "counting");
+    assert_eq!(status["dead_lettered"], 0, "{status}");
+    let data = setup.path(".plugboard");
+    for id in &second_ids {
+        assert_eq!(counted(&data, &topic, id), 1, "{id}");
+    }
+    // Its writes went to its scratch copy, its counts to its own state.
+    assert_eq!(delivered_by(&out, &second_ids), ["1".to_string()].into());
+    let scratch = data.join("shadow").join("counting");
+    assert_eq!(
+        delivered_by(&scratch, &second_ids),
+        ["shadow".to_string()].into()
+    );
+    let db = rusqlite::Connection::open(data.join("state.sqlite")).unwrap();
+    let shadow_total: Vec<u8> = db
+        .query_row(
+            "SELECT value FROM state WHERE plugin = 'counting.shadow' AND key = 'total'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(shadow_total).unwrap(),
+        (second_ids.len() - rejected.len()).to_string()
+    );
+    // The delivery logs differ (the version names differ); nothing else.
+    let differing = report["files"]["differing"].as_array().unwrap();
+    assert!(!differing.is_empty(), "{report:#}");
+    for file in differing {
+        assert!(
+            file.as_str().unwrap().starts_with("deliveries-p"),
+            "{report:#}"
+        );
+    }
+    assert_eq!(report["files"]["serving_only"], serde_json::json!([]));
+    assert_eq!(report["files"]["shadow_only"], serde_json::json!([]));
+
+    // Removing its file ends it.
+    std::fs::remove_file(setup.plugins.join("counting.shadow.wasm")).unwrap();
+    wait_until("the shadow ends", || {
+        plugin_status(&admin, "counting")["shadow"].is_null()
+    });
     host.stop();
 }

@@ -62,7 +62,7 @@ impl Reloader {
             {
                 continue;
             }
-            match self.load_shadow(&name, spec, &bytes, &fingerprint) {
+            match self.load_shadow(&name, spec, &bytes, &fingerprint, &serving.current().spec) {
                 Ok(shadow) => {
                     tracing::info!(
                         plugin = name,
@@ -88,22 +88,35 @@ impl Reloader {
         }
     }
 
-    /// Compiles the shadow, gives it a scratch copy of its folder and
-    /// checks that it starts.
+    /// Compiles the shadow and checks that it starts. It gets at most what
+    /// the serving version has: a scratch copy of the serving version's
+    /// folder (an empty one if that has none), and the smaller of the two
+    /// memory and time budgets. Its requests are never sent.
     fn load_shadow(
         &self,
         name: &str,
         mut spec: PluginSpec,
         bytes: &[u8],
         fingerprint: &Fingerprint,
+        serving: &PluginSpec,
     ) -> Result<Arc<Shadow>> {
         let mut folders = None;
         if let Some(folder) = spec.folder.as_mut() {
             let scratch = self.config.data_dir.join("shadow").join(name);
-            scratch_copy(&folder.host_path, &scratch)?;
-            folders = Some((folder.host_path.clone(), scratch.clone()));
+            match &serving.folder {
+                Some(served) => {
+                    scratch_copy(&served.host_path, &scratch)?;
+                    folders = Some((served.host_path.clone(), scratch.clone()));
+                }
+                None => scratch_copy(Path::new("/nonexistent"), &scratch)?,
+            }
             folder.host_path = scratch;
         }
+        let limits = &mut spec.limits;
+        limits.memory_limit_bytes = limits
+            .memory_limit_bytes
+            .min(serving.limits.memory_limit_bytes);
+        limits.timeout = limits.timeout.min(serving.limits.timeout);
         let mut prepared = self.runtime.prepare_bytes(spec, bytes)?;
         prepared.version = fingerprint.id();
         let tap = Arc::new(Tap::default());

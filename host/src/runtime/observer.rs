@@ -21,14 +21,18 @@ pub trait Observer: Send + Sync {
     /// and body answer it here and nothing is sent.
     fn answer(&self, origin: &str) -> Option<(u16, String)>;
 
-    /// The answer to a request [`Observer::answer`] kept from going out,
+    /// How to answer a request [`Observer::answer`] kept from going out,
     /// once its body is read: `stub` unless the observer knows better (a
-    /// shadow answers what the serving version was answered).
-    fn respond(&self, request: &Exchange, stub: (u16, String)) -> (u16, String) {
-        _ = request;
-        stub
+    /// shadow answers what the serving version was answered). Asked on
+    /// the thread that calls the plugin; the answer is made wherever the
+    /// request's future runs.
+    fn responder(&self) -> Responder {
+        Box::new(|_, stub| stub)
     }
 }
+
+/// Answers one captured request: `(request, stub) -> (status, body)`.
+pub type Responder = Box<dyn FnOnce(&Exchange, (u16, String)) -> (u16, String) + Send>;
 
 /// One outgoing request and its answer, as a shadow run compares them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

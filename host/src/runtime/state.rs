@@ -58,11 +58,21 @@ pub(super) struct MetricOp {
     pub(super) name: String,
     pub(super) labels: Vec<(String, String)>,
     pub(super) update: Update,
+    /// The update as a line, while the instance is tapped: a shadow run
+    /// compares the updates that counted.
+    pub(super) shown: Option<String>,
 }
 
 impl PluginState {
     /// Applies the call's metric updates: the call's outcome counts.
     pub(super) fn apply_metrics(&mut self) {
+        if self.pending_metrics.iter().any(|op| op.shown.is_some()) {
+            use crate::locks::Lock;
+            let mut effects = self.effects.locked();
+            for op in &mut self.pending_metrics {
+                effects.metrics.extend(op.shown.take());
+            }
+        }
         if self.detached {
             self.pending_metrics.clear();
             self.pending_metric_bytes = 0;

@@ -159,12 +159,21 @@ fn json(
     }
 }
 
-/// Which of the batch's bookings (`ids`, in batch order) `context` is
-/// about: one named as a JSON string first, else one named at all.
-pub fn event_of(context: &str, ids: &[&str]) -> Option<usize> {
-    ids.iter()
-        .position(|id| context.contains(&format!("\"{id}\"")))
-        .or_else(|| ids.iter().position(|id| context.contains(id)))
+/// Which event of the batch (`events`: event id and booking id, in batch
+/// order) `context` is about: the one whose event id it names; else the
+/// newest of the booking it names as a JSON string (a sink that writes
+/// each booking's latest state writes that one); else one it names at all.
+pub fn event_of(context: &str, events: &[(&str, &str)]) -> Option<usize> {
+    let quoted = |id: &str| context.contains(&format!("\"{id}\""));
+    events
+        .iter()
+        .position(|(event, _)| quoted(event))
+        .or_else(|| events.iter().rposition(|(_, booking)| quoted(booking)))
+        .or_else(|| {
+            events
+                .iter()
+                .rposition(|(_, booking)| context.contains(booking))
+        })
 }
 
 /// The metric updates only one side made, if any: (serving's, shadow's).
@@ -289,7 +298,13 @@ mod tests {
             (found[0].serving.as_str(), found[0].shadow.as_str()),
             ("\"100\"", "\"1.00\"")
         );
-        assert_eq!(event_of(&found[0].context, &["b1", "b2"]), Some(1));
+        let batch = [("e1", "b1"), ("e2", "b2"), ("e3", "b2")];
+        assert_eq!(
+            event_of(&found[0].context, &batch),
+            Some(2),
+            "the newest of b2"
+        );
+        assert_eq!(event_of("{\"last\":\"e2\",\"id\":\"b2\"}", &batch), Some(1));
         assert!(requests(&serving, &serving).is_empty());
         let unsent = requests(&serving, &[]);
         assert_eq!(unsent[0].shadow, "not sent");

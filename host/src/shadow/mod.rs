@@ -30,12 +30,16 @@ use serde::Serialize;
 
 use crate::locks::Lock;
 use crate::runtime::bindings::wit;
-use crate::runtime::observer::{Effects, Exchange, Observer};
+use crate::runtime::observer::{Effects, Exchange, Observer, Responder};
 use crate::runtime::{Disposition, Instance, Prepared};
 use crate::shutdown::Shutdown;
 
 /// How many differences a report keeps: the first ones, with their event.
 const KEPT_DIFFERENCES: usize = 50;
+
+/// Calls of the shadow that may run past its time budget before it is
+/// switched off: each one held a serving partition that long.
+const MAX_TIMEOUTS: u32 = 3;
 
 /// What the serving version did with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +120,9 @@ pub struct Shadow {
     pub since: String,
     /// When it started, in ms since the epoch: a promotion must be newer.
     pub since_ms: i64,
+    /// Calls that ran past its time budget; at [`MAX_TIMEOUTS`] it gets no
+    /// more events.
+    timeouts: std::sync::atomic::AtomicU32,
 }
 
 /// The shadow's [`Observer`]: keeps its requests in, answering each with
@@ -133,18 +140,22 @@ impl Observer for Tap {
         Some((200, "{}".into()))
     }
 
-    fn respond(&self, request: &Exchange, stub: (u16, String)) -> (u16, String) {
-        let answers = self.answers.locked();
-        let Some(served) = answers.get(&std::thread::current().id()) else {
-            return stub;
-        };
-        let same = |e: &&Exchange| e.method == request.method && e.url == request.url;
-        served
-            .iter()
-            .filter(same)
-            .find(|e| e.body == request.body)
-            .or_else(|| served.iter().find(same))
-            .map_or(stub, |e| (e.status, e.response.clone()))
+    fn responder(&self) -> Responder {
+        let served = self
+            .answers
+            .locked()
+            .get(&std::thread::current().id())
+            .cloned()
+            .unwrap_or_default();
+        Box::new(move |request, stub| {
+            let same = |e: &&Exchange| e.method == request.method && e.url == request.url;
+            served
+                .iter()
+                .filter(same)
+                .find(|e| e.body == request.body)
+                .or_else(|| served.iter().find(same))
+                .map_or(stub, |e| (e.status, e.response.clone()))
+        })
     }
 }
 
@@ -169,6 +180,7 @@ impl Shadow {
             since_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
+            timeouts: Default::default(),
         }
     }
 
@@ -183,7 +195,7 @@ impl Shadow {
         serving: Effects,
         stop: &Shutdown,
     ) {
-        if events.is_empty() {
+        if events.is_empty() || self.switched_off() {
             return;
         }
         let me = std::thread::current().id();
@@ -215,9 +227,9 @@ impl Shadow {
                 ));
             }
         }
-        let ids: Vec<&str> = events
+        let ids: Vec<(&str, &str)> = events
             .iter()
-            .map(|e| e.booking.booking_id.as_str())
+            .map(|e| (e.booking.event_id.as_str(), e.booking.booking_id.as_str()))
             .collect();
         for d in diff::requests(&serving.requests, &effects.requests) {
             let i = diff::event_of(&d.context, &ids).unwrap_or(0);
@@ -286,9 +298,16 @@ impl Shadow {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut effects = Effects::default();
         let mut one_by_one = false;
+        // The handled prefix of a call whose effects were dropped: delivered
+        // again on its own, as the serving version's is.
+        let mut prefix: Option<usize> = None;
         while outcomes.len() < events.len() {
             let start = outcomes.len();
-            let end = if one_by_one { start + 1 } else { events.len() };
+            let end = match prefix.take() {
+                Some(n) => start + n,
+                None if one_by_one => start + 1,
+                None => events.len(),
+            };
             if instance.is_none() {
                 match self.prepared.instantiate(Some(slot)) {
                     Ok(made) => *instance = Some(made),
@@ -307,8 +326,18 @@ impl Shadow {
             match disposition {
                 Disposition::All => outcomes.resize(end, "ok".into()),
                 Disposition::Stopped {
-                    handled, failure, ..
+                    handled,
+                    failure,
+                    dropped,
+                    state_dropped,
                 } => {
+                    if state_dropped {
+                        *instance = None;
+                    }
+                    if handled > 0 && dropped {
+                        prefix = Some(handled);
+                        continue;
+                    }
                     outcomes.resize(start + handled, "ok".into());
                     outcomes.push(match failure {
                         crate::runtime::bindings::Failure::Reject(r) => format!("reject: {r}"),
@@ -321,6 +350,18 @@ impl Shadow {
                     outcomes.resize(events.len(), format!("host failure: {reason}"));
                 }
                 broken => {
+                    if let Disposition::Poisoned(crate::runtime::Poison::Timeout(_)) = broken {
+                        let n = self
+                            .timeouts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n + 1 == MAX_TIMEOUTS {
+                            tracing::error!(
+                                plugin = self.plugin,
+                                shadow = self.prepared.version,
+                                "the shadow ran past its time budget {MAX_TIMEOUTS} times: it gets no more events"
+                            );
+                        }
+                    }
                     *instance = None;
                     if end - start > 1 {
                         one_by_one = true;
@@ -331,6 +372,11 @@ impl Shadow {
             }
         }
         (outcomes, effects)
+    }
+
+    /// Whether it ran past its budget too often to get more events.
+    pub fn switched_off(&self) -> bool {
+        self.timeouts.load(std::sync::atomic::Ordering::Relaxed) >= MAX_TIMEOUTS
     }
 
     pub fn counts(&self) -> Counts {
@@ -349,6 +395,9 @@ impl Shadow {
             "version": self.prepared.version,
             "sha256": self.prepared.sha256,
             "since": self.since,
+            "switched_off": self.switched_off().then(|| format!(
+                "it ran past its time budget {MAX_TIMEOUTS} times: it gets no more events"
+            )),
             "compared": counts.compared,
             "agreed": counts.agreed,
             "differing": counts.compared - counts.agreed,

@@ -121,7 +121,8 @@ impl WasiHttpHooks for Egress {
         if let Some(observer) = self.observer.clone() {
             match observer.answer(&origin) {
                 Some(answer) => {
-                    return Box::new(capture(request, line, observer, answer, tapped));
+                    let respond = observer.responder();
+                    return Box::new(capture(request, line, observer, respond, answer, tapped));
                 }
                 None => observer.record(format!("{line} (sent)")),
             }
@@ -238,6 +239,7 @@ async fn capture(
     request: http::Request<WasiBody>,
     line: String,
     observer: Arc<dyn Observer>,
+    respond: crate::runtime::observer::Responder,
     stub: (u16, String),
     tapped: Option<EffectsLog>,
 ) -> Answered {
@@ -254,7 +256,7 @@ async fn capture(
         body: String::from_utf8_lossy(&sent).into_owned(),
         ..Exchange::default()
     };
-    let (status, body) = observer.respond(&exchange, stub);
+    let (status, body) = respond(&exchange, stub);
     observer.record(format!("{line} -> {status} (stub, not sent)"));
     if !sent.is_empty() {
         observer.record(format!("  body: {}", exchange.body));

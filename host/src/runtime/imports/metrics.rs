@@ -37,6 +37,7 @@ impl PluginState {
     fn hold_metric(&mut self, name: String, labels: Vec<wit_metrics::Label>, update: Update) {
         let labels = pairs(labels);
         let tapped = self.tap.load(std::sync::atomic::Ordering::Relaxed);
+        let mut shown = None;
         if self.observer.is_some() || tapped {
             let change = match update {
                 Update::Add(delta) => format!("+= {delta}"),
@@ -44,13 +45,11 @@ impl PluginState {
                 Update::Observe(value) => format!("observe {value}"),
             };
             let line = format!("metric {} {change}", series(&name, &labels));
-            if tapped {
-                use crate::locks::Lock;
-                self.effects.locked().metrics.push(line.clone());
-            }
             if let Some(observer) = &self.observer {
-                observer.record(line);
+                observer.record(line.clone());
             }
+            // Kept for a shadow run once the call counts.
+            shown = tapped.then_some(line);
         }
         // What the update holds of the host's memory until the call ends.
         let size = name.len()
@@ -71,6 +70,7 @@ impl PluginState {
             name,
             labels,
             update,
+            shown,
         });
     }
 }
