@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::catalog::LivePlugin;
+pub use crate::cut::truncate;
 use crate::hold::Cause;
 use crate::observe::HostEvent;
 use crate::runtime::bindings::{Failure as PluginFailure, wit};
@@ -128,25 +129,6 @@ pub const MAX_REASON_BYTES: usize = 4096;
 /// `reason`, at most [`MAX_REASON_BYTES`] long.
 pub fn truncate_reason(reason: &str) -> Cow<'_, str> {
     truncate(reason, MAX_REASON_BYTES)
-}
-
-/// `text` cut to at most `max` bytes (at least the marker's worth), at a
-/// character boundary, ending with how many bytes were cut.
-pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    // The marker names at most 20 digits: reserve room for the longest.
-    const MARKER: usize = " [cut: 18446744073709551615 more bytes]".len();
-    let mut end = max.saturating_sub(MARKER);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!(
-        "{} [cut: {} more bytes]",
-        &text[..end],
-        text.len() - end
-    ))
 }
 
 /// What became of one event.

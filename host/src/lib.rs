@@ -45,7 +45,7 @@
 //!   the metrics plugins report; [`observe`]: host events that log and count
 //!   with the same labels.
 //! - [`shutdown`]: the stop token loops wait on; [`locks`]: locks that
-//!   outlive a panic.
+//!   outlive a panic; [`cut`]: text bounded to a size.
 //! - [`check`]: explains whether a component file is a valid plugin.
 //! - [`replay`]: runs one plugin over an events file and prints what it did,
 //!   with outgoing HTTP captured: the plugin author's loop.
@@ -61,6 +61,7 @@ pub mod commit;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod cut;
 pub mod dead_letter;
 pub mod decode;
 pub mod dispatch;

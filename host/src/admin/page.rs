@@ -224,6 +224,16 @@ pub fn render(view: &View<'_>) -> String {
                 esc(&p.name)
             ));
         }
+        if let Some(shadow) = &p.shadow {
+            notes.push(format!(
+                "<span class=\"shadow\">shadow <code>{}</code>: {} events compared, {} agree \
+                 (<code>plugboard ctl shadow {}</code>)</span>",
+                esc(shadow["version"].as_str().unwrap_or("?")),
+                shadow["compared"],
+                shadow["agreed"],
+                esc(&p.name)
+            ));
+        }
         if let Some(r) = &p.rollback {
             notes.push(format!(
                 "<span class=\"rollback\">rolled back {} at {}: {}</span>",

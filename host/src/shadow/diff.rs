@@ -26,7 +26,7 @@ pub struct RequestDiff {
 }
 
 fn shown(text: &str) -> String {
-    crate::dispatch::truncate(text, SHOWN).into_owned()
+    crate::cut::truncate(text, SHOWN).into_owned()
 }
 
 /// Each request once (a request tried again after a failure is the same
