@@ -2,7 +2,9 @@
 //! Rust handler given the same batch, for batches of 1, 100 and 1000 events;
 //! the cost of the time and memory budgets, measured on a plugin that does
 //! some work per event (formats and logs a line) with the budgets enforced
-//! and not; and the memory one more instance takes.
+//! and not; what a shadow run of the same no-op costs on top (the serving
+//! call, then the shadow's call and the comparison); and the memory one
+//! more instance takes.
 //!
 //!     scripts/build-plugins.sh && cargo bench -p plugboard --bench dispatch
 //!
@@ -126,6 +128,19 @@ fn bench(c: &mut Criterion) {
     let never = plugboard::shutdown::Shutdown::new();
     let mut instance = prepared.instantiate(Some(0)).unwrap();
     let all = events(1000);
+    let tap = Arc::new(plugboard::shadow::Tap::default());
+    let shadow = plugboard::shadow::Shadow::new(
+        "noop",
+        Arc::new(
+            runtime
+                .prepare(spec("noop"))
+                .unwrap()
+                .into_shadow(tap.clone()),
+        ),
+        tap,
+        None,
+    );
+    let mut shadowed = Dispatcher::new(prepared.clone(), prepared.instantiate(Some(0)).unwrap());
 
     let mut group = c.benchmark_group("dispatch");
     group
@@ -153,6 +168,20 @@ fn bench(c: &mut Criterion) {
             batch,
             |b, batch| b.iter(|| dispatcher.deliver(black_box(batch), &never)),
         );
+        if size == 100 {
+            let served = vec![plugboard::shadow::Served::Handled; size];
+            group.bench_with_input(
+                BenchmarkId::new("wasm-noop/dispatcher-with-shadow", size),
+                batch,
+                |b, batch| {
+                    b.iter(|| {
+                        let outcomes = shadowed.deliver(black_box(batch), &never);
+                        shadow.compare(0, batch, &served, Default::default(), &never);
+                        outcomes
+                    })
+                },
+            );
+        }
         group.bench_with_input(
             BenchmarkId::new("wasm-noop/handle", size),
             batch,
