@@ -19,18 +19,7 @@ const TOKEN: &str = "op-s3cret";
 
 /// `plugboard ctl` with the token; exit code, stdout, stderr.
 fn ctl(admin: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
-        .arg("ctl")
-        .args(args)
-        .env("PLUGBOARD_ADMIN_URL", admin)
-        .env("PLUGBOARD_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    ctl_with(admin, TOKEN, args)
 }
 
 /// A host on `config`, its admin endpoint's URL.

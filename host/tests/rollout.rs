@@ -17,18 +17,7 @@ const TOKEN: &str = "rollout-s3cret";
 
 /// `plugboard ctl` with the token; exit code, stdout, stderr.
 fn ctl(admin: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
-        .arg("ctl")
-        .args(args)
-        .env("PLUGBOARD_ADMIN_URL", admin)
-        .env("PLUGBOARD_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    ctl_with(admin, TOKEN, args)
 }
 
 fn start(setup: &Setup) -> (Host, String) {
@@ -441,15 +430,7 @@ fn a_crm_sync_version_the_crm_refuses_is_rolled_back_and_the_crm_equals_a_clean_
     let Some(brokers) = brokers() else { return };
     let (topic, setup, first) = stream(&brokers, 3, 6, 101);
     let crm = common::Crm::start(&setup.path("crm.sqlite"));
-    setup.plugin(
-        "crm-sync",
-        "crm-sync",
-        &format!(
-            "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
-            url = crm.url,
-            token = crm.token
-        ),
-    );
+    setup.plugin("crm-sync", "crm-sync", &crm.manifest());
     enable_admin(&setup);
     let kafka = kafka_config(&setup, &brokers, &topic, "crm-rollback");
     let (host, admin) = start(&setup);

@@ -344,6 +344,16 @@ async fn resume(
     set_paused(&admin, &name, &headers, false).await
 }
 
+/// Writes `record` under `key` to the control topic (every host applies
+/// it); 503 if the topic does not take it.
+async fn publish(admin: &Admin, key: &str, record: serde_json::Value) -> Result<(), Answer> {
+    admin
+        .control
+        .publish(key, record)
+        .await
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))
+}
+
 /// Refuses a request for a plugin this host does not know.
 fn known(admin: &Admin, name: &str) -> Result<(), Answer> {
     if admin.catalog.snapshot().iter().any(|p| p.name == name) {
@@ -363,12 +373,8 @@ async fn set_paused(admin: &Admin, name: &str, headers: &HeaderMap, paused: bool
         return refused;
     }
     let record = serde_json::json!({ "paused": paused, "at_ms": crate::control::now_ms() });
-    if let Err(e) = admin
-        .control
-        .publish(&format!("pause/{name}"), record)
-        .await
-    {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+    if let Err(refused) = publish(admin, &format!("pause/{name}"), record).await {
+        return refused;
     }
     tracing::info!(
         plugin = name,

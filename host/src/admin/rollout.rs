@@ -6,7 +6,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 
-use super::{Admin, Answer, authorize, known, refuse};
+use super::{Admin, Answer, authorize, known, publish, refuse};
 
 /// How long an approval waits to see the version serve here.
 const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -39,12 +39,8 @@ pub async fn approve(
         "asks": pending.asks,
         "at_ms": crate::control::now_ms(),
     });
-    if let Err(e) = admin
-        .control
-        .publish(&format!("approve/{name}"), record)
-        .await
-    {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+    if let Err(refused) = publish(&admin, &format!("approve/{name}"), record).await {
+        return refused;
     }
     tracing::info!(
         plugin = name,
@@ -117,12 +113,8 @@ pub async fn promote(
         "version": shadow.prepared.version,
         "at_ms": crate::control::now_ms(),
     });
-    if let Err(e) = admin
-        .control
-        .publish(&format!("promote/{name}"), record)
-        .await
-    {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+    if let Err(refused) = publish(&admin, &format!("promote/{name}"), record).await {
+        return refused;
     }
     tracing::info!(
         plugin = name,

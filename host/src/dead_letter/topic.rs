@@ -187,16 +187,21 @@ impl Topic {
                     self.topic
                 ),
             }
-            let delay = crate::dispatch::jittered_backoff(
-                Duration::from_millis(100),
-                Duration::from_secs(10),
-                attempt,
-            );
-            if !stop.sleep(delay) {
+            if !back_off(attempt, stop) {
                 return false;
             }
         }
     }
+}
+
+/// Waits before the next attempt to write (jittered, 100 ms doubling up
+/// to 10 s); false if `stop` came meanwhile.
+fn back_off(attempt: u32, stop: &Shutdown) -> bool {
+    stop.sleep(crate::dispatch::jittered_backoff(
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+        attempt,
+    ))
 }
 
 /// Whether the topic refuses this record as such (its size or form), so
@@ -314,12 +319,7 @@ impl<M: Message> super::DeadLetters<M> for Topic {
                     "{reason}; the partition holds and retries"
                 );
             }
-            let delay = crate::dispatch::jittered_backoff(
-                Duration::from_millis(100),
-                Duration::from_secs(10),
-                attempt,
-            );
-            if !stop.sleep(delay) {
+            if !back_off(attempt, stop) {
                 return false;
             }
         }

@@ -3,7 +3,7 @@
 //! there; `plugboard ctl promote` moves its files into the serving
 //! version's place, and the reload that follows swaps it in.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -212,28 +212,8 @@ fn scratch_copy(from: &Path, scratch: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;
-    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut size = 0;
-    let mut todo = vec![from.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(rel) = path.strip_prefix(from) else {
-                continue;
-            };
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => todo.push(path.clone()),
-                Ok(t) if t.is_file() => {
-                    size += entry.metadata().map_or(0, |m| m.len());
-                    files.push((path.clone(), scratch.join(rel)));
-                }
-                _ => {}
-            }
-        }
-    }
+    let files = crate::shadow::diff::walk(from, usize::MAX);
+    let size: u64 = files.iter().map(|(_, _, size)| size).sum();
     if size > MAX_SCRATCH_COPY {
         tracing::warn!(
             "{} holds {} MiB: the shadow's scratch folder starts empty",
@@ -242,7 +222,8 @@ fn scratch_copy(from: &Path, scratch: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    for (src, dst) in files {
+    for (src, rel, _) in files {
+        let dst = scratch.join(rel);
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)?;
         }

@@ -212,9 +212,10 @@ pub fn metrics(serving: &[String], shadow: &[String]) -> Option<(String, String)
     Some((only(&a, &b), only(&b, &a)))
 }
 
-/// Files under `dir` (relative paths) with their size and sha256.
-fn files(dir: &Path) -> BTreeMap<String, (u64, String)> {
-    let mut out = BTreeMap::new();
+/// The files under `dir`, at most `max`: each path, the path relative to
+/// `dir`, and its size.
+pub fn walk(dir: &Path, max: usize) -> Vec<(std::path::PathBuf, String, u64)> {
+    let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -228,20 +229,28 @@ fn files(dir: &Path) -> BTreeMap<String, (u64, String)> {
                     let rel = path
                         .strip_prefix(dir)
                         .map_or_else(|_| path.display().to_string(), |p| p.display().to_string());
-                    let bytes = std::fs::read(&path).unwrap_or_default();
-                    out.insert(
-                        rel,
-                        (bytes.len() as u64, crate::runtime::sha256_hex(&bytes)),
-                    );
+                    let size = entry.metadata().map_or(0, |m| m.len());
+                    out.push((path, rel, size));
                 }
                 _ => {}
             }
-            if out.len() >= 10_000 {
+            if out.len() >= max {
                 return out;
             }
         }
     }
     out
+}
+
+/// Files under `dir` (relative paths) with their size and sha256.
+fn files(dir: &Path) -> BTreeMap<String, (u64, String)> {
+    walk(dir, 10_000)
+        .into_iter()
+        .map(|(path, rel, size)| {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            (rel, (size, crate::runtime::sha256_hex(&bytes)))
+        })
+        .collect()
 }
 
 /// The serving version's folder against the shadow's scratch copy.

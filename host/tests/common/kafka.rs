@@ -299,3 +299,20 @@ impl Drop for Host {
         }
     }
 }
+
+/// `plugboard ctl ARGS` against the admin endpoint at `admin`, with
+/// `token`: exit code, stdout, stderr.
+pub fn ctl_with(admin: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .arg("ctl")
+        .args(args)
+        .env("PLUGBOARD_ADMIN_URL", admin)
+        .env("PLUGBOARD_ADMIN_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}

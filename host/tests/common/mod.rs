@@ -115,24 +115,16 @@ impl Setup {
     /// The demo's three plugins: crm-sync against `crm`, data-lake writing
     /// into `lake`, metrics.
     pub fn demo_plugins(&self, crm: &Crm, lake: &Path) -> &Self {
-        self.plugin(
-            "crm-sync",
-            "crm-sync",
-            &format!(
-                "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
-                url = crm.url,
-                token = crm.token
-            ),
-        )
-        .plugin(
-            "data-lake",
-            "data-lake",
-            &format!(
-                "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
-                lake.display()
-            ),
-        )
-        .plugin("metrics", "metrics", "")
+        self.plugin("crm-sync", "crm-sync", &crm.manifest())
+            .plugin(
+                "data-lake",
+                "data-lake",
+                &format!(
+                    "[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
+                    lake.display()
+                ),
+            )
+            .plugin("metrics", "metrics", "")
     }
 
     /// Runs `plugboard run` over `events`; dead letters and metrics go to
@@ -247,6 +239,15 @@ impl Crm {
             .unwrap_or_else(|| panic!("crm-example did not start: {line:?}"))
             .to_string();
         Crm { child, url, token }
+    }
+
+    /// crm-sync's manifest for this CRM: its origin granted, its token.
+    pub fn manifest(&self) -> String {
+        format!(
+            "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\n",
+            url = self.url,
+            token = self.token
+        )
     }
 
     /// Every object, through the paged list API.
