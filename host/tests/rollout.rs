@@ -110,6 +110,7 @@ fn a_version_asking_for_new_grants_waits_for_approval_and_one_asking_for_less_go
     );
     let (code, said, _) = ctl(&admin, &["status"]);
     assert_eq!(code, 0);
+    eprintln!("{said}");
     assert!(said.contains("pending-approval"), "{said}");
     assert!(
         said.contains("it asks for outgoing HTTP to http://127.0.0.1:9"),
@@ -144,6 +145,7 @@ fn a_version_asking_for_new_grants_waits_for_approval_and_one_asking_for_less_go
 
     let (code, said, err) = ctl(&admin, &["approve", "counting"]);
     assert_eq!(code, 0, "{said}{err}");
+    eprintln!("{said}");
     assert!(
         said.contains("approved, granted outgoing HTTP to http://127.0.0.1:9"),
         "{said}"
