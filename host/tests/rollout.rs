@@ -177,6 +177,40 @@ fn a_version_asking_for_new_grants_waits_for_approval_and_one_asking_for_less_go
         assert_eq!(counted(&data, &topic, id), 1, "{id}");
     }
     host.stop();
+
+    // Files changed while the host was down: a restart does not skip the
+    // approval. The version that served before it serves meanwhile.
+    std::fs::write(
+        setup.plugins.join("counting.toml"),
+        manifest(4, "\"http://127.0.0.1:10\""),
+    )
+    .unwrap();
+    let (host, admin) = start(&setup);
+    wait_until("version 4 waits for approval", || {
+        plugin_status(&admin, "counting")["pending_approval"]["state"] == "pending-approval"
+    });
+    assert_eq!(
+        plugin_status(&admin, "counting")["pending_approval"]["asks"],
+        serde_json::json!(["outgoing HTTP to http://127.0.0.1:10"])
+    );
+    let fourth = common::generated_events(setup.dir.path(), 3, 74);
+    produce(&brokers, &topic, &fourth);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    assert_eq!(
+        delivered_by(&out, &common::event_ids(&fourth)),
+        ["3".to_string()].into(),
+        "the version from before the restart served"
+    );
+    let (code, said, err) = ctl(&admin, &["approve", "counting"]);
+    assert_eq!(code, 0, "{said}{err}");
+    let fifth = common::generated_events(setup.dir.path(), 3, 75);
+    produce(&brokers, &topic, &fifth);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    assert_eq!(
+        delivered_by(&out, &common::event_ids(&fifth)),
+        ["4".to_string()].into()
+    );
+    host.stop();
 }
 
 #[test]

@@ -256,11 +256,25 @@ impl Reloader {
                     self.failed.remove(&name);
                     self.retry_init.remove(&name);
                     prepared.version = fingerprint.id();
+                    let gate = self.config.reload.approve_new_grants == Approval::Operator;
                     let asks = match self.running.get(&name) {
-                        Some(running)
-                            if self.config.reload.approve_new_grants == Approval::Operator =>
-                        {
+                        Some(running) if gate => {
                             grants::added(&running.live.current().spec, &prepared.spec)
+                        }
+                        None if gate && !self.control.approved(&name, &prepared.version) => {
+                            match self.kept_to_serve_first(&name, &prepared) {
+                                Some((kept, kept_fingerprint, asks)) => {
+                                    tracing::warn!(
+                                        plugin = name,
+                                        kept = kept.version,
+                                        "the folder's version asks for more grants than the version that served before the restart, which serves until it is approved"
+                                    );
+                                    self.catalog.loaded(&kept);
+                                    self.start(name.clone(), kept, kept_fingerprint);
+                                    asks
+                                }
+                                None => Vec::new(),
+                            }
                         }
                         _ => Vec::new(),
                     };
@@ -349,21 +363,37 @@ impl Reloader {
                 running.live.swap(prepared.clone());
                 self.runtime.metrics().new_plugin_version(&name);
                 running.fingerprint = fingerprint;
+                self.kept
+                    .went_live(&name, &prepared.version, &prepared.spec, &files);
                 if self.config.reload.rollback {
-                    let watch =
-                        rollback::Watch::new(previous, prepared, files, &self.config.reload);
+                    let watch = rollback::Watch::new(previous, prepared, &self.config.reload);
                     self.watched.insert(name, watch);
                 } else {
-                    self.kept
-                        .save(&name, &prepared.version, &prepared.spec, &files);
+                    self.kept.passed(&name);
                 }
             }
             None => {
                 self.kept
-                    .save(&name, &prepared.version, &prepared.spec, &files);
+                    .went_live(&name, &prepared.version, &prepared.spec, &files);
+                self.kept.passed(&name);
                 self.start(name, prepared, fingerprint);
             }
         }
+    }
+
+    /// The kept version of `name`, compiled and checked, with the
+    /// fingerprint its files would have in the folder.
+    fn kept_version(&self, name: &str) -> Result<Option<(Arc<Prepared>, Fingerprint)>> {
+        let Some((spec, files, version)) = self.kept.load(name, &self.config) else {
+            return Ok(None);
+        };
+        let fingerprint = Fingerprint {
+            component: sha256_hex(&files.component),
+            manifest: files.manifest.as_deref().map(sha256_hex),
+        };
+        let mut prepared = load(&self.runtime, spec, &files.component)?;
+        prepared.version = version;
+        Ok(Some((Arc::new(prepared), fingerprint)))
     }
 
     /// The folder holds a version of `name` rolled back before: the kept
@@ -373,33 +403,53 @@ impl Reloader {
             "version {} was rolled back: refused until its files change",
             fingerprint.id()
         );
-        let Some((spec, files, version)) = self.kept.load(&name, &self.config) else {
-            self.fail(
-                &name,
-                Some(fingerprint),
-                &format!("{refused}; no earlier version is kept"),
-            );
-            return;
-        };
-        match load(&self.runtime, spec, &files.component) {
-            Ok(mut prepared) => {
-                prepared.version = version;
+        match self.kept_version(&name) {
+            Ok(Some((prepared, _))) => {
                 tracing::error!(
                     plugin = name,
                     kept = prepared.version,
                     "{refused}: the kept version serves"
                 );
-                let prepared = Arc::new(prepared);
                 self.catalog.loaded(&prepared);
                 self.catalog.failed(&name, &refused);
                 // The folder's fingerprint: not loaded again until it changes.
                 self.start(name, prepared, fingerprint);
             }
+            Ok(None) => self.fail(
+                &name,
+                Some(fingerprint),
+                &format!("{refused}; no earlier version is kept"),
+            ),
             Err(e) => self.fail(
                 &name,
                 Some(fingerprint),
                 &format!("{refused}; the kept version cannot serve either: {e:#}"),
             ),
+        }
+    }
+
+    /// At start: the kept version of `name`, if `prepared` (the folder's)
+    /// asks for more grants than it, with what it asks for. The folder's
+    /// version then waits for approval while the kept one serves, as it
+    /// would have had the host been running when the files changed.
+    fn kept_to_serve_first(
+        &self,
+        name: &str,
+        prepared: &Prepared,
+    ) -> Option<(Arc<Prepared>, Fingerprint, Vec<String>)> {
+        match self.kept_version(name) {
+            Ok(Some((kept, fingerprint))) if kept.version != prepared.version => {
+                let asks = grants::added(&kept.spec, &prepared.spec);
+                (!asks.is_empty()).then_some((kept, fingerprint, asks))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(
+                    plugin = name,
+                    "the kept version cannot be loaded to compare grants with: {e:#}"
+                );
+                None
+            }
         }
     }
 
@@ -438,8 +488,7 @@ impl Reloader {
                 rollback::Verdict::Watching => {}
                 rollback::Verdict::Kept => {
                     let watch = self.watched.remove(&name).expect("listed");
-                    self.kept
-                        .save(&name, &watch.next.version, &watch.next.spec, &watch.files);
+                    self.kept.passed(&name);
                     tracing::info!(
                         plugin = name,
                         version = watch.next.version,
@@ -462,7 +511,7 @@ impl Reloader {
                         "rolled back: {reason}; the version stays refused until its files change, and what it dead-lettered is delivered again"
                     );
                     self.runtime.metrics().rolled_back(&name);
-                    self.kept.refuse(&name, from);
+                    self.kept.rolled_back(&name, from);
                     self.catalog.rolled_back(&watch.previous, from, &reason);
                     self.redeliver.push(rollback::Redeliver::new(
                         name.clone(),

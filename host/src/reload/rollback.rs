@@ -23,8 +23,6 @@ use crate::runtime::Prepared;
 pub struct Watch {
     pub previous: Arc<Prepared>,
     pub next: Arc<Prepared>,
-    /// The new version's files: kept once it passes its window.
-    pub files: super::Files,
     since: Instant,
     /// The previous version's failure rate over its life in this host.
     previous_rate: f64,
@@ -60,15 +58,9 @@ fn rate(handled: u64, failed: u64) -> f64 {
 }
 
 impl Watch {
-    pub fn new(
-        previous: Arc<Prepared>,
-        next: Arc<Prepared>,
-        files: super::Files,
-        config: &ReloadConfig,
-    ) -> Self {
+    pub fn new(previous: Arc<Prepared>, next: Arc<Prepared>, config: &ReloadConfig) -> Self {
         let (handled, failed) = counts(&previous);
         Watch {
-            files,
             previous_rate: rate(handled, failed),
             previous,
             next,
