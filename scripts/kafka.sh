@@ -13,6 +13,8 @@
 #   PLUGBOARD_KAFKA_DATA  log and state folder (default target/kafka)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=service.sh
+. scripts/service.sh
 
 version=${KAFKA_VERSION:-4.1.1}
 port=${KAFKA_PORT:-19092}
@@ -45,9 +47,6 @@ POM
   touch "$cache/.complete"
 }
 
-running() {
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
 
 java_cmd() {
   java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$data/log4j2.properties" -cp "$cache/libs/*" "$@"
@@ -117,20 +116,7 @@ LOG
 }
 
 stop() {
-  if ! running; then
-    echo "kafka not running"
-    rm -f "$pidfile"
-    return
-  fi
-  pid=$(cat "$pidfile")
-  kill "$pid"
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "kafka stopped"; return; }
-    sleep 0.5
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-  echo "kafka killed after 30 s"
+  stop_service kafka
 }
 
 case "${1:-}" in

@@ -16,6 +16,8 @@
 #   PLUGBOARD_REGISTRY_DATA  pid and log folder (default target/registry)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=service.sh
+. scripts/service.sh
 
 version=${REGISTRY_VERSION:-2.6.13.Final}
 port=${REGISTRY_PORT:-18081}
@@ -38,9 +40,6 @@ fetch() {
   touch "$cache/.complete"
 }
 
-running() {
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
 
 answers() {
   curl -sf -o /dev/null "$url/subjects"
@@ -74,20 +73,7 @@ start() {
 }
 
 stop() {
-  if ! running; then
-    echo "registry not running"
-    rm -f "$pidfile"
-    return
-  fi
-  pid=$(cat "$pidfile")
-  kill "$pid"
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "registry stopped"; return; }
-    sleep 0.5
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-  echo "registry killed after 30 s"
+  stop_service registry
 }
 
 case "${1:-}" in

@@ -198,24 +198,12 @@ impl Reloader {
     /// Rescans the folder and starts, swaps or stops plugins to match it.
     pub fn reconcile(&mut self) -> Result<()> {
         let scanned = scan_plugins(&self.config)?;
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|name| !scanned.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in gone {
+        for name in not_in(&self.running, &scanned) {
             self.stop(&name);
         }
         self.failed.retain(|name, _| scanned.contains_key(name));
         self.retry_init.retain(|name| scanned.contains_key(name));
-        let dropped: Vec<String> = self
-            .pending
-            .keys()
-            .filter(|name| !scanned.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in dropped {
+        for name in not_in(&self.pending, &scanned) {
             self.pending.remove(&name);
             self.nothing_pending(&name);
         }
@@ -624,6 +612,14 @@ impl Reloader {
         }
         result
     }
+}
+
+/// The names of `map` that `scanned` does not hold (any more).
+fn not_in<V, W>(map: &BTreeMap<String, V>, scanned: &BTreeMap<String, W>) -> Vec<String> {
+    map.keys()
+        .filter(|name| !scanned.contains_key(*name))
+        .cloned()
+        .collect()
 }
 
 fn join(name: &str, thread: JoinHandle<Result<()>>) {
