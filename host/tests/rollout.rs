@@ -26,8 +26,22 @@ fn start(setup: &Setup) -> (Host, String) {
         text.insert_str(0, "admin_token = \"${TEST_ADMIN_TOKEN}\"\n");
         std::fs::write(&setup.config, &text).unwrap();
     }
-    let mut command = host_command(setup, "metrics.prom");
+    start_on(setup, &setup.config, "metrics.prom")
+}
+
+/// A host on `config` with the admin token, metrics written to `metrics`.
+fn start_on(setup: &Setup, config: &Path, metrics: &str) -> (Host, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
     command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--metrics-out")
+        .arg(setup.path(metrics))
+        .env(
+            "PLUGBOARD_LOG",
+            std::env::var("PLUGBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("TEST_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::piped());
     let (child, admin) = start_with_admin(command);
@@ -613,4 +627,39 @@ fn a_shadow_keeps_to_its_scratch_folder_and_own_state_and_its_rejects_are_only_s
         plugin_status(&admin, "counting")["shadow"].is_null()
     });
     host.stop();
+}
+
+#[test]
+fn an_approval_asked_of_one_host_lets_the_version_live_on_every_host_that_holds_it() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, _first) = stream(&brokers, 4, 4, 121);
+    setup.plugin("counting", "counting", "");
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "approve-two");
+    let (a, a_admin) = start(&setup);
+    // Host b: the same folder, its own data folder.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let config_b = setup.path("plugboard-b.toml");
+    std::fs::write(&config_b, format!("data_dir = \"b-data\"\n{text}")).unwrap();
+    let (b, b_admin) = start_on(&setup, &config_b, "b.prom");
+    wait_for_zero_lag(&kafka, &["counting"]);
+
+    std::fs::write(
+        setup.plugins.join("counting.toml"),
+        "allow_hosts = [\"http://127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    for admin in [&a_admin, &b_admin] {
+        wait_until("the new version waits on both hosts", || {
+            plugin_status(admin, "counting")["pending_approval"]["state"] == "pending-approval"
+        });
+    }
+    let (code, said, err) = ctl(&a_admin, &["approve", "counting"]);
+    assert_eq!(code, 0, "{said}{err}");
+    wait_until("host b swaps it in too", || {
+        let status = plugin_status(&b_admin, "counting");
+        status["reloads"] == 1 && status["pending_approval"].is_null()
+    });
+    b.stop();
+    a.stop();
 }
