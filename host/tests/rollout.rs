@@ -138,6 +138,10 @@ fn a_version_asking_for_new_grants_waits_for_approval_and_one_asking_for_less_go
         page.contains("pending-approval"),
         "the status page shows it"
     );
+    assert!(
+        page.contains("asks for outgoing HTTP to http://127.0.0.1:9"),
+        "with what it asks for"
+    );
     let second = common::generated_events(setup.dir.path(), 3, 72);
     produce(&brokers, &topic, &second);
     wait_for_zero_lag(&kafka, &["counting"]);
