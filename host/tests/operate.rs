@@ -9,8 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Setup;
 use common::kafka::*;
@@ -22,23 +21,9 @@ fn ctl(admin: &str, args: &[&str]) -> (i32, String, String) {
     ctl_with(admin, TOKEN, args)
 }
 
-/// A host on `config`, its admin endpoint's URL.
+/// A host on `config` with the admin token, metrics written to `metrics`.
 fn start(setup: &Setup, config: &Path, metrics: &str) -> (Host, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--metrics-out")
-        .arg(setup.path(metrics))
-        .env(
-            "PLUGBOARD_LOG",
-            std::env::var("PLUGBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .env("TEST_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::piped());
-    let (child, admin) = start_with_admin(command);
-    (Host(Some(child)), admin)
+    start_with_token(setup, config, metrics, TOKEN)
 }
 
 /// `n/<id>` of the counting plugin, added up over the hosts' state files.
@@ -56,14 +41,6 @@ fn counted(data_dirs: &[&Path], topic: &str, id: &str) -> u64 {
             .map(|v| String::from_utf8(v).unwrap().parse::<u64>().unwrap())
         })
         .sum()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn metric(admin: &str, line: &str) -> bool {

@@ -7,8 +7,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::Setup;
 use common::kafka::*;
@@ -31,21 +31,7 @@ fn start(setup: &Setup) -> (Host, String) {
 
 /// A host on `config` with the admin token, metrics written to `metrics`.
 fn start_on(setup: &Setup, config: &Path, metrics: &str) -> (Host, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--metrics-out")
-        .arg(setup.path(metrics))
-        .env(
-            "PLUGBOARD_LOG",
-            std::env::var("PLUGBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .env("TEST_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::piped());
-    let (child, admin) = start_with_admin(command);
-    (Host(Some(child)), admin)
+    start_with_token(setup, config, metrics, TOKEN)
 }
 
 /// `n/<id>` of the counting plugin in the host's state.
@@ -58,14 +44,6 @@ fn counted(data_dir: &Path, topic: &str, id: &str) -> u64 {
     )
     .map(|v| String::from_utf8(v).unwrap().parse::<u64>().unwrap())
     .unwrap_or(0)
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The versions the counting plugin wrote in its delivery lines for `ids`.

@@ -129,7 +129,7 @@ pub struct Shadow {
 /// what the serving version was answered on the same thread's batch.
 #[derive(Default)]
 pub struct Tap {
-    answers: Mutex<HashMap<ThreadId, Vec<Exchange>>>,
+    answers: Mutex<HashMap<ThreadId, Arc<Vec<Exchange>>>>,
 }
 
 impl Observer for Tap {
@@ -147,6 +147,7 @@ impl Observer for Tap {
             .get(&std::thread::current().id())
             .cloned()
             .unwrap_or_default();
+        // Shared, not copied: a responder is made per request.
         Box::new(move |request, stub| {
             let same = |e: &&Exchange| e.method == request.method && e.url == request.url;
             served
@@ -160,8 +161,8 @@ impl Observer for Tap {
 }
 
 impl Shadow {
-    /// `prepared` must have been made with [`Shadow::observer`] as its
-    /// observer (see [`Prepared::into_shadow`]).
+    /// `prepared` must have been made with `tap` as its observer (see
+    /// [`Prepared::into_shadow`]).
     pub fn new(
         plugin: &str,
         prepared: Arc<Prepared>,
@@ -199,10 +200,11 @@ impl Shadow {
             return;
         }
         let me = std::thread::current().id();
+        let served_requests = Arc::new(serving.requests);
         self.tap
             .answers
             .locked()
-            .insert(me, serving.requests.clone());
+            .insert(me, served_requests.clone());
         let mut instance = self.instances.locked().remove(&slot);
         let (outcomes, effects) = self.run(&mut instance, slot, events, stop);
         if let Some(instance) = instance {
@@ -231,7 +233,7 @@ impl Shadow {
             .iter()
             .map(|e| (e.booking.event_id.as_str(), e.booking.booking_id.as_str()))
             .collect();
-        for d in diff::requests(&serving.requests, &effects.requests) {
+        for d in diff::requests(&served_requests, &effects.requests) {
             let i = diff::event_of(&d.context, &ids).unwrap_or(0);
             found.push((
                 i,

@@ -175,11 +175,16 @@ pub fn start_host_with_metrics(setup: &Setup, metrics: &str) -> Child {
 /// `plugboard run` on the setup's config, metrics written to `metrics` (in
 /// the temp dir) at exit.
 pub fn host_command(setup: &Setup, metrics: &str) -> Command {
+    host_command_on(setup, &setup.config, metrics)
+}
+
+/// [`host_command`] on another config of the setup (a second host).
+pub fn host_command_on(setup: &Setup, config: &std::path::Path, metrics: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
     command
         .arg("run")
         .arg("--config")
-        .arg(&setup.config)
+        .arg(config)
         .arg("--metrics-out")
         .arg(setup.path(metrics))
         .env(
@@ -315,4 +320,27 @@ pub fn ctl_with(admin: &str, token: &str, args: &[&str]) -> (i32, String, String
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
+}
+
+/// A host on `config` whose `admin_token = "${TEST_ADMIN_TOKEN}"` is
+/// `token`; returns it and its admin endpoint's URL.
+pub fn start_with_token(
+    setup: &Setup,
+    config: &std::path::Path,
+    metrics: &str,
+    token: &str,
+) -> (Host, String) {
+    let mut command = host_command_on(setup, config, metrics);
+    command.env("TEST_ADMIN_TOKEN", token);
+    let (child, admin) = start_with_admin(command);
+    (Host(Some(child)), admin)
+}
+
+/// Polls `done` every 200 ms for up to 90 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
