@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real schema registry for development and tests: Apicurio Registry with
-# its Confluent-compatible API under /apis/ccompat/v7, in memory, on
-# 127.0.0.1.
+# its Confluent-compatible API under /apis/ccompat/v7, on 127.0.0.1, its
+# schemas kept in an H2 file under the data folder across restarts.
 #
 #   scripts/registry.sh start | stop | status
 #
@@ -13,7 +13,7 @@
 #
 #   REGISTRY_PORT        HTTP port (default 18081)
 #   REGISTRY_VERSION     default 2.6.13.Final
-#   PLUGBOARD_REGISTRY_DATA  pid and log folder (default target/registry)
+#   PLUGBOARD_REGISTRY_DATA  pid, log and H2 folder (default target/registry)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=service.sh
@@ -53,7 +53,10 @@ start() {
   fetch
   mkdir -p "$data"
   echo "==> starting Apicurio Registry $version on 127.0.0.1:$port"
-  nohup java -Xms128m -Xmx512m \
+  # H2 in a file, so a restarted registry still knows every schema, as a
+  # real one does.
+  REGISTRY_DATASOURCE_URL="jdbc:h2:file:$data/db/registry;DB_CLOSE_ON_EXIT=FALSE" \
+    nohup java -Xms128m -Xmx512m \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
     -jar "$cache/apicurio-registry-app-$version-runner.jar" >"$log" 2>&1 &
   echo $! >"$pidfile"

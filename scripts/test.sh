@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: builds the plugin components and
-# the host, starts a real Apache Kafka (scripts/kafka.sh), then runs every
-# unit and integration test (real components, a real CRM server, real
-# Parquet files, a real broker). Needs Java 17+ and Maven for the broker.
+# the host, starts a real Apache Kafka (scripts/kafka.sh) and a real schema
+# registry (scripts/registry.sh), then runs every unit and integration test
+# (real components, a real CRM server, real Parquet files, a real broker).
+# Needs Java 17+ and Maven for the broker and the registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,8 +39,15 @@ if ! scripts/kafka.sh status >/dev/null 2>&1; then
   scripts/kafka.sh start
   started_kafka=1
 fi
-trap '[ "$started_kafka" = 1 ] && scripts/kafka.sh stop' EXIT
+echo "==> starting the schema registry (Apicurio) for the schema tests"
+started_registry=0
+if ! scripts/registry.sh status >/dev/null 2>&1; then
+  scripts/registry.sh start
+  started_registry=1
+fi
+trap '[ "$started_kafka" = 1 ] && scripts/kafka.sh stop; [ "$started_registry" = 1 ] && scripts/registry.sh stop; true' EXIT
 export PLUGBOARD_TEST_BROKERS=127.0.0.1:${KAFKA_PORT:-19092}
+export PLUGBOARD_TEST_REGISTRY=http://127.0.0.1:${REGISTRY_PORT:-18081}/apis/ccompat/v7
 
 echo "==> running the tests"
 cargo test --release --locked --workspace

@@ -43,7 +43,13 @@ fn main() {
 
     let topic = format!("plugboard-bench-{:08x}", rand::random::<u32>());
     create_topic(&brokers, &topic, 6);
-    let report = produce(&brokers, &topic, &Input::Generate { bookings, seed: 3 }).unwrap();
+    let report = produce(
+        &brokers,
+        &topic,
+        &Input::Generate { bookings, seed: 3 },
+        &Default::default(),
+    )
+    .unwrap();
     let messages = report.events + report.raw;
     println!("topic {topic}: {messages} messages in 6 partitions");
 

@@ -112,6 +112,9 @@ pub struct PluginStatus {
     pub lag: Option<i64>,
     /// The partitions that wait for the plugin's sink or for the host.
     pub waiting: Vec<crate::hold::Hold>,
+    /// Events settled per writer's schema id (`compiled`, a registry id,
+    /// `file:<sha>`).
+    pub schemas: std::collections::BTreeMap<String, u64>,
     /// Paused by an operator: it takes no events until resumed.
     pub paused: bool,
     /// The latest redrive of its dead letters, as every host sees it.
@@ -182,6 +185,7 @@ impl Catalog {
             dead_lettered: 0,
             lag: None,
             waiting: Vec::new(),
+            schemas: Default::default(),
             paused: false,
             redrive: None,
             shadow: None,

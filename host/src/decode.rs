@@ -16,6 +16,14 @@ pub enum DecodeError {
     Protobuf(String),
     #[error("not valid JSON for booking.v1.BookingEvent: {0}")]
     Json(String),
+    /// The writer's schema is one the contract cannot read (or the
+    /// registry does not have): the event is parked as `schema`.
+    #[error("{0}")]
+    Schema(String),
+    /// The writer's schema cannot be had now (the registry is down): not
+    /// the event's fault, so its partition holds until it can.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("invalid field `{field}`: {problem}")]
     Invalid {
         field: &'static str,
@@ -23,38 +31,11 @@ pub enum DecodeError {
     },
 }
 
-/// Confluent schema-registry framing: magic byte 0 and a 4-byte schema id,
-/// then (for protobuf) a varint-encoded message-index list. Plain protobuf
-/// never starts with 0 (field number 0 is invalid), so the check is safe.
-fn strip_schema_registry_framing(bytes: &[u8]) -> Result<&[u8], DecodeError> {
-    if bytes.first() != Some(&0) {
-        return Ok(bytes);
-    }
-    let framing = || DecodeError::Protobuf("truncated schema-registry framing".into());
-    let mut rest = bytes.get(5..).ok_or_else(framing)?;
-    let count = read_zigzag_varint(&mut rest).ok_or_else(framing)?;
-    // A count of 0 is the short form for "the first message, index [0]".
-    for _ in 0..count.max(0) {
-        read_zigzag_varint(&mut rest).ok_or_else(framing)?;
-    }
-    Ok(rest)
-}
-
-fn read_zigzag_varint(bytes: &mut &[u8]) -> Option<i64> {
-    let mut value: u64 = 0;
-    for (i, byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            *bytes = &bytes[i + 1..];
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
-}
-
-/// Decodes a Kafka message value: plain protobuf, or schema-registry framed.
+/// Decodes a Kafka message value with the compiled schema: plain protobuf,
+/// or schema-registry framed (the id not looked at; see [`crate::schema`]
+/// for reading it with the writer's schema).
 pub fn from_protobuf(bytes: &[u8]) -> Result<BookingEvent, DecodeError> {
-    let body = strip_schema_registry_framing(bytes)?;
+    let body = crate::schema::framing::split(bytes)?.body;
     let event = BookingEvent::decode(body).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     validate(&event)?;
     Ok(event)

@@ -55,6 +55,9 @@ const ISOLATE_AFTER_RETRIES: u32 = 3;
 pub enum FailureClass {
     /// Not decodable or not valid: never reached a plugin.
     Decode,
+    /// Written with a schema the contract cannot read (a field it needs
+    /// changed type, another message), or one the registry does not have.
+    Schema,
     /// The plugin rejected it as permanently unprocessable.
     Rejected,
     /// The plugin asked for retries until `retry_timeout` ran out.
@@ -72,8 +75,9 @@ pub enum FailureClass {
 
 impl FailureClass {
     /// Every class, by name.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "decode",
+        "schema",
         "rejected",
         "retries-exhausted",
         "trap",
@@ -90,6 +94,7 @@ impl FailureClass {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::Decode => "decode",
+            FailureClass::Schema => "schema",
             FailureClass::Rejected => "rejected",
             FailureClass::RetriesExhausted => "retries-exhausted",
             FailureClass::Trap => "trap",
@@ -567,8 +572,22 @@ impl Dispatcher {
         stop.sleep(delay)
     }
 
+    /// The host cannot read the partition's next record yet (the schema it
+    /// was written with cannot be fetched): hold, as the host's failure,
+    /// and back off; `waits` is the backoff step, kept by the caller.
+    /// False if `stop` came meanwhile.
+    pub fn hold_for_host(&mut self, reason: &str, waits: &mut u32, stop: &Shutdown) -> bool {
+        let mut head = Head {
+            waits: *waits,
+            ..Head::default()
+        };
+        let go_on = self.wait(Cause::Host, reason, &mut head, None, stop);
+        *waits = head.waits;
+        go_on
+    }
+
     /// The partition goes on: end its hold, if it had one.
-    fn release(&mut self) {
+    pub fn release(&mut self) {
         if !std::mem::take(&mut self.holding) {
             return;
         }

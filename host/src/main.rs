@@ -73,6 +73,23 @@ enum Command {
         /// events go out as raw bytes.
         #[arg(long)]
         events: Option<PathBuf>,
+        /// Writes the events with this schema (a .proto file or a
+        /// FileDescriptorSet) instead of the compiled booking.v1: the
+        /// lines of --events are read in its JSON mapping.
+        #[arg(long, value_name = "FILE")]
+        schema: Option<PathBuf>,
+        /// Registers the schema (--schema, or the project's booking.proto)
+        /// at this Confluent-compatible registry and frames every message
+        /// with its id.
+        #[arg(long, value_name = "URL", env = "PLUGBOARD_SCHEMA_REGISTRY")]
+        registry: Option<String>,
+        /// The registry subject (default: <topic>-value).
+        #[arg(long, requires = "registry")]
+        subject: Option<String>,
+        /// Frames every message with this registry id, registered before,
+        /// without asking the registry (as a producer that cached its id).
+        #[arg(long, conflicts_with = "registry")]
+        schema_id: Option<u32>,
         /// Creates the topic with this many partitions first, unless it
         /// exists (otherwise the broker's auto-creation picks the count).
         #[arg(long)]
@@ -374,7 +391,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             events,
             partitions,
+            schema,
+            registry,
+            subject,
+            schema_id,
         } => {
+            let subject = subject.unwrap_or_else(|| format!("{topic}-value"));
+            let mut writing = plugboard::produce::Writing::new(
+                schema.as_deref(),
+                registry.as_deref().map(|url| (url, subject.as_str())),
+            )?;
+            writing.id = writing.id.or(schema_id);
             if let Some(partitions) = partitions {
                 plugboard::produce::create_topic(&brokers, &topic, partitions)?;
             }
@@ -383,7 +410,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (None, Some(path)) => plugboard::produce::Input::Events(path),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            let report = plugboard::produce::produce(&brokers, &topic, &input)?;
+            let report = plugboard::produce::produce(&brokers, &topic, &input, &writing)?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }

@@ -3,6 +3,10 @@
 //! partition): realistic generated lifecycles, or the lines of an NDJSON file.
 //! A line that is not a valid event is published as its raw bytes, which is
 //! how poison messages are made for tests.
+//!
+//! With `--schema` the lines are written with a newer (or older) writer's
+//! schema; with `--registry` the schema is registered first and every
+//! message framed with its id, as a producer using a registry does.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,6 +18,92 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::{decode, generate};
+
+/// The schema messages are written with.
+#[derive(Default)]
+pub struct Writing {
+    /// The writer's message (`--schema`); none: the compiled `booking.v1`.
+    pub message: Option<prost_reflect::MessageDescriptor>,
+    /// The registry id every message is framed with (`--registry`).
+    pub id: Option<u32>,
+}
+
+/// The project's own schema, as the registry gets it.
+pub const BOOKING_PROTO: &str = include_str!("../../proto/booking/v1/booking.proto");
+
+impl Writing {
+    /// Reads `schema` (a `.proto` file or a descriptor set) if given, and
+    /// registers it (or the project's schema) under `subject` at
+    /// `registry` if given.
+    pub fn new(
+        schema: Option<&std::path::Path>,
+        registry: Option<(&str, &str)>,
+    ) -> Result<Writing> {
+        let message = schema
+            .map(|path| {
+                crate::schema::load_file(path, crate::schema::writer::COMPILED_MESSAGE)
+                    .map(|w| w.message)
+            })
+            .transpose()?;
+        let id = match registry {
+            None => None,
+            Some((url, subject)) => {
+                let text = match schema {
+                    None => BOOKING_PROTO.to_string(),
+                    Some(path) if path.extension().is_some_and(|e| e == "proto") => {
+                        std::fs::read_to_string(path)
+                            .with_context(|| format!("cannot read {}", path.display()))?
+                    }
+                    Some(path) => anyhow::bail!(
+                        "{}: a registry takes the schema as .proto text; give --schema the .proto file",
+                        path.display()
+                    ),
+                };
+                let registry =
+                    crate::schema::Registry::new(url, None, Duration::from_secs(30), None)?;
+                let id = registry.register(subject, &text)?;
+                eprintln!("schema registered under subject {subject} at {url}: id {id}");
+                Some(id)
+            }
+        };
+        Ok(Writing { message, id })
+    }
+
+    /// `line` (proto3 JSON) as the writer's protobuf, if it is an event.
+    fn encode_line(&self, line: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+        match &self.message {
+            None => {
+                let e = decode::from_json(line).ok()?;
+                Some((
+                    e.booking_id.clone().into_bytes(),
+                    self.frame(e.encode_to_vec()),
+                ))
+            }
+            Some(message) => {
+                let mut de = serde_json::Deserializer::from_str(line);
+                let dynamic =
+                    prost_reflect::DynamicMessage::deserialize(message.clone(), &mut de).ok()?;
+                de.end().ok()?;
+                let key = dynamic
+                    .get_field_by_name("booking_id")
+                    .and_then(|v| v.as_str().map(|s| s.as_bytes().to_vec()))
+                    .filter(|k| !k.is_empty())?;
+                Some((key, self.frame(dynamic.encode_to_vec())))
+            }
+        }
+    }
+
+    fn frame(&self, body: Vec<u8>) -> Vec<u8> {
+        match self.id {
+            None => body,
+            Some(id) => {
+                let mut framed = crate::schema::framing::header(id).to_vec();
+                framed.extend_from_slice(&body);
+                framed
+            }
+        }
+    }
+}
 
 /// What to publish.
 pub enum Input {
@@ -83,12 +173,17 @@ impl std::fmt::Display for Report {
 type Outgoing = (Option<Vec<u8>>, Vec<u8>);
 
 /// Every message to publish, in order, and how many are raw lines.
-fn messages(input: &Input) -> Result<(Vec<Outgoing>, u64)> {
+fn messages(input: &Input, writing: &Writing) -> Result<(Vec<Outgoing>, u64)> {
     match input {
         Input::Generate { bookings, seed } => Ok((
             generate::lifecycles(*bookings, *seed, generate::DEFAULT_START)
                 .into_iter()
-                .map(|e| (Some(e.booking_id.clone().into_bytes()), e.encode_to_vec()))
+                .map(|e| {
+                    (
+                        Some(e.booking_id.clone().into_bytes()),
+                        writing.frame(e.encode_to_vec()),
+                    )
+                })
                 .collect(),
             0,
         )),
@@ -99,9 +194,9 @@ fn messages(input: &Input) -> Result<(Vec<Outgoing>, u64)> {
             let messages = text
                 .lines()
                 .filter(|l| !l.trim().is_empty())
-                .map(|line| match decode::from_json(line) {
-                    Ok(e) => (Some(e.booking_id.clone().into_bytes()), e.encode_to_vec()),
-                    Err(_) => {
+                .map(|line| match writing.encode_line(line) {
+                    Some((key, value)) => (Some(key), value),
+                    None => {
                         raw += 1;
                         (None, line.as_bytes().to_vec())
                     }
@@ -113,8 +208,8 @@ fn messages(input: &Input) -> Result<(Vec<Outgoing>, u64)> {
 }
 
 /// Publishes `input` to `topic`, waiting for every acknowledgement.
-pub fn produce(brokers: &str, topic: &str, input: &Input) -> Result<Report> {
-    let (messages, raw) = messages(input)?;
+pub fn produce(brokers: &str, topic: &str, input: &Input, writing: &Writing) -> Result<Report> {
+    let (messages, raw) = messages(input, writing)?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")

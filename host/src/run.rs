@@ -350,7 +350,11 @@ pub fn runtime_for(config: &HostConfig, source: &str, metrics: Arc<Metrics>) -> 
             );
         }
     }
-    Ok(Runtime::new(Some(&config.cache_dir), metrics)?.with_state(state, source))
+    let schemas = crate::schema::Schemas::from_config(&config.schema, &config.data_dir)
+        .with_context(|| format!("{}: [schema]", config.file.display()))?;
+    Ok(Runtime::new(Some(&config.cache_dir), metrics)?
+        .with_state(state, source)
+        .with_schemas(schemas))
 }
 
 /// Compiles and initialises every plugin. One that fails is reported (and

@@ -6,11 +6,15 @@
 //! the plugin, if one runs, then gets the settled events (see
 //! [`crate::shadow`]): it settles nothing.
 
+use std::sync::Arc;
+
 use crate::dead_letter::DeadLetters;
+use crate::decode::DecodeError;
 use crate::dispatch::{Dispatcher, Ended, Failure, FailureClass, Outcome};
 use crate::event::BookingEvent;
 use crate::runtime::bindings::wit;
 use crate::runtime::convert;
+use crate::runtime::plugin::Prepared;
 use crate::shadow::Served;
 use crate::shutdown::Shutdown;
 use crate::source::Record;
@@ -32,18 +36,31 @@ pub fn settle<R: Record>(
 ) -> usize {
     // The first record not settled.
     let mut next = 0;
+    // Waits for a schema that cannot be had yet: the backoff step.
+    let mut schema_waits = 0;
     while next < records.len() {
-        let payload = dispatcher.prepared().spec.payload;
+        let prepared = dispatcher.prepared().clone();
+        let payload = prepared.spec.payload;
+        let schemas = prepared.schemas();
         let mut events = Vec::new();
+        let mut schema_ids = Vec::new();
         let mut undecodable = None;
         for record in &records[next..] {
-            match record.decode() {
-                Ok(event) => events.push(to_wit(record, event, payload)),
+            match record.decode(schemas, false) {
+                Ok(decoded) => {
+                    schema_ids.push(decoded.writer.label.clone());
+                    events.push(to_wit(record, decoded.event, payload));
+                }
                 Err(err) => {
                     undecodable = Some(err);
                     break;
                 }
             }
+        }
+        if schema_waits > 0 && !matches!(undecodable, Some(DecodeError::Unavailable(_))) {
+            // The schema came: the hold ends.
+            schema_waits = 0;
+            dispatcher.release();
         }
         if !events.is_empty() {
             let base = next;
@@ -56,6 +73,11 @@ pub fn settle<R: Record>(
                 dispatcher.deliver_parking(&events, stop, &mut |k, failure, version| {
                     dead_letters.park(&records[base + k], failure, version, stop)
                 });
+            count_schemas(
+                &prepared,
+                records[base].source(),
+                &schema_ids[..outcomes.len()],
+            );
             if let Some(shadow) = shadow {
                 let served: Vec<Served> = outcomes
                     .iter()
@@ -83,20 +105,31 @@ pub fn settle<R: Record>(
                 Ended::Stopped => return next,
             }
         }
-        if let Some(err) = undecodable {
-            let record = &records[next];
-            let prepared = dispatcher.prepared().clone();
-            prepared
-                .metrics()
-                .decode_failures
-                .with_label_values(&[record.source()])
-                .inc();
-            let failure = Failure::new(FailureClass::Decode, &err.to_string(), 0);
-            if !dead_letters.park(record, &failure, &prepared, stop) {
-                return next;
+        let Some(err) = undecodable else { continue };
+        let class = match err {
+            DecodeError::Unavailable(reason) => {
+                // The host cannot read the record yet: never the
+                // record's fault, so nothing after it goes on either.
+                if !dispatcher.hold_for_host(&reason, &mut schema_waits, stop) {
+                    return next;
+                }
+                continue;
             }
-            next += 1;
+            DecodeError::Schema(_) => FailureClass::Schema,
+            _ => FailureClass::Decode,
+        };
+        let record = &records[next];
+        let prepared = dispatcher.prepared().clone();
+        prepared
+            .metrics()
+            .decode_failures
+            .with_label_values(&[record.source()])
+            .inc();
+        let failure = Failure::new(class, &err.to_string(), 0);
+        if !dead_letters.park(record, &failure, &prepared, stop) {
+            return next;
         }
+        next += 1;
     }
     records.len()
 }
@@ -107,4 +140,21 @@ pub fn to_wit<R: Record>(record: &R, event: BookingEvent, payload: bool) -> wit:
     let envelope = record.envelope(&event);
     let payload = payload.then(|| record.payload(&event));
     convert::to_wit(event, envelope, payload)
+}
+
+/// Counts settled events by their writer's schema, a run of one schema at
+/// a time.
+fn count_schemas(prepared: &Prepared, source: &str, ids: &[Arc<str>]) {
+    let counter = &prepared.metrics().events_by_schema;
+    let mut rest = ids;
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take_while(|id| Arc::ptr_eq(id, first) || id == &first)
+            .count();
+        counter
+            .with_label_values(&[&*prepared.name, source, first])
+            .inc_by(run as u64);
+        rest = &rest[run..];
+    }
 }

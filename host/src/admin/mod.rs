@@ -183,6 +183,7 @@ fn statuses(admin: &Admin) -> Vec<PluginStatus> {
             status.lag = admin.metrics.lag(name);
         }
         status.waiting = holds.iter().filter(|h| h.plugin == name).cloned().collect();
+        status.schemas = admin.metrics.schemas_of(name);
         status.paused = admin.control.pauses.is_paused(name);
         status.redrive = admin.control.redrive(name);
         status.shadow = admin

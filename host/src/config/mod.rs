@@ -46,6 +46,98 @@ pub struct HostConfig {
     /// How new plugin versions go live: approval of new grants, and the
     /// window in which a regressing version is rolled back.
     pub reload: ReloadConfig,
+    /// Where writers' schemas come from.
+    pub schema: SchemaConfig,
+}
+
+/// Where the schema of the events comes from, resolved from `[schema]`.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaConfig {
+    pub source: SchemaSource,
+}
+
+/// See [`crate::schema`].
+#[derive(Debug, Clone, Default)]
+pub enum SchemaSource {
+    /// The compiled-in `booking.v1`.
+    #[default]
+    Compiled,
+    /// A Confluent-compatible registry.
+    Registry {
+        url: String,
+        /// Basic auth (user, password).
+        auth: Option<(String, String)>,
+        timeout: std::time::Duration,
+    },
+    /// A FileDescriptorSet or `.proto` file, watched.
+    DescriptorSet { path: PathBuf, message: String },
+}
+
+/// The `[schema]` table as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaFile {
+    /// Base URL of a Confluent-compatible schema registry, e.g.
+    /// `http://127.0.0.1:18081/apis/ccompat/v7`.
+    #[serde(default)]
+    registry: Option<Text>,
+    /// Basic auth for the registry, usually `"${REGISTRY_USER}"`.
+    #[serde(default)]
+    username: Option<Text>,
+    #[serde(default)]
+    password: Option<Text>,
+    /// How long one request to the registry may take (default 5000).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    /// A FileDescriptorSet (or `.proto` file), relative to the config.
+    #[serde(default)]
+    descriptor_set: Option<Text>,
+    /// The event message in the descriptor set (default
+    /// `booking.v1.BookingEvent`, else its one `BookingEvent`).
+    #[serde(default)]
+    message: Option<Text>,
+}
+
+impl SchemaFile {
+    fn resolve(self, file: &Path, base: &Path) -> Result<SchemaConfig> {
+        let source = match (self.registry, self.descriptor_set) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "{}: [schema] sets both `registry` and `descriptor_set`: keep one (a registry names each message's schema by id; a descriptor set is the one schema of every message)",
+                file.display()
+            ),
+            (Some(url), None) => {
+                let url = url.0.trim_end_matches('/').to_string();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!(
+                        "{}: [schema] registry `{url}` is not an http(s) URL: write e.g. http://127.0.0.1:18081/apis/ccompat/v7",
+                        file.display()
+                    );
+                }
+                let auth = match (self.username, self.password) {
+                    (Some(u), p) if !u.0.is_empty() => {
+                        Some((u.0, p.map(|p| p.0).unwrap_or_default()))
+                    }
+                    _ => None,
+                };
+                SchemaSource::Registry {
+                    url,
+                    auth,
+                    timeout: std::time::Duration::from_millis(
+                        self.timeout_ms.unwrap_or(5_000).max(1),
+                    ),
+                }
+            }
+            (None, Some(path)) => SchemaSource::DescriptorSet {
+                path: resolve(base, &path.0),
+                message: self
+                    .message
+                    .map(|m| m.0)
+                    .unwrap_or_else(|| crate::schema::writer::COMPILED_MESSAGE.to_string()),
+            },
+            (None, None) => SchemaSource::Compiled,
+        };
+        Ok(SchemaConfig { source })
+    }
 }
 
 /// Who lets a new version that asks for more grants go live.
@@ -275,6 +367,9 @@ struct HostFile {
     /// Approval of new grants and automatic rollback.
     #[serde(default)]
     reload: ReloadConfig,
+    /// Where writers' schemas come from.
+    #[serde(default)]
+    schema: SchemaFile,
 }
 
 /// Budgets as written in a `[limits]` table; unset fields fall back to the
@@ -345,6 +440,7 @@ impl HostConfig {
             kafka: raw.kafka,
             log_format: raw.log_format,
             reload: raw.reload,
+            schema: raw.schema.resolve(file, base)?,
             admin_token: raw
                 .admin_token
                 .map(|t| t.0)

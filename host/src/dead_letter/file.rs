@@ -87,7 +87,7 @@ impl Collected {
 
 impl super::DeadLetters<Line> for Collected {
     fn park(&self, line: &Line, failure: &Failure, version: &Prepared, _stop: &Shutdown) -> bool {
-        let decode = failure.class == FailureClass::Decode;
+        let decode = matches!(failure.class, FailureClass::Decode | FailureClass::Schema);
         if decode {
             // Every plugin meets a line that does not decode; it is parked
             // once, for no plugin (and counted by decode).

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Messages that failed decoding or validation, by source.
     pub decode_failures: IntCounterVec,
+    /// Events each plugin settled, by source and writer's schema id
+    /// (`compiled` for the compiled-in schema, `file:<sha>` for a
+    /// descriptor set).
+    pub events_by_schema: IntCounterVec,
     /// Wall time of one `handle` call.
     pub batch_seconds: HistogramVec,
     /// Instances discarded and rebuilt, by reason (`trap`, `timeout`,
@@ -154,6 +158,12 @@ impl Metrics {
                 "plugboard_decode_failures_total",
                 "Messages that failed decoding or validation (under Kafka, counted by each plugin's consumer)",
                 &["source"],
+            ),
+            events_by_schema: counter(
+                &registry,
+                "plugboard_events_by_schema_total",
+                "Events each plugin settled, by topic and the writer's schema id (compiled: the compiled-in schema; file:<sha>: a descriptor set)",
+                &["plugin", "topic", "schema_id"],
             ),
             batch_seconds,
             instance_restarts: counter(
@@ -264,6 +274,29 @@ impl Metrics {
             registry,
             plugins: Mutex::default(),
         }
+    }
+
+    /// Events `plugin` settled per writer's schema id, summed over topics.
+    pub fn schemas_of(&self, plugin: &str) -> BTreeMap<String, u64> {
+        use prometheus::core::Collector;
+        let mut out = BTreeMap::new();
+        for family in self.events_by_schema.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                if label("plugin").as_deref() == Some(plugin)
+                    && let Some(id) = label("schema_id")
+                {
+                    *out.entry(id).or_default() += metric.get_counter().get_value() as u64;
+                }
+            }
+        }
+        out
     }
 
     /// Counts one outgoing request of `plugin` to `origin` refused by the

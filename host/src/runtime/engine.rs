@@ -38,6 +38,8 @@ pub struct Runtime {
     pub(super) budgets: bool,
     /// Set by `plugboard replay`: record what plugins do, capture egress.
     pub(super) observer: Option<Arc<dyn Observer>>,
+    /// How records are decoded: with the writer's schema.
+    pub(super) schemas: Arc<crate::schema::Schemas>,
 }
 
 impl Runtime {
@@ -83,6 +85,7 @@ impl Runtime {
             source: Arc::from(""),
             budgets,
             observer: None,
+            schemas: crate::schema::Schemas::compiled(),
         })
     }
 
@@ -97,6 +100,12 @@ impl Runtime {
     pub fn with_state(mut self, db: Arc<kv::StateDb>, source: &str) -> Self {
         self.state = Some(db);
         self.source = Arc::from(source);
+        self
+    }
+
+    /// Reads records with `schemas` instead of the compiled-in schema.
+    pub fn with_schemas(mut self, schemas: Arc<crate::schema::Schemas>) -> Self {
+        self.schemas = schemas;
         self
     }
 

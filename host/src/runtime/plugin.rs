@@ -89,6 +89,7 @@ impl Runtime {
             pre,
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
+            schemas: self.schemas.clone(),
             state: self.state.clone(),
             source: self.source.clone(),
             budgets: self.budgets,
@@ -127,6 +128,7 @@ pub struct Prepared {
     pub(super) pre: PluginPre<PluginState>,
     pub(super) engine: Engine,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) schemas: Arc<crate::schema::Schemas>,
     pub(super) state: Option<Arc<kv::StateDb>>,
     pub(super) source: Arc<str>,
     pub(super) budgets: bool,
@@ -150,6 +152,11 @@ pub struct Prepared {
 impl Prepared {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// What its records are decoded with.
+    pub fn schemas(&self) -> &Arc<crate::schema::Schemas> {
+        &self.schemas
     }
 
     /// This version as a shadow: watched by `observer` (which keeps its

@@ -52,8 +52,12 @@ impl super::Record for Line {
         &self.source
     }
 
-    fn decode(&self) -> Result<crate::event::BookingEvent, crate::decode::DecodeError> {
-        crate::decode::from_json(&self.text)
+    fn decode(
+        &self,
+        schemas: &crate::schema::Schemas,
+        extensions: bool,
+    ) -> Result<crate::schema::Decoded, crate::decode::DecodeError> {
+        schemas.decode_json(&self.text, extensions)
     }
 
     fn envelope(&self, event: &crate::event::BookingEvent) -> crate::runtime::convert::Envelope {

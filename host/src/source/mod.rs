@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use crate::decode::DecodeError;
 use crate::event::BookingEvent;
 use crate::runtime::convert::Envelope;
+use crate::schema::{Decoded, Schemas};
 
 /// What a run reads.
 #[derive(Debug, Clone)]
@@ -28,8 +29,9 @@ pub enum Source {
 pub trait Record {
     /// The topic, or `file:<name>`.
     fn source(&self) -> &str;
-    /// The event it holds, validated.
-    fn decode(&self) -> Result<BookingEvent, DecodeError>;
+    /// The event it holds, validated, read with its writer's schema from
+    /// `schemas`; with the fields the contract lacks if `extensions`.
+    fn decode(&self, schemas: &Schemas, extensions: bool) -> Result<Decoded, DecodeError>;
     /// Where it came from, for the plugin (`event` is what it decoded to).
     fn envelope(&self, event: &BookingEvent) -> Envelope;
     /// Its protobuf encoding, for plugins that ask for the payload.

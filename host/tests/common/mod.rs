@@ -492,3 +492,92 @@ pub fn black_hole() -> String {
     });
     url
 }
+
+/// The schema registry of the tests (PLUGBOARD_TEST_REGISTRY, the
+/// Confluent-compatible API of the Apicurio that scripts/registry.sh
+/// starts); none (the test skips) outside CI.
+pub fn registry() -> Option<String> {
+    let url = std::env::var("PLUGBOARD_TEST_REGISTRY").ok();
+    if url.is_none() {
+        skip(
+            "a schema-registry test",
+            "PLUGBOARD_TEST_REGISTRY is not set: start Apicurio with scripts/registry.sh (scripts/test.sh does both)",
+        );
+    }
+    url
+}
+
+/// A registry of the test's own on a free port, with its data in `dir`,
+/// to stop and start again: scripts/registry.sh on another port.
+pub struct OwnRegistry {
+    pub url: String,
+    port: u16,
+    data: PathBuf,
+}
+
+impl OwnRegistry {
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let registry = OwnRegistry {
+            url: format!("http://127.0.0.1:{port}/apis/ccompat/v7"),
+            port,
+            data: dir.join("registry"),
+        };
+        registry.script("start");
+        registry
+    }
+
+    fn script(&self, verb: &str) {
+        let out = Command::new(repo().join("scripts/registry.sh"))
+            .arg(verb)
+            .env("REGISTRY_PORT", self.port.to_string())
+            .env("PLUGBOARD_REGISTRY_DATA", &self.data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "registry.sh {verb}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    pub fn restart(&self) {
+        self.script("start");
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/registry.sh"))
+            .arg("stop")
+            .env("REGISTRY_PORT", self.port.to_string())
+            .env("PLUGBOARD_REGISTRY_DATA", &self.data)
+            .output();
+    }
+}
+
+/// Registers `proto` (a file's text) under `subject`; its id.
+pub fn register(registry: &str, subject: &str, proto: &Path) -> u32 {
+    let text = std::fs::read_to_string(proto).unwrap();
+    let answer: Value = reqwest::blocking::Client::new()
+        .post(format!("{registry}/subjects/{subject}/versions"))
+        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({"schemaType": "PROTOBUF", "schema": text}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    answer["id"].as_u64().unwrap_or_else(|| panic!("{answer}")) as u32
+}
+
+/// A booking-evolution fixture: `host/tests/schema/<name>`.
+pub fn schema_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/schema")
+        .join(name)
+}

@@ -22,7 +22,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::catalog::LivePlugin;
 use crate::commit::Settled;
-use crate::decode::{self, DecodeError};
+use crate::decode::DecodeError;
 use crate::dispatch::Dispatcher;
 use crate::event::BookingEvent;
 use crate::hold::ALL_PARTITIONS;
@@ -286,8 +286,12 @@ macro_rules! kafka_record {
                 self.topic()
             }
 
-            fn decode(&self) -> Result<BookingEvent, DecodeError> {
-                decode::from_protobuf(Message::payload(self).unwrap_or_default())
+            fn decode(
+                &self,
+                schemas: &crate::schema::Schemas,
+                extensions: bool,
+            ) -> Result<crate::schema::Decoded, DecodeError> {
+                schemas.decode_protobuf(Message::payload(self).unwrap_or_default(), extensions)
             }
 
             fn envelope(&self, _event: &BookingEvent) -> Envelope {
