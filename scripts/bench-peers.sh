@@ -5,7 +5,7 @@
 #
 #   scripts/kafka.sh start
 #   scripts/bench-peers.sh [--events N] [--systems bare,plugboard,connect,benthos] [--jobs decode,file,http]
-#                          [--scaling-events M]
+#                          [--scaling-events M] [--registry URL]
 #
 # It produces N booking events (default 1,000,000) once, as protobuf, into a
 # fresh 6-partition topic, then runs every system on every job it can do,
@@ -32,6 +32,12 @@
 #                       bench/peers/benthos/main.go: kafka_franz, protobuf
 #                       to JSON, drop / file / http_client
 #
+# With --registry (scripts/registry.sh start), plugboard's decode job also
+# runs on the same events framed with the registry id of booking.v1 (the
+# fast path behind a schema lookup) and with the id of the evolved schema
+# host/tests/schema/booking_v2.proto, for a plugin asking for extensions
+# (every event decoded dynamically with the writer's descriptor).
+#
 # The peers are cached outside the source tree, in
 # ${PLUGBOARD_PEERS_CACHE:-~/.cache/plugboard/peers}; needs java and mvn
 # (Connect), go (Benthos) and python3 (the harness).
@@ -43,12 +49,14 @@ events=1000000
 scaling=
 systems=bare,plugboard,connect,benthos
 jobs=decode,file,http
+registry=
 while [ $# -gt 0 ]; do
   case "$1" in
     --events) events=$2; shift 2 ;;
     --systems) systems=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --scaling-events) scaling=$2; shift 2 ;;
+    --registry) registry=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -96,6 +104,17 @@ report=$(target/release/plugboard produce --brokers "$brokers" --topic "$topic" 
 echo "    $report"
 count=$(echo "$report" | sed -n 's/^published \([0-9]*\) messages.*/\1/p')
 scaling=${scaling:-$((events / 5))}
+schema_args=()
+if [ -n "$registry" ]; then
+  for v in v1 v2; do
+    schema=()
+    [ $v = v2 ] && schema=(--schema host/tests/schema/booking_v2.proto)
+    echo "==> producing the same events framed with the registry id of $v into $topic-$v"
+    target/release/plugboard produce --brokers "$brokers" --topic "$topic-$v" --generate "$bookings" \
+      --partitions 6 --registry "$registry" "${schema[@]}" >/dev/null
+  done
+  schema_args=(--registry "$registry" --topic-v1 "$topic-v1" --topic-v2 "$topic-v2")
+fi
 
 python3 bench/peers/harness.py \
   --brokers "$brokers" --topic "$topic" --events "$count" \
@@ -105,4 +124,5 @@ python3 bench/peers/harness.py \
   --plugboard target/release/plugboard --bare target/release/examples/bare_consumer \
   --crm target/release/crm-example --plugins target/plugins --state target/bench/peers-state \
   --java "$(command -v java || echo java)" --connect-libs "$connect_libs" \
-  --connect-classes "$cache/connect-classes" --benthos "$benthos" --proto "$repo/proto"
+  --connect-classes "$cache/connect-classes" --benthos "$benthos" --proto "$repo/proto" \
+  "${schema_args[@]}"

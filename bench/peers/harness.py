@@ -229,9 +229,12 @@ class Bench:
 
     # -- plugboard -------------------------------------------------------
 
-    def plugboard(self, job, topic=None, events=None, copies=1):
+    def plugboard(self, job, topic=None, events=None, copies=1, schema="", extensions=False,
+                  label=None):
         """`copies` of the job's plugin, each in its own group;
-        `events` is then what they handle together."""
+        `events` is then what they handle together. `schema`: a `[schema]`
+        table for the host config; `extensions`: the plugin asks for the
+        fields the contract lacks."""
         topic, events = topic or self.a.topic, events or self.a.events
         d = self.run_dir(f"plugboard-{job}")
         plugins = d / "plugins"
@@ -240,6 +243,8 @@ class Bench:
         crm = None
         if job == "decode":
             plugin, manifest = "noop", "[limits]\nbatch_size = 500\n"
+            if extensions:
+                manifest = "extensions = true\n" + manifest
         elif job == "file":
             (d / "out").mkdir()
             plugin = "jsonl-sink"
@@ -256,7 +261,7 @@ class Bench:
         config.write_text(
             f'plugins_dir = "plugins"\ndata_dir = "{self.a.state}"\nadmin_addr = "127.0.0.1:{port}"\n'
             f'[kafka]\nbrokers = "{self.a.brokers}"\ntopic = "{topic}"\n'
-            f'group_prefix = "{self.group("plugboard", job)}."\n')
+            f'group_prefix = "{self.group("plugboard", job)}."\n{schema}')
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         if job == "file":
             progress = LineCounter(d / "out")
@@ -265,8 +270,8 @@ class Bench:
                 return prom_value(http_get(metrics_url), "plugboard_events_total",
                                   {"outcome": "handled"})
         env = dict(os.environ, PLUGBOARD_LOG="warn")
-        name = {"decode": "plugboard (noop)", "file": "plugboard (jsonl-sink)",
-                "http": "plugboard (crm-sync)"}[job]
+        name = label or {"decode": "plugboard (noop)", "file": "plugboard (jsonl-sink)",
+                         "http": "plugboard (crm-sync)"}[job]
         try:
             return measure(name, job, [self.a.plugboard, "run", "--config", str(config)],
                            progress, events, d / "log", env=env)
@@ -452,6 +457,23 @@ class Bench:
             stop(crm)
 
 
+def schema_costs(bench, a):
+    """The decode job on the same events three ways: plain protobuf (the
+    compiled schema, as without a registry), framed with the registry id
+    of booking.v1 (the compiled schema's shape: the fast path behind a
+    lookup), and framed with the id of the evolved v2 schema for a plugin
+    that asks for extensions (a dynamic decode of every event with the
+    writer's descriptor)."""
+    table = f'\n[schema]\nregistry = "{a.registry}"\n'
+    return [
+        bench.plugboard("decode", label="plugboard (noop), plain, compiled schema"),
+        bench.plugboard("decode", topic=a.topic_v1, schema=table,
+                        label="plugboard (noop), registry id of booking.v1"),
+        bench.plugboard("decode", topic=a.topic_v2, schema=table, extensions=True,
+                        label="plugboard (noop, extensions), registry id of v2"),
+    ]
+
+
 def scaling(bench, a):
     """events/s against partitions (1, 2, 6, 12: bare consumer and
     plugboard's no-op plugin, each on its own topic) and against plugins (1,
@@ -507,6 +529,9 @@ def main():
     p.add_argument("--scaling-events", type=int, default=0,
                    help="also run the scaling sweeps, each topic this size; 0: skip them")
     p.add_argument("--plot", help="the plot_scaling binary, to draw scaling.svg")
+    p.add_argument("--registry", help="also run the decode job with schemas from this registry")
+    p.add_argument("--topic-v1", help="the events framed with booking.v1's registry id")
+    p.add_argument("--topic-v2", help="the events framed with the v2 schema's registry id")
     a = p.parse_args()
     bench = Bench(a)
     plan = {
@@ -527,6 +552,8 @@ def main():
                     results.append(getattr(bench, system)(job))
                 except Exception as e:  # one failed run must not lose the others
                     print(f"    FAILED: {e}", file=sys.stderr, flush=True)
+    if a.registry:
+        results.extend(schema_costs(bench, a))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "peers.json").write_text(json.dumps(results, indent=2) + "\n")

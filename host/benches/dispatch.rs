@@ -82,6 +82,7 @@ fn spec(name: &str) -> PluginSpec {
         limits,
         config: Default::default(),
         payload: true,
+        extensions: false,
     }
 }
 

@@ -42,6 +42,7 @@ fn spec(component: &Path) -> PluginSpec {
         .into_iter()
         .collect(),
         payload: false,
+        extensions: false,
     }
 }
 

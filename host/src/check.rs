@@ -62,7 +62,7 @@ const EXPECTED: [(&str, &str); 2] = [
     ),
     (
         "handle",
-        "func(list<record{booking, envelope, payload}>) -> variant{all, stopped}",
+        "func(list<record{booking, envelope, payload, extensions}>) -> variant{all, stopped}",
     ),
 ];
 

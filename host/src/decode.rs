@@ -58,9 +58,19 @@ pub fn from_json(line: &str) -> Result<BookingEvent, DecodeError> {
     Ok(event)
 }
 
-/// Checks what every plugin may rely on. Unknown enum numbers (from a newer
-/// producer) are rejected rather than guessed.
+/// Checks what every plugin may rely on. Enum numbers no schema names are
+/// rejected rather than guessed.
 pub fn validate(event: &BookingEvent) -> Result<(), DecodeError> {
+    validate_named(event, &|_, _| false)
+}
+
+/// [`validate`], with enum numbers the contract does not name accepted if
+/// `named(path, number)` says the writer's schema names them (they reach
+/// plugins as `unknown` with that name).
+pub fn validate_named(
+    event: &BookingEvent,
+    named: &dyn Fn(&str, i32) -> bool,
+) -> Result<(), DecodeError> {
     let invalid = |field, problem: &str| {
         Err(DecodeError::Invalid {
             field,
@@ -84,15 +94,20 @@ pub fn validate(event: &BookingEvent) -> Result<(), DecodeError> {
             );
         }
         Ok(_) => {}
+        Err(_) if named("state", event.state) => {}
         Err(_) => {
             return Err(DecodeError::Invalid {
                 field: "state",
-                problem: format!("unknown value {}", event.state),
+                problem: format!(
+                    "unknown value {} (the writer's schema does not name it)",
+                    event.state
+                ),
             });
         }
     }
     if let Some(service) = &event.service
         && ServiceCategory::try_from(service.category).is_err()
+        && !named("service.category", service.category)
     {
         return Err(DecodeError::Invalid {
             field: "service.category",
@@ -101,6 +116,7 @@ pub fn validate(event: &BookingEvent) -> Result<(), DecodeError> {
     }
     if let Some(payment) = &event.payment
         && PaymentMethod::try_from(payment.method).is_err()
+        && !named("payment.method", payment.method)
     {
         return Err(DecodeError::Invalid {
             field: "payment.method",
@@ -153,7 +169,10 @@ mod tests {
         assert_eq!(from_protobuf(&framed).unwrap(), event);
         let unknown_state = BookingEvent { state: 99, ..event };
         let err = from_protobuf(&unknown_state.encode_to_vec()).unwrap_err();
-        assert_eq!(err.to_string(), "invalid field `state`: unknown value 99");
+        assert_eq!(
+            err.to_string(),
+            "invalid field `state`: unknown value 99 (the writer's schema does not name it)"
+        );
         assert!(matches!(
             from_protobuf(b"\xff\xff garbage"),
             Err(DecodeError::Protobuf(_))

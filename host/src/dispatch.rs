@@ -280,14 +280,14 @@ impl Dispatcher {
         // delivered again on its own.
         let mut prefix: Option<usize> = None;
         // The shape the events were made in.
-        let payload = self.prepared.spec.payload;
+        let shape = (self.prepared.spec.payload, self.prepared.spec.extensions);
         let mut ended = Ended::Settled;
 
         while outcomes.len() < batch.len() {
             if self.follow() {
                 // A new version: its own attempts, the same hold clock.
                 head.attempts = 0;
-                if self.prepared.spec.payload != payload {
+                if (self.prepared.spec.payload, self.prepared.spec.extensions) != shape {
                     ended = Ended::Reshaped;
                     break;
                 }

@@ -108,6 +108,11 @@ enum Command {
         /// duplicate and malformed lines.
         #[arg(long)]
         faults: bool,
+        /// Writes the events as a producer with this schema (a .proto file
+        /// or FileDescriptorSet) writes them: fields it removed are left
+        /// out.
+        #[arg(long, value_name = "FILE", conflicts_with = "faults")]
+        schema: Option<PathBuf>,
         /// Write here instead of standard output.
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -419,9 +424,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             faults,
             out,
+            schema,
         } => {
             let lines = if faults {
                 plugboard::generate::sample_lines(bookings, seed)
+            } else if let Some(schema) = schema {
+                let writer = plugboard::schema::load_file(
+                    &schema,
+                    plugboard::schema::writer::COMPILED_MESSAGE,
+                )?;
+                plugboard::generate::lifecycles(bookings, seed, plugboard::generate::DEFAULT_START)
+                    .iter()
+                    .map(|e| plugboard::schema::as_writer_json(e, &writer.message))
+                    .collect::<anyhow::Result<_>>()?
             } else {
                 plugboard::generate::lifecycles(bookings, seed, plugboard::generate::DEFAULT_START)
                     .iter()

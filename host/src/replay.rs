@@ -14,7 +14,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use crate::config::{LimitsFile, PluginSpec, normalise_origin, parse_manifest};
-use crate::decode;
 use crate::metrics::Metrics;
 use crate::runtime::bindings::Failure;
 use crate::runtime::kv::StateDb;
@@ -48,6 +47,11 @@ pub struct ReplayOptions {
     /// origin: 200 with `{}`.
     #[arg(long = "stub", value_name = "ORIGIN=STATUS[:BODY]")]
     pub stubs: Vec<String>,
+    /// Reads the events with this schema (a newer producer's `.proto` or
+    /// FileDescriptorSet) instead of the compiled booking.v1: the plugin
+    /// gets its new states and, if its manifest asks, its new fields.
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
     /// The compiled-component cache. Default: plugboard/component-cache in
     /// the user's cache folder.
     #[arg(long, env = "PLUGBOARD_CACHE_DIR")]
@@ -155,6 +159,10 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
             &crate::source::file::source_name(&options.events),
         )
         .with_observer(journal.clone());
+    let schemas = match &options.schema {
+        Some(path) => crate::schema::Schemas::file(path)?,
+        None => crate::schema::Schemas::compiled(),
+    };
     let prepared = runtime.prepare(spec)?;
 
     let mut out = String::new();
@@ -174,15 +182,17 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
     let mut not_ok = 0;
     let mut counts = [0usize; 5];
     for line in file::read_lines(&options.events)? {
-        let event = match decode::from_json(&line.text) {
-            Ok(event) => event,
+        let decoded = match schemas.decode_json(&line.text, prepared.spec.extensions) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 writeln!(out, "line {}: not a valid event: {e}", line.number)?;
                 counts[4] += 1;
                 continue;
             }
         };
-        let wit_event = crate::settle::to_wit(&line, event.clone(), prepared.spec.payload);
+        let event = decoded.event.clone();
+        let state = state_name(&decoded);
+        let wit_event = crate::settle::decoded_to_wit(&line, decoded, prepared.spec.payload);
         let disposition = instance.handle(
             std::slice::from_ref(&wit_event),
             &crate::shutdown::Shutdown::new(),
@@ -209,11 +219,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
         writeln!(
             out,
             "line {} {} {} v{} {}: {outcome}",
-            line.number,
-            event.event_id,
-            event.booking_id,
-            event.version,
-            state_name(event.state),
+            line.number, event.event_id, event.booking_id, event.version, state,
         )?;
         print_journal(&mut out, &journal);
     }
@@ -235,15 +241,19 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay> {
     })
 }
 
-/// `created`, `paid`, ... as the plugins name states.
-fn state_name(state: i32) -> String {
+/// `created`, `paid`, ... as the plugins name states; one the contract
+/// does not name as the writer's schema does (`no-show`).
+fn state_name(decoded: &crate::schema::Decoded) -> String {
+    let state = decoded.event.state;
     crate::event::BookingState::try_from(state)
         .map(|s| {
             s.as_str_name()
                 .trim_start_matches("BOOKING_STATE_")
                 .to_ascii_lowercase()
         })
-        .unwrap_or_else(|_| state.to_string())
+        .ok()
+        .or_else(|| decoded.writer.enum_names.get("state")?.get(&state).cloned())
+        .unwrap_or_else(|| state.to_string())
 }
 
 fn print_journal(out: &mut String, journal: &Journal) {

@@ -154,7 +154,9 @@ fn readme(lang: Lang, name: &str, output: &str) -> String {
          plugboard replay --plugin {output} --manifest {name}.toml --events events.ndjson --expect expected.txt   # in CI\n\
          ```\n\n\
          `replay` prints what the plugin answered for each event, its log lines,\n\
-         metrics and HTTP requests (captured, not sent, unless `--allow-egress`).\n\n\
+         metrics and HTTP requests (captured, not sent, unless `--allow-egress`).\n\
+         `--schema newer.proto` reads the events as a newer producer writes them\n\
+         (new states arrive as `unknown`, new fields in `extensions`).\n\n\
          To deploy, copy the component as `{name}.wasm` and `{name}.toml` into the\n\
          host's plugins folder: a running host picks them up without a restart.\n"
     )
@@ -163,6 +165,7 @@ fn readme(lang: Lang, name: &str, output: &str) -> String {
 const MANIFEST: &str = "# Grants, budgets and config of {{name}}; deploy it beside {{name}}.wasm.\n\
 # allow_hosts = [\"https://api.example.com\"]   # HTTP origins it may call\n\
 # payload = true                              # events carry their protobuf encoding\n\
+# extensions = true                           # events carry fields the contract lacks, as JSON\n\
 \n\
 [limits]\n\
 batch_size = 100\n\

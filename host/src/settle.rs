@@ -15,6 +15,7 @@ use crate::event::BookingEvent;
 use crate::runtime::bindings::wit;
 use crate::runtime::convert;
 use crate::runtime::plugin::Prepared;
+use crate::schema::Decoded;
 use crate::shadow::Served;
 use crate::shutdown::Shutdown;
 use crate::source::Record;
@@ -40,16 +41,16 @@ pub fn settle<R: Record>(
     let mut schema_waits = 0;
     while next < records.len() {
         let prepared = dispatcher.prepared().clone();
-        let payload = prepared.spec.payload;
+        let (payload, extensions) = (prepared.spec.payload, prepared.spec.extensions);
         let schemas = prepared.schemas();
         let mut events = Vec::new();
         let mut schema_ids = Vec::new();
         let mut undecodable = None;
         for record in &records[next..] {
-            match record.decode(schemas, false) {
+            match record.decode(schemas, extensions) {
                 Ok(decoded) => {
                     schema_ids.push(decoded.writer.label.clone());
-                    events.push(to_wit(record, decoded.event, payload));
+                    events.push(decoded_to_wit(record, decoded, payload));
                 }
                 Err(err) => {
                     undecodable = Some(err);
@@ -134,12 +135,17 @@ pub fn settle<R: Record>(
     records.len()
 }
 
-/// `record`'s `event` as a plugin gets it: with its protobuf encoding if
-/// the plugin asked for it.
+/// `record`'s `event` (of the compiled schema) as a plugin gets it: with
+/// its protobuf encoding if the plugin asked for it.
 pub fn to_wit<R: Record>(record: &R, event: BookingEvent, payload: bool) -> wit::Event {
-    let envelope = record.envelope(&event);
-    let payload = payload.then(|| record.payload(&event));
-    convert::to_wit(event, envelope, payload)
+    decoded_to_wit(record, Decoded::compiled(event), payload)
+}
+
+/// `record`, decoded with its writer's schema, as a plugin gets it.
+pub fn decoded_to_wit<R: Record>(record: &R, decoded: Decoded, payload: bool) -> wit::Event {
+    let envelope = record.envelope(&decoded.event);
+    let payload = payload.then(|| record.payload(&decoded.event));
+    convert::from_decoded(decoded, envelope, payload)
 }
 
 /// Counts settled events by their writer's schema, a run of one schema at

@@ -40,6 +40,7 @@ fn dispatcher(config: &[(&str, &str)], tune: impl FnOnce(&mut Limits)) -> Dispat
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         payload: false,
+        extensions: false,
     };
     let cache = common::target_dir().join("test-cache");
     let runtime = Runtime::new(Some(&cache), Arc::new(Metrics::new())).unwrap();
@@ -254,6 +255,7 @@ fn counting(
         limits,
         config,
         payload,
+        extensions: false,
     };
     let cache = common::target_dir().join("test-cache");
     let db = plugboard::runtime::kv::StateDb::open(&dir.join("state.sqlite")).unwrap();
@@ -443,6 +445,7 @@ fn a_plugin_that_writes_state_without_end_fails_that_event_alone_as_budget() {
         limits,
         config: [("kv_flood".to_string(), victim.clone())].into(),
         payload: false,
+        extensions: false,
     };
     let cache = common::target_dir().join("test-cache");
     let db = plugboard::runtime::kv::StateDb::open(&dir.path().join("state.sqlite")).unwrap();

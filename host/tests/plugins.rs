@@ -179,7 +179,7 @@ fn check_names_a_handler_with_the_wrong_signature() {
     let (ok, text) = check(&component);
     assert!(!ok, "{text}");
     assert!(
-        text.contains("exports `handle` with the wrong signature: expected func(list<record{booking, envelope, payload}>) -> variant{all, stopped}, found func(list<record{booking, envelope, payload}>) -> u32"),
+        text.contains("exports `handle` with the wrong signature: expected func(list<record{booking, envelope, payload, extensions}>) -> variant{all, stopped}, found func(list<record{booking, envelope, payload, extensions}>) -> u32"),
         "{text}"
     );
 }
@@ -197,7 +197,7 @@ fn a_plugin_of_contract_0_1_is_told_what_changed_by_check_and_by_a_run() {
     assert!(!ok, "{text}");
     assert!(
         text.contains(
-            "built against plugboard:plugin@0.1.0, and this host implements plugboard:plugin@0.2.0"
+            "built against plugboard:plugin@0.1.0, and this host implements plugboard:plugin@0.3.0"
         ),
         "{text}"
     );
@@ -219,4 +219,25 @@ fn a_plugin_of_contract_0_1_is_told_what_changed_by_check_and_by_a_run() {
         stdout.contains("built against plugboard:plugin@0.1.0"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_plugin_of_contract_0_2_is_told_how_to_take_evolving_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::fs::read_to_string(common::repo().join("host/tests/contract/plugin-0.2.0.wit"))
+        .unwrap();
+    assert!(old.contains("package plugboard:plugin@0.2.0;"));
+    let Some(component) = dummy_component(dir.path(), &old) else {
+        return;
+    };
+    let (ok, text) = check(&component);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "built against plugboard:plugin@0.2.0, and this host implements plugboard:plugin@0.3.0"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("unknown(enum-value"), "{text}");
+    assert!(text.contains("extensions = true"), "{text}");
 }

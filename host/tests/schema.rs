@@ -386,6 +386,14 @@ fn a_descriptor_set_dropped_in_changes_the_schema_live() {
     assert!(compiled >= common::event_ids(&before).len(), "{status}");
     assert_eq!(status["dead_lettered"], 0, "{status}");
 
+    // The state v2 added now reaches the plugin.
+    let no_show = v2_events(dir, "no-show.ndjson", 3, 403, |_| {});
+    assert!(!with_no_shows(&no_show).is_empty());
+    produce_with(&brokers, &topic, &no_show, &v2_args);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    all_counted_once(&dir.join(".plugboard"), &topic, &[&no_show]);
+    assert_eq!(plugin_status(&admin, "counting")["dead_lettered"], 0);
+
     // A broken file keeps the schema before it.
     std::fs::write(&set, b"not a descriptor set").unwrap();
     let after = v2_events(dir, "after.ndjson", 2, 402, |_| {});
@@ -404,4 +412,317 @@ fn a_descriptor_set_dropped_in_changes_the_schema_live() {
     );
     assert_eq!(status["dead_lettered"], 0, "{status}");
     host.stop();
+}
+
+/// Adds, after each v2 booking's `upcoming` event, one in the state v2
+/// added (`BOOKING_STATE_NO_SHOW`): the bookings that end so.
+fn with_no_shows(events: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(events).unwrap();
+    let mut out = Vec::new();
+    let mut no_shows = Vec::new();
+    for line in text.lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        out.push(line.to_string());
+        if event["state"] == "BOOKING_STATE_UPCOMING" {
+            let mut next = event.clone();
+            let version: u64 = event["version"].as_str().unwrap().parse().unwrap();
+            next["version"] = (version + 1).to_string().into();
+            next["eventId"] = format!("{}-no-show", event["eventId"].as_str().unwrap()).into();
+            next["state"] = "BOOKING_STATE_NO_SHOW".into();
+            next["channel"] = "CHANNEL_PHONE".into();
+            no_shows.push(event["bookingId"].as_str().unwrap().to_string());
+            out.push(next.to_string());
+        }
+    }
+    std::fs::write(events, out.join("\n") + "\n").unwrap();
+    no_shows
+}
+
+#[test]
+fn a_new_state_and_new_fields_reach_every_demo_plugin_without_a_redeploy() {
+    let Some(brokers) = brokers() else { return };
+    let Some(registry) = registry() else { return };
+    let Some(python) = std::env::var_os("PLUGBOARD_TEST_PYTHON") else {
+        common::skip(
+            "the lake query",
+            "PLUGBOARD_TEST_PYTHON is not set (scripts/test.sh sets it)",
+        );
+        return;
+    };
+    let topic = create_topic(&brokers, 2);
+    let setup = Setup::new();
+    let dir = setup.dir.path();
+    let subject = format!("{topic}-value");
+    let crm = common::Crm::start(&dir.join("crm.sqlite"));
+    let lake = dir.join("lake");
+    setup.demo_plugins(&crm, &lake);
+    // crm-sync and data-lake ask for the fields the contract lacks.
+    std::fs::write(
+        setup.plugins.join("crm-sync.toml"),
+        format!(
+            "extensions = true\n{}extra_properties = {{ loyalty_tier = \"loyalty_tier\", \"customer.segment\" = \"customer_segment\" }}\n",
+            crm.manifest()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        setup.plugins.join("data-lake.toml"),
+        format!(
+            "extensions = true\n[folder]\npath = \"{}\"\n[config]\ndir = \"/data\"\n",
+            lake.display()
+        ),
+    )
+    .unwrap();
+    enable_admin(&setup);
+    let kafka = kafka_config(&setup, &brokers, &topic, "evolve");
+    schema_table(&setup, &format!("registry = \"{registry}\""));
+    let registered = ["--registry", &registry, "--subject", &subject];
+
+    let before = common::generated_events(dir, 8, 501);
+    produce_with(&brokers, &topic, &before, &registered);
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    let host = Host(Some(host));
+    let plugins = ["crm-sync", "data-lake", "metrics"];
+    wait_for_zero_lag(&kafka, &plugins);
+
+    // The booking service moves to v2 mid-stream, then a v1 producer
+    // writes again.
+    let v2 = v2_events(dir, "v2.ndjson", 8, 502, |_| {});
+    let no_shows = with_no_shows(&v2);
+    assert!(!no_shows.is_empty(), "some v2 bookings end as no-shows");
+    let v2_proto = schema_fixture("booking_v2.proto");
+    let mut v2_args = registered.to_vec();
+    v2_args.extend(["--schema", v2_proto.to_str().unwrap()]);
+    produce_with(&brokers, &topic, &v2, &v2_args);
+    let after = common::generated_events(dir, 6, 503);
+    produce_with(&brokers, &topic, &after, &registered);
+    wait_for_zero_lag(&kafka, &plugins);
+
+    for plugin in plugins {
+        assert_eq!(
+            plugin_status(&admin, plugin)["dead_lettered"],
+            0,
+            "{plugin} parked nothing"
+        );
+    }
+    let v2_id = register(&registry, &subject, &v2_proto).to_string();
+    assert!(
+        plugin_status(&admin, "metrics")["schemas"][&v2_id]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    host.stop();
+
+    // Metrics: the new state has its own gauge.
+    let prom = setup.metrics();
+    assert_eq!(
+        prom.get(
+            "bookings_current",
+            &[("state", "no-show"), ("plugin", "metrics")]
+        ),
+        Some(no_shows.len() as f64),
+        "{}",
+        prom.0
+    );
+
+    // CRM: v2 bookings carry the new state and properties; v1 ones are as
+    // a v1 run leaves them.
+    let records = crm.all();
+    let v2_ids: std::collections::BTreeSet<String> = std::fs::read_to_string(&v2)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["bookingId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for id in &v2_ids {
+        let props = &records[id]["properties"];
+        assert_eq!(props["loyalty_tier"], "GOLD", "{id}: {props}");
+        assert_eq!(props["customer_segment"], "fleet", "{id}: {props}");
+        if no_shows.contains(id) {
+            assert_eq!(props["booking_state"], "no-show", "{id}: {props}");
+        }
+    }
+    let (v1_lines, _) = common::read_sample(&before);
+    let (after_lines, _) = common::read_sample(&after);
+    for lines in [&v1_lines, &after_lines] {
+        for (id, line) in common::latest_per_booking(lines) {
+            let props = &records[id]["properties"];
+            assert_eq!(props["booking_state"], line.state.as_str(), "{id}");
+            assert_eq!(props["last_event_id"], line.event_id.as_str(), "{id}");
+            assert_eq!(props["loyalty_tier"], "", "{id}: a v1 booking has no tier");
+        }
+    }
+
+    // Lake: DuckDB sees the new state and the new field.
+    let query = format!(
+        "import duckdb, json\n\
+         rows = duckdb.sql(\"SELECT state, extensions->>'$.loyaltyTier' AS tier, extensions->>'$.customer.segment' AS segment, count(*) AS n \
+         FROM read_parquet('{}/bookings/**/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\").fetchall()\n\
+         print(json.dumps(rows))",
+        lake.display()
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &query])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<(String, Option<String>, Option<String>, u64)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    let count = |state: &str, tier: Option<&str>| {
+        rows.iter()
+            .filter(|r| r.0 == state && r.1.as_deref() == tier)
+            .map(|r| r.3)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        count("no-show", Some("GOLD")),
+        no_shows.len() as u64,
+        "{rows:?}"
+    );
+    let all_events = |f: &Path| common::event_ids(f).len() as u64;
+    let total: u64 = rows.iter().map(|r| r.3).sum();
+    assert_eq!(
+        total,
+        all_events(&before) + all_events(&v2) + all_events(&after),
+        "{rows:?}"
+    );
+    let tiered: u64 = rows
+        .iter()
+        .filter(|r| r.1.as_deref() == Some("GOLD"))
+        .map(|r| r.3)
+        .sum();
+    assert_eq!(
+        tiered,
+        all_events(&v2),
+        "every v2 event, and only those, has a tier: {rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r.2.as_deref() == Some("fleet")),
+        "{rows:?}"
+    );
+}
+
+/// v2 events in proto3 JSON, with no-shows, and how many end so.
+fn v2_file(dir: &Path, seed: u64) -> (PathBuf, usize) {
+    let events = v2_events(dir, &format!("v2-{seed}.ndjson"), 6, seed, |e| {
+        if e["payment"].is_object() {
+            e["payment"]["method"] = "PAYMENT_METHOD_VOUCHER".into();
+        }
+    });
+    let no_shows = with_no_shows(&events).len();
+    assert!(no_shows > 0);
+    (events, no_shows)
+}
+
+#[test]
+fn an_events_file_is_read_with_the_descriptor_set_and_a_plugin_asking_gets_extensions() {
+    let setup = Setup::new();
+    let dir = setup.dir.path();
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    setup.plugin(
+        "jsonl-sink",
+        "jsonl-sink",
+        &format!(
+            "extensions = true\n[folder]\npath = \"{}\"\n",
+            out.display()
+        ),
+    );
+    setup.plugin("metrics", "metrics", "");
+    let (events, no_shows) = v2_file(dir, 601);
+    // Without the schema, a line with fields booking.v1 lacks is not a
+    // booking.v1 event in the JSON mapping: parked once each, as decode.
+    setup.run(&events);
+    assert_eq!(setup.dead_letters().len(), common::event_ids(&events).len());
+    assert!(
+        setup.dead_letters().iter().all(|d| d["class"] == "decode"),
+        "{:?}",
+        setup.dead_letters()
+    );
+
+    // With the v2 descriptor set, every line reaches the plugins.
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::remove_file(setup.path("dead-letter.ndjson")).ok();
+    std::fs::remove_dir_all(dir.join(".plugboard")).ok();
+    let v2_set =
+        protox::compile([schema_fixture("booking_v2.proto")], [schema_fixture("")]).unwrap();
+    std::fs::write(dir.join("v2.desc"), prost::Message::encode_to_vec(&v2_set)).unwrap();
+    schema_table(&setup, "descriptor_set = \"v2.desc\"");
+    let run = setup.run(&events);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    assert!(
+        !setup.path("dead-letter.ndjson").exists() || setup.dead_letters().is_empty(),
+        "{:?}",
+        setup.dead_letters()
+    );
+    let lines: Vec<Value> = std::fs::read_dir(&out)
+        .unwrap()
+        .flat_map(|f| {
+            std::fs::read_to_string(f.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(lines.len(), common::event_ids(&events).len());
+    assert_eq!(
+        lines.iter().filter(|l| l["state"] == "no-show").count(),
+        no_shows
+    );
+    for line in &lines {
+        assert_eq!(line["extensions"]["loyaltyTier"], "GOLD", "{line}");
+        assert!(
+            line.get("vehicle").is_none_or(Value::is_null),
+            "v2 has no vehicle: {line}"
+        );
+        if line["payment"].is_object() {
+            assert_eq!(line["payment"]["method"], "voucher", "{line}");
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["extensions"]["channel"] == "CHANNEL_PHONE")
+    );
+    assert_eq!(
+        setup.metrics().get(
+            "bookings_current",
+            &[("state", "no-show"), ("plugin", "metrics")]
+        ),
+        Some(no_shows as f64)
+    );
+
+    // replay --schema shows a plugin author the same.
+    let replay = common::plugboard_command()
+        .args(["replay", "--plugin"])
+        .arg(setup.plugins.join("metrics.wasm"))
+        .arg("--events")
+        .arg(&events)
+        .arg("--schema")
+        .arg(schema_fixture("booking_v2.proto"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(said.matches("no-show: ok").count(), no_shows, "{said}");
+    assert!(said.contains("0 invalid lines"), "{said}");
 }

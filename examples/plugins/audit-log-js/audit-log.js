@@ -2,10 +2,14 @@
 // host's log, with a count per state in the host's metrics. It shows that a
 // plugin in JavaScript gets the same typed events as a Rust one: no protobuf
 // library, no Kafka client.
-import { log } from 'plugboard:plugin/log@0.2.0';
-import { counterAdd, describe } from 'plugboard:plugin/metrics@0.2.0';
+import { log } from 'plugboard:plugin/log@0.3.0';
+import { counterAdd, describe } from 'plugboard:plugin/metrics@0.3.0';
 
 let prefix = 'audit';
+
+// A state as the contract writes it (`upcoming`); one a newer producer added
+// arrives as { tag: 'unknown', val: { name, number } } and goes by its name.
+const stateName = (state) => (state.tag === 'unknown' ? state.val.name : state.tag);
 
 export const handler = {
   init(config) {
@@ -21,10 +25,10 @@ export const handler = {
       const e = event.envelope;
       log(
         'info',
-        `${prefix}: booking ${b.bookingId} v${b.version} ${b.state} ` +
+        `${prefix}: booking ${b.bookingId} v${b.version} ${stateName(b.state)} ` +
           `(event ${b.eventId}, ${e.source}/${e.partition}@${e.offset})`,
       );
-      counterAdd('audit_events_total', [{ name: 'state', value: b.state }], 1);
+      counterAdd('audit_events_total', [{ name: 'state', value: stateName(b.state) }], 1);
     }
     return { tag: 'all' };
   },

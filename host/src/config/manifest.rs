@@ -32,6 +32,9 @@ pub struct PluginSpec {
     pub config: BTreeMap<String, String>,
     /// Whether events carry their protobuf encoding (`event.payload`).
     pub payload: bool,
+    /// Whether events carry the fields the contract does not have, as
+    /// JSON (`event.extensions`).
+    pub extensions: bool,
 }
 
 /// A host folder made visible to the plugin at `guest_path`.
@@ -145,6 +148,10 @@ struct ManifestFile {
     /// Hand the plugin each event's protobuf encoding too.
     #[serde(default)]
     payload: bool,
+    /// Hand the plugin the fields of each event the contract does not
+    /// have (a newer producer's), as proto3 JSON.
+    #[serde(default)]
+    extensions: bool,
     /// The one folder the plugin may read and write.
     #[serde(default)]
     folder: Option<FolderFile>,
@@ -174,7 +181,9 @@ fn default_guest_path() -> String {
 }
 
 /// A config value: TOML strings, numbers and booleans all reach the plugin
-/// as strings.
+/// as strings; a table's entries as `<key>.<entry>` (so
+/// `extra_properties = { loyalty_tier = "tier" }` arrives as
+/// `extra_properties.loyalty_tier` = `tier`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ConfigValue {
@@ -182,16 +191,25 @@ enum ConfigValue {
     Integer(i64),
     Float(f64),
     Bool(bool),
+    Table(BTreeMap<String, ConfigValue>),
 }
 
 impl ConfigValue {
-    fn into_string(self) -> String {
-        match self {
+    /// `key` and this value as the plugin gets them, tables flattened.
+    fn flatten(self, key: String, out: &mut BTreeMap<String, String>) {
+        let text = match self {
             ConfigValue::Text(t) => t.0,
             ConfigValue::Integer(i) => i.to_string(),
             ConfigValue::Float(f) => f.to_string(),
             ConfigValue::Bool(b) => b.to_string(),
-        }
+            ConfigValue::Table(table) => {
+                for (entry, value) in table {
+                    value.flatten(format!("{key}.{entry}"), out);
+                }
+                return;
+            }
+        };
+        out.insert(key, text);
     }
 }
 
@@ -251,12 +269,15 @@ pub fn manifest_from_text(
             read_only: f.read_only,
         }),
         limits,
-        config: raw
-            .config
-            .into_iter()
-            .map(|(k, v)| (k, v.into_string()))
-            .collect(),
+        config: {
+            let mut config = BTreeMap::new();
+            for (key, value) in raw.config {
+                value.flatten(key, &mut config);
+            }
+            config
+        },
         payload: raw.payload,
+        extensions: raw.extensions,
     })
 }
 

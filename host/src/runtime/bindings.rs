@@ -19,17 +19,27 @@ pub struct Bucket {
 pub use exports::plugboard::plugin::handler::{BatchOutcome, Failure, InitError, RetryInfo, Stop};
 
 /// The contract this host implements, as components name it.
-pub const CONTRACT: &str = "plugboard:plugin@0.2.0";
+pub const CONTRACT: &str = "plugboard:plugin@0.3.0";
 
 /// What changed from the contract versions before this one, for a plugin
 /// built against one of them.
-pub const CHANGES: &[(&str, &str)] = &[(
-    "0.1.0",
-    "`handle` returns `batch-outcome::all` or `batch-outcome::stopped(stop { handled, failure })` \
+pub const CHANGES: &[(&str, &str)] = &[
+    (
+        "0.2.0",
+        "`booking-state`, `service-category` and `payment-method` are variants with a case \
+         `unknown(enum-value { name, number })` for a value a newer producer's schema has (match it \
+         in your code); `event` has `extensions: option<string>`, the fields the contract does not \
+         have as proto3 JSON, present only when the manifest sets `extensions = true`",
+    ),
+    (
+        "0.1.0",
+        "`handle` returns `batch-outcome::all` or `batch-outcome::stopped(stop { handled, failure })` \
      instead of `record { handled, failure: option<failure> }`; `init` fails with \
      `init-error::retry(string)` (transient) or `init-error::reject(string)` instead of a string; \
-     `event.payload` is `option<list<u8>>`, present only when the manifest sets `payload = true`",
-)];
+     `event.payload` is `option<list<u8>>`, present only when the manifest sets `payload = true`; \
+     and everything 0.3 changed from 0.2",
+    ),
+];
 
 /// If the interface names (imports and exports) of a component show it was
 /// built against another version of the contract: that version, and what

@@ -3,6 +3,7 @@
 
 use super::bindings::wit;
 use crate::event as pb;
+use crate::schema::{Decoded, Writer};
 
 /// Envelope fields that come from the source, not from the event.
 #[derive(Debug, Clone, Default)]
@@ -15,14 +16,26 @@ pub struct Envelope {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Builds the record handed to plugins, moving `event`'s strings rather
-/// than copying them (a copy and a free per string showed in the consume
-/// profile). `event` must have passed [`crate::decode::validate`], which
-/// guarantees the enums are known. `payload` (the protobuf encoding) only
-/// for plugins that asked for it.
+/// Builds the record handed to plugins from an event of the compiled
+/// schema; see [`from_decoded`].
 pub fn to_wit(event: pb::BookingEvent, envelope: Envelope, payload: Option<Vec<u8>>) -> wit::Event {
+    from_decoded(Decoded::compiled(event), envelope, payload)
+}
+
+/// Builds the record handed to plugins, moving the event's strings rather
+/// than copying them (a copy and a free per string showed in the consume
+/// profile). The event must have passed validation against its writer's
+/// schema, which guarantees every enum value is one the contract names or
+/// one the writer names. `payload` (the protobuf encoding) only for
+/// plugins that asked for it.
+pub fn from_decoded(decoded: Decoded, envelope: Envelope, payload: Option<Vec<u8>>) -> wit::Event {
+    let Decoded {
+        event,
+        writer,
+        extensions,
+    } = decoded;
     wit::Event {
-        booking: booking(event),
+        booking: booking(event, &writer),
         envelope: wit::Envelope {
             source: envelope.source,
             partition: envelope.partition,
@@ -36,15 +49,16 @@ pub fn to_wit(event: pb::BookingEvent, envelope: Envelope, payload: Option<Vec<u
                 .collect(),
         },
         payload,
+        extensions,
     }
 }
 
-fn booking(e: pb::BookingEvent) -> wit::BookingEvent {
+fn booking(e: pb::BookingEvent, writer: &Writer) -> wit::BookingEvent {
     wit::BookingEvent {
         event_id: e.event_id,
         booking_id: e.booking_id,
         version: e.version,
-        state: state(e.state),
+        state: state(e.state, writer),
         occurred_at: e.occurred_at.as_ref().map(timestamp),
         customer: e.customer.map(|c| wit::Customer {
             customer_id: c.customer_id,
@@ -61,7 +75,7 @@ fn booking(e: pb::BookingEvent) -> wit::BookingEvent {
         service: e.service.map(|s| wit::Service {
             service_code: s.service_code,
             name: s.name,
-            category: category(s.category),
+            category: category(s.category, writer),
         }),
         vehicle: e.vehicle.map(|v| wit::Vehicle {
             license_plate: v.license_plate,
@@ -75,7 +89,7 @@ fn booking(e: pb::BookingEvent) -> wit::BookingEvent {
         appointment_start: e.appointment_start.as_ref().map(timestamp),
         payment: e.payment.map(|p| wit::Payment {
             payment_id: p.payment_id,
-            method: method(p.method),
+            method: method(p.method, writer),
             paid_at: p.paid_at.as_ref().map(timestamp),
         }),
     }
@@ -88,7 +102,20 @@ fn timestamp(t: &pbjson_types::Timestamp) -> wit::Timestamp {
     }
 }
 
-fn state(value: i32) -> wit::BookingState {
+/// A value the contract does not name, by the writer's name for it.
+fn unknown(writer: &Writer, path: &str, value: i32) -> wit::EnumValue {
+    wit::EnumValue {
+        name: writer
+            .enum_names
+            .get(path)
+            .and_then(|names| names.get(&value))
+            .cloned()
+            .unwrap_or_else(|| value.to_string()),
+        number: value,
+    }
+}
+
+fn state(value: i32, writer: &Writer) -> wit::BookingState {
     use pb::BookingState as S;
     match S::try_from(value) {
         Ok(S::Created) => wit::BookingState::Created,
@@ -97,27 +124,30 @@ fn state(value: i32) -> wit::BookingState {
         Ok(S::Finalized) => wit::BookingState::Finalized,
         Ok(S::Cancelled) => wit::BookingState::Cancelled,
         Ok(S::Refunded) => wit::BookingState::Refunded,
-        Ok(S::Unspecified) | Err(_) => unreachable!("validated before conversion"),
+        Ok(S::Unspecified) => unreachable!("validated before conversion"),
+        Err(_) => wit::BookingState::Unknown(unknown(writer, "state", value)),
     }
 }
 
-fn category(value: i32) -> wit::ServiceCategory {
+fn category(value: i32, writer: &Writer) -> wit::ServiceCategory {
     use pb::ServiceCategory as C;
     match C::try_from(value) {
         Ok(C::OilChange) => wit::ServiceCategory::OilChange,
         Ok(C::WheelChange) => wit::ServiceCategory::WheelChange,
         Ok(C::Inspection) => wit::ServiceCategory::Inspection,
         Ok(C::Other) => wit::ServiceCategory::Other,
-        Ok(C::Unspecified) | Err(_) => wit::ServiceCategory::Unspecified,
+        Ok(C::Unspecified) => wit::ServiceCategory::Unspecified,
+        Err(_) => wit::ServiceCategory::Unknown(unknown(writer, "service.category", value)),
     }
 }
 
-fn method(value: i32) -> wit::PaymentMethod {
+fn method(value: i32, writer: &Writer) -> wit::PaymentMethod {
     use pb::PaymentMethod as M;
     match M::try_from(value) {
         Ok(M::Card) => wit::PaymentMethod::Card,
         Ok(M::Paypal) => wit::PaymentMethod::Paypal,
         Ok(M::Invoice) => wit::PaymentMethod::Invoice,
-        Ok(M::Unspecified) | Err(_) => wit::PaymentMethod::Unspecified,
+        Ok(M::Unspecified) => wit::PaymentMethod::Unspecified,
+        Err(_) => wit::PaymentMethod::Unknown(unknown(writer, "payment.method", value)),
     }
 }

@@ -44,6 +44,17 @@ pub struct Decoded {
     pub extensions: Option<String>,
 }
 
+impl Decoded {
+    /// An event of the compiled schema, without extensions.
+    pub fn compiled(event: BookingEvent) -> Decoded {
+        Decoded {
+            event,
+            writer: Writer::compiled(),
+            extensions: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Writer({})", self.id)
@@ -79,6 +90,18 @@ impl Schemas {
             by_id: RwLock::default(),
             _watcher: None,
         })
+    }
+
+    /// The schema in the `.proto` file or descriptor set at `path`, for
+    /// every event, not watched (`replay --schema`).
+    pub fn file(path: &Path) -> Result<Arc<Schemas>> {
+        let writer = load_file(path, writer::COMPILED_MESSAGE)?;
+        Ok(Arc::new(Schemas {
+            current: Current::File(Arc::new(RwLock::new(Arc::new(writer)))),
+            registry: None,
+            by_id: RwLock::default(),
+            _watcher: None,
+        }))
     }
 
     /// The schemas `config` names, registry schemas kept under `data_dir`.
@@ -225,11 +248,23 @@ impl Schemas {
         };
         let writer = Arc::new(writer);
         let mut by_id = self.by_id.writing();
-        let writer = by_id.entry(key).or_insert(writer).clone();
+        if let Some(first) = by_id.get(&key) {
+            // Another partition read it meanwhile, and said so.
+            return Ok(first.clone());
+        }
+        by_id.insert(key, writer.clone());
         drop(by_id);
         log_new(&writer, &format!("schema registry {}", registry.url));
         Ok(writer)
     }
+}
+
+/// `event` (of the compiled schema) as proto3 JSON written with `message`,
+/// another schema of it: what that schema lacks is left out.
+pub fn as_writer_json(event: &BookingEvent, message: &MessageDescriptor) -> Result<String> {
+    let dynamic = DynamicMessage::decode(message.clone(), &event.encode_to_vec()[..])
+        .with_context(|| format!("the event does not decode as {}", message.full_name()))?;
+    Ok(serde_json::to_string(&dynamic)?)
 }
 
 /// The first event of a writer's schema: one line saying how it reads.

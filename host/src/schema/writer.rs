@@ -140,7 +140,11 @@ impl Writer {
             return Err(DecodeError::Schema(why.clone()));
         }
         let event = BookingEvent::decode(body).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-        decode::validate(&event)?;
+        decode::validate_named(&event, &|path, value| {
+            self.enum_names
+                .get(path)
+                .is_some_and(|names| names.contains_key(&value))
+        })?;
         Ok(event)
     }
 

@@ -19,8 +19,10 @@ use prost::Message;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("protobuf", protobuf),
+    ("framing", framing),
+    ("dynamic", dynamic),
     ("json", json),
     ("host-config", host_config),
     ("manifest", manifest),
@@ -142,6 +144,96 @@ fn protobuf_input(u: &mut Unstructured) -> Result<Vec<u8>> {
             framed
         }
         _ => body,
+    })
+}
+
+/// The schema-registry wire format alone: a frame that splits says what
+/// it held, and the short form of `[0]` round-trips.
+pub fn framing(data: &[u8]) {
+    if let Ok(framed) = plugboard::schema::framing::split(data) {
+        assert!(framed.body.len() <= data.len());
+        if let (Some(id), true) = (
+            framed.id,
+            framed.index.is_empty() && data.get(5) == Some(&0),
+        ) {
+            assert_eq!(plugboard::schema::framing::header(id)[..], data[..6]);
+        }
+    }
+}
+
+/// The evolved schema of the tests (a new state, payment method and
+/// enum, new fields, one nested, the vehicle dropped), read dynamically.
+fn evolved() -> &'static plugboard::schema::Schemas {
+    static SCHEMAS: OnceLock<std::sync::Arc<plugboard::schema::Schemas>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schema/booking_v2.proto");
+        plugboard::schema::Schemas::file(&path).expect("the v2 fixture loads")
+    })
+}
+
+/// Events of a newer producer, read with its schema: its new states and
+/// fields, whole or damaged, plain or framed.
+pub fn dynamic(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(bytes) = dynamic_input(&mut u) else {
+        return;
+    };
+    let schemas = evolved();
+    if let Ok(decoded) = schemas.decode_protobuf(&bytes, true) {
+        if let Some(json) = &decoded.extensions {
+            serde_json::from_str::<serde_json::Value>(json).expect("extensions are JSON");
+        }
+        let booking_id = decoded.event.booking_id.clone();
+        let record = plugboard::runtime::convert::from_decoded(
+            decoded,
+            plugboard::runtime::convert::Envelope::default(),
+            None,
+        );
+        assert_eq!(record.booking.booking_id, booking_id);
+    }
+}
+
+fn dynamic_input(u: &mut Unstructured) -> Result<Vec<u8>> {
+    let writer = evolved().current();
+    let mut json =
+        serde_json::to_value(event(u)?).map_err(|_| arbitrary::Error::IncorrectFormat)?;
+    let map = json
+        .as_object_mut()
+        .ok_or(arbitrary::Error::IncorrectFormat)?;
+    map.remove("vehicle");
+    if u.arbitrary()? {
+        map.insert("state".into(), "BOOKING_STATE_NO_SHOW".into());
+    }
+    if u.arbitrary()? {
+        map.insert("loyaltyTier".into(), text(u)?.into());
+    }
+    if u.arbitrary()? {
+        map.insert(
+            "channel".into(),
+            u.choose(&["CHANNEL_WEB", "CHANNEL_PHONE"])?
+                .to_string()
+                .into(),
+        );
+    }
+    if let Some(customer) = map.get_mut("customer").and_then(|c| c.as_object_mut()) {
+        customer.insert("segment".into(), text(u)?.into());
+    }
+    let text = json.to_string();
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let body = prost_reflect::DynamicMessage::deserialize(writer.message.clone(), &mut de)
+        .map(|m| m.encode_to_vec())
+        .or_else(|_| u.arbitrary())?;
+    let body = if u.arbitrary()? {
+        mutate(u, body)?
+    } else {
+        body
+    };
+    Ok(if u.arbitrary()? {
+        let mut framed = plugboard::schema::framing::header(u.arbitrary()?).to_vec();
+        framed.extend(body);
+        framed
+    } else {
+        body
     })
 }
 

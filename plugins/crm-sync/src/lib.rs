@@ -13,7 +13,11 @@
 //! `object_type` (default `bookings`), `request_timeout_ms` (default 10000:
 //! a CRM that does not answer within it is retried), `price_format`
 //! (`minor`, the default: `price_amount_minor` in minor units, "12345";
-//! `decimal`: in major units, "123.45").
+//! `decimal`: in major units, "123.45"), `extra_properties` (a table from a
+//! field the contract does not have, as the producer's schema names it, to
+//! the CRM property it fills: `{ loyalty_tier = "loyalty_tier",
+//! "customer.segment" = "customer_segment" }`; needs `extensions = true` in
+//! the manifest). A state a newer producer added is written by its name.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -21,9 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use plugboard_guest::http::{self, Method};
 use plugboard_guest::log::log;
 use plugboard_guest::metrics::counter_add;
-use plugboard_guest::{
-    BatchOutcome, BookingEvent, Event, Failure, Guest, InitError, Level, RetryInfo,
-};
+use plugboard_guest::{BatchOutcome, Event, Failure, Guest, InitError, Level, RetryInfo};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -54,6 +56,9 @@ struct Crm {
     object_type: String,
     /// `price_amount_minor` as a decimal in major units.
     decimal_price: bool,
+    /// Extension fields (path as in the producer's schema) to CRM
+    /// properties.
+    extra_properties: Vec<(Vec<String>, String)>,
 }
 
 thread_local! {
@@ -89,7 +94,18 @@ impl Guest for CrmSync {
                 format!("request_timeout_ms must be a positive number, got `{v}`")
             })?,
         };
+        let extra_properties = config
+            .iter()
+            .filter_map(|(key, property)| {
+                let path = key.strip_prefix("extra_properties.")?;
+                Some((
+                    path.split('.').map(str::to_string).collect(),
+                    property.clone(),
+                ))
+            })
+            .collect();
         let crm = Crm {
+            extra_properties,
             origin: http::Origin::parse(base)?.with_timeout_ms(timeout),
             authorization: config
                 .get("token")
@@ -117,7 +133,7 @@ impl Guest for CrmSync {
         CRM.with(|crm| {
             let crm = crm.borrow();
             let crm = crm.as_ref().expect("init ran before handle");
-            let all: Vec<&BookingEvent> = batch.iter().map(|e| &e.booking).collect();
+            let all: Vec<&Event> = batch.iter().collect();
             match crm.sync(&all) {
                 Ok(()) => BatchOutcome::All,
                 Err(SyncError::Transient(t)) => retry(0, t),
@@ -163,21 +179,22 @@ fn retry(handled: usize, t: Transient) -> BatchOutcome {
 impl Crm {
     /// Writes the newest version of each booking in `events`, unless the
     /// CRM already holds that version or a newer one.
-    fn sync(&self, events: &[&BookingEvent]) -> Result<(), SyncError> {
-        let mut newest: BTreeMap<&str, &BookingEvent> = BTreeMap::new();
+    fn sync(&self, events: &[&Event]) -> Result<(), SyncError> {
+        let mut newest: BTreeMap<&str, &Event> = BTreeMap::new();
         for e in events {
-            let slot = newest.entry(e.booking_id.as_str()).or_insert(e);
-            if e.version > slot.version {
+            let slot = newest.entry(e.booking.booking_id.as_str()).or_insert(e);
+            if e.booking.version > slot.booking.version {
                 *slot = e;
             }
         }
-        let newest: Vec<&BookingEvent> = newest.into_values().collect();
+        let newest: Vec<&Event> = newest.into_values().collect();
         for chunk in newest.chunks(BATCH_LIMIT) {
             let held = self.read_versions(chunk)?;
-            let stale =
-                |e: &&&BookingEvent| held.get(&e.booking_id).is_some_and(|v| *v >= e.version);
-            let (skip, write): (Vec<&&BookingEvent>, Vec<&&BookingEvent>) =
-                chunk.iter().partition(stale);
+            let stale = |e: &&&Event| {
+                held.get(&e.booking.booking_id)
+                    .is_some_and(|v| *v >= e.booking.version)
+            };
+            let (skip, write): (Vec<&&Event>, Vec<&&Event>) = chunk.iter().partition(stale);
             if !skip.is_empty() {
                 counter_add("crm_sync_skipped_total", &[], skip.len() as f64);
             }
@@ -189,11 +206,11 @@ impl Crm {
         Ok(())
     }
 
-    fn read_versions(&self, events: &[&BookingEvent]) -> Result<HashMap<String, u64>, SyncError> {
+    fn read_versions(&self, events: &[&Event]) -> Result<HashMap<String, u64>, SyncError> {
         let body = json!({
             "idProperty": "booking_id",
             "properties": ["booking_id", "booking_version"],
-            "inputs": events.iter().map(|e| json!({"id": e.booking_id})).collect::<Vec<_>>(),
+            "inputs": events.iter().map(|e| json!({"id": e.booking.booking_id})).collect::<Vec<_>>(),
         });
         let response = self.call("batch/read", &body)?;
         // Only the two properties are read; the rest of the answer is
@@ -214,14 +231,14 @@ impl Crm {
         Ok(held)
     }
 
-    fn upsert(&self, events: &[&&BookingEvent]) -> Result<(), SyncError> {
+    fn upsert(&self, events: &[&&Event]) -> Result<(), SyncError> {
         let inputs: Vec<Value> = events
             .iter()
             .map(|e| {
                 json!({
                     "idProperty": "booking_id",
-                    "id": e.booking_id,
-                    "properties": properties(e, self.decimal_price),
+                    "id": e.booking.booking_id,
+                    "properties": self.properties(e),
                 })
             })
             .collect();
@@ -279,8 +296,61 @@ fn message(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(500).collect())
 }
 
-/// The CRM record of a booking. HubSpot property values are strings.
-fn properties(e: &BookingEvent, decimal_price: bool) -> Value {
+impl Crm {
+    /// The CRM record of a booking. HubSpot property values are strings.
+    fn properties(&self, event: &Event) -> Value {
+        let mut properties = properties(&event.booking, self.decimal_price);
+        if self.extra_properties.is_empty() {
+            return properties;
+        }
+        let extensions: Option<Value> = event
+            .extensions
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok());
+        for (path, property) in &self.extra_properties {
+            // The newest version of a booking is written whole: a field it
+            // does not set is written empty.
+            let value = extensions
+                .as_ref()
+                .and_then(|x| lookup(x, path))
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            properties[property.as_str()] = Value::String(value);
+        }
+        properties
+    }
+}
+
+/// The value at `path` (field names as the schema writes them, or in the
+/// JSON mapping's lowerCamelCase) in the extensions.
+fn lookup<'a>(extensions: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(extensions, |value, field| {
+        value.get(field).or_else(|| value.get(camel(field)))
+    })
+}
+
+/// `loyalty_tier` as proto3 JSON names it: `loyaltyTier`.
+fn camel(field: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in field.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The CRM record of a booking from the fields the contract has.
+fn properties(e: &plugboard_guest::BookingEvent, decimal_price: bool) -> Value {
     let customer = e.customer.as_ref();
     let amount = e.price.as_ref().map(|p| {
         if decimal_price {

@@ -9,6 +9,12 @@
 //! replaying, redelivering after a crash, or batching differently never adds
 //! a duplicate row. Readable by DuckDB, pyarrow and Spark.
 //!
+//! A state a newer producer added is written by its name (`no-show`); the
+//! fields the contract does not have go to the `extensions` column as JSON
+//! (with `extensions = true` in the manifest), which DuckDB queries with
+//! `extensions->>'$.loyaltyTier'`. Files written before that column existed
+//! read as if it were null.
+//!
 //! Config: `dir` (default `/data`, the folder granted in the manifest),
 //! `offsets_per_file` (default 1000).
 
@@ -168,11 +174,22 @@ fn read(path: &Path, schema: &Arc<Schema>) -> Result<Option<RecordBatch>, String
     let mut batches = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        // Same columns; the schema read back may differ in metadata only.
-        batches.push(
-            RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-                .map_err(|e| e.to_string())?,
-        );
+        // The schema's columns, by name: the schema read back may differ
+        // in metadata, and a file of an older version lacks the columns
+        // added since (null in its rows).
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|field| {
+                batch
+                    .column_by_name(field.name())
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        arrow_array::new_null_array(field.data_type(), batch.num_rows())
+                    })
+            })
+            .collect();
+        batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?);
     }
     concat_batches(schema, &batches)
         .map(Some)
@@ -246,6 +263,8 @@ fn schema() -> Arc<Schema> {
         text("source"),
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
+        // Fields the contract does not have, as JSON.
+        Field::new("extensions", DataType::Utf8, true),
     ]))
 }
 
@@ -293,6 +312,7 @@ fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, St
                 .map(|e| e.envelope.offset)
                 .collect::<Int64Array>(),
         ),
+        strings(&|e| e.extensions.clone()),
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
 }

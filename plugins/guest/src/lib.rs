@@ -37,8 +37,9 @@ pub use plugboard::plugin::types::*;
 pub use wasi::keyvalue::{atomics, batch, store};
 
 impl BookingState {
-    /// The lowercase name used in CRM fields, metric labels and columns.
-    pub fn as_str(self) -> &'static str {
+    /// The lowercase name used in CRM fields, metric labels and columns; a
+    /// state a newer producer added by its name (`no-show`).
+    pub fn as_str(&self) -> &str {
         match self {
             BookingState::Created => "created",
             BookingState::Paid => "paid",
@@ -46,6 +47,36 @@ impl BookingState {
             BookingState::Finalized => "finalized",
             BookingState::Cancelled => "cancelled",
             BookingState::Refunded => "refunded",
+            BookingState::Unknown(value) => &value.name,
+        }
+    }
+}
+
+impl ServiceCategory {
+    /// The lowercase name, as the contract writes the case; a category a
+    /// newer producer added by its name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ServiceCategory::Unspecified => "unspecified",
+            ServiceCategory::OilChange => "oil-change",
+            ServiceCategory::WheelChange => "wheel-change",
+            ServiceCategory::Inspection => "inspection",
+            ServiceCategory::Other => "other",
+            ServiceCategory::Unknown(value) => &value.name,
+        }
+    }
+}
+
+impl PaymentMethod {
+    /// The lowercase name, as the contract writes the case; a method a
+    /// newer producer added by its name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PaymentMethod::Unspecified => "unspecified",
+            PaymentMethod::Card => "card",
+            PaymentMethod::Paypal => "paypal",
+            PaymentMethod::Invoice => "invoice",
+            PaymentMethod::Unknown(value) => &value.name,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! source partition in the granted folder: `<dir>/<source>-<partition>.jsonl`
 //! (a `file:` source's colon becomes `_`). Each line carries the envelope
 //! (`source`, `partition`, `offset`) and the whole booking in snake_case,
-//! timestamps in RFC 3339, enums as lowercase names.
+//! timestamps in RFC 3339, enums as lowercase names (a value a newer
+//! producer added by its name), and `extensions` when the manifest asks for
+//! them and the event has any.
 //!
 //! Replay-safe: a file is appended in offset order, and an event whose
 //! offset is not above the file's last line is skipped, so a redelivery
@@ -218,7 +220,7 @@ struct Line<'a> {
     event_id: &'a str,
     booking_id: &'a str,
     version: u64,
-    state: &'static str,
+    state: &'a str,
     occurred_at: Option<String>,
     customer: Option<CustomerLine<'a>>,
     garage: Option<GarageLine<'a>>,
@@ -227,6 +229,10 @@ struct Line<'a> {
     price: Option<PriceLine<'a>>,
     appointment_start: Option<String>,
     payment: Option<PaymentLine<'a>>,
+    /// The fields the contract does not have, as the host gave them (only
+    /// if the manifest sets `extensions = true` and the event has any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extensions: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Serialize)]
@@ -249,7 +255,7 @@ struct GarageLine<'a> {
 struct ServiceLine<'a> {
     service_code: &'a str,
     name: &'a str,
-    category: &'static str,
+    category: &'a str,
 }
 
 #[derive(Serialize)]
@@ -268,7 +274,7 @@ struct PriceLine<'a> {
 #[derive(Serialize)]
 struct PaymentLine<'a> {
     payment_id: &'a str,
-    method: &'static str,
+    method: &'a str,
     paid_at: Option<String>,
 }
 
@@ -298,7 +304,7 @@ fn line(event: &Event) -> Line<'_> {
         service: b.service.as_ref().map(|s| ServiceLine {
             service_code: &s.service_code,
             name: &s.name,
-            category: category(s.category),
+            category: category(&s.category),
         }),
         vehicle: b.vehicle.as_ref().map(|v| VehicleLine {
             license_plate: &v.license_plate,
@@ -312,28 +318,34 @@ fn line(event: &Event) -> Line<'_> {
         appointment_start: b.appointment_start.map(Timestamp::to_rfc3339),
         payment: b.payment.as_ref().map(|p| PaymentLine {
             payment_id: &p.payment_id,
-            method: method(p.method),
+            method: method(&p.method),
             paid_at: p.paid_at.map(Timestamp::to_rfc3339),
         }),
+        extensions: event
+            .extensions
+            .as_deref()
+            .and_then(|json| serde_json::value::RawValue::from_string(json.to_string()).ok()),
     }
 }
 
-fn category(c: ServiceCategory) -> &'static str {
+fn category(c: &ServiceCategory) -> &str {
     match c {
         ServiceCategory::Unspecified => "unspecified",
         ServiceCategory::OilChange => "oil_change",
         ServiceCategory::WheelChange => "wheel_change",
         ServiceCategory::Inspection => "inspection",
         ServiceCategory::Other => "other",
+        ServiceCategory::Unknown(value) => &value.name,
     }
 }
 
-fn method(m: PaymentMethod) -> &'static str {
+fn method(m: &PaymentMethod) -> &str {
     match m {
         PaymentMethod::Unspecified => "unspecified",
         PaymentMethod::Card => "card",
         PaymentMethod::Paypal => "paypal",
         PaymentMethod::Invoice => "invoice",
+        PaymentMethod::Unknown(value) => &value.name,
     }
 }
 

@@ -4,7 +4,8 @@
 //! - `bookings_current{state}`: bookings whose latest version is in `state`;
 //! - `bookings_revenue_minor{currency}`: price of bookings whose latest state
 //!   is paid, upcoming or finalized;
-//! - `booking_events_total{state}`: distinct events seen, by their state;
+//! - `booking_events_total{state}`: distinct events seen, by their state (a
+//!   state a newer producer added counts under its name, e.g. `no-show`);
 //! - `booking_minutes_to_pay`: minutes from created to paid, once per booking.
 //!
 //! Replay-safe: the latest version per booking decides (an older version

@@ -29,9 +29,30 @@ func Handle(batch []types.Event) handler.BatchOutcome {
 	for _, event := range batch {
 		b := event.Booking
 		plugboard_plugin_log.Log(plugboard_plugin_log.Level_Info,
-			fmt.Sprintf("%s v%d state %d", b.BookingId, b.Version, b.State))
+			fmt.Sprintf("%s v%d %s", b.BookingId, b.Version, stateName(b.State)))
 	}
 	// Or handler.MakeBatchOutcomeStopped(handler.Stop{Handled: uint32(i),
 	// Failure: handler.MakeFailureReject(why)}) at the first event not handled.
 	return handler.MakeBatchOutcomeAll()
+}
+
+// stateName is a state as the contract writes it; one a newer producer
+// added (the contract does not name it) goes by its name, e.g. "no-show".
+func stateName(state types.BookingState) string {
+	switch state.Tag() {
+	case types.BookingState_Created:
+		return "created"
+	case types.BookingState_Paid:
+		return "paid"
+	case types.BookingState_Upcoming:
+		return "upcoming"
+	case types.BookingState_Finalized:
+		return "finalized"
+	case types.BookingState_Cancelled:
+		return "cancelled"
+	case types.BookingState_Refunded:
+		return "refunded"
+	default:
+		return state.Unknown().Name
+	}
 }

@@ -10,7 +10,7 @@ wit_bindgen::generate!({
 
 use exports::plugboard::plugin::handler::{BatchOutcome, Guest, InitError};
 use plugboard::plugin::log::{Level, log};
-use plugboard::plugin::types::Event;
+use plugboard::plugin::types::{BookingState, Event};
 
 struct Plugin;
 
@@ -24,10 +24,19 @@ impl Guest for Plugin {
             let b = &event.booking;
             log(
                 Level::Info,
-                &format!("{} v{} {:?}", b.booking_id, b.version, b.state),
+                &format!("{} v{} {}", b.booking_id, b.version, state_name(&b.state)),
             );
         }
         BatchOutcome::All
+    }
+}
+
+/// A state as the contract writes it; one a newer producer added (the
+/// contract does not name it) by its name, e.g. `no-show`.
+fn state_name(state: &BookingState) -> String {
+    match state {
+        BookingState::Unknown(value) => value.name.clone(),
+        known => format!("{known:?}").to_lowercase(),
     }
 }
 
