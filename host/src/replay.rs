@@ -252,7 +252,14 @@ fn state_name(decoded: &crate::schema::Decoded) -> String {
                 .to_ascii_lowercase()
         })
         .ok()
-        .or_else(|| decoded.writer.enum_names.get("state")?.get(&state).cloned())
+        .or_else(|| {
+            decoded
+                .writer()
+                .enum_names
+                .get("state")?
+                .get(&state)
+                .cloned()
+        })
         .unwrap_or_else(|| state.to_string())
 }
 

@@ -44,12 +44,17 @@ pub fn settle<R: Record>(
         let (payload, extensions) = (prepared.spec.payload, prepared.spec.extensions);
         let schemas = prepared.schemas();
         let mut events = Vec::new();
-        let mut schema_ids = Vec::new();
+        // Runs of events of one writer's schema, for the count per schema.
+        let mut schema_runs: Vec<(Arc<str>, usize)> = Vec::new();
         let mut undecodable = None;
         for record in &records[next..] {
             match record.decode(schemas, extensions) {
                 Ok(decoded) => {
-                    schema_ids.push(decoded.writer.label.clone());
+                    let label = &decoded.writer().label;
+                    match schema_runs.last_mut() {
+                        Some((run, n)) if Arc::ptr_eq(run, label) => *n += 1,
+                        _ => schema_runs.push((label.clone(), 1)),
+                    }
                     events.push(decoded_to_wit(record, decoded, payload));
                 }
                 Err(err) => {
@@ -77,7 +82,8 @@ pub fn settle<R: Record>(
             count_schemas(
                 &prepared,
                 records[base].source(),
-                &schema_ids[..outcomes.len()],
+                &schema_runs,
+                outcomes.len(),
             );
             if let Some(shadow) = shadow {
                 let served: Vec<Served> = outcomes
@@ -148,19 +154,19 @@ pub fn decoded_to_wit<R: Record>(record: &R, decoded: Decoded, payload: bool) ->
     convert::from_decoded(decoded, envelope, payload)
 }
 
-/// Counts settled events by their writer's schema, a run of one schema at
-/// a time.
-fn count_schemas(prepared: &Prepared, source: &str, ids: &[Arc<str>]) {
+/// Counts the first `settled` events by their writer's schema, from the
+/// runs of one schema each.
+fn count_schemas(prepared: &Prepared, source: &str, runs: &[(Arc<str>, usize)], settled: usize) {
     let counter = &prepared.metrics().events_by_schema;
-    let mut rest = ids;
-    while let Some(first) = rest.first() {
-        let run = rest
-            .iter()
-            .take_while(|id| Arc::ptr_eq(id, first) || id == &first)
-            .count();
+    let mut left = settled;
+    for (id, n) in runs {
+        if left == 0 {
+            break;
+        }
+        let n = (*n).min(left);
         counter
-            .with_label_values(&[&*prepared.name, source, first])
-            .inc_by(run as u64);
-        rest = &rest[run..];
+            .with_label_values(&[&*prepared.name, source, id])
+            .inc_by(n as u64);
+        left -= n;
     }
 }

@@ -238,6 +238,6 @@ fn a_plugin_of_contract_0_2_is_told_how_to_take_evolving_schemas() {
         ),
         "{text}"
     );
-    assert!(text.contains("unknown(enum-value"), "{text}");
+    assert!(text.contains("unknown-state"), "{text}");
     assert!(text.contains("extensions = true"), "{text}");
 }

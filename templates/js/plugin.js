@@ -3,9 +3,9 @@
 // events, in order; see wit/plugin.wit for the whole contract.
 import { log } from 'plugboard:plugin/log@0.3.0';
 
-// A state as the contract writes it (`upcoming`); one a newer producer added
-// arrives as { tag: 'unknown', val: { name, number } } and goes by its name.
-const stateName = (state) => (state.tag === 'unknown' ? state.val.name : state.tag);
+// A booking's state as the contract writes it (`upcoming`); one a newer
+// producer added arrives as 'unknown', with its name in `unknownState`.
+const stateName = (b) => (b.state === 'unknown' ? b.unknownState.name : b.state);
 
 export const handler = {
   // Throw { tag: 'reject', val: why } for a config that can never work,
@@ -15,7 +15,7 @@ export const handler = {
   handle(batch) {
     for (const event of batch) {
       const b = event.booking;
-      log('info', `${b.bookingId} v${b.version} ${stateName(b.state)}`);
+      log('info', `${b.bookingId} v${b.version} ${stateName(b)}`);
     }
     // Or { tag: 'stopped', val: { handled: i, failure } } at the first event
     // not handled, with failure { tag: 'retry', val: { reason, afterMs } }

@@ -5,15 +5,15 @@ in order; see wit/plugin.wit for the whole contract."""
 from wit_world import exports
 from wit_world.exports.handler import BatchOutcome_All
 from wit_world.imports import log
-from wit_world.imports.types import BookingState_Unknown
+from wit_world.imports.types import BookingState
 
 
-def state_name(state):
-    """A state as the contract writes it (`upcoming`); one a newer producer
-    added (the contract does not name it) by its name, e.g. `no-show`."""
-    if isinstance(state, BookingState_Unknown):
-        return state.value.name
-    return type(state).__name__.removeprefix("BookingState_").lower()
+def state_name(b):
+    """A booking's state as the contract writes it (`upcoming`); one a newer
+    producer added arrives as UNKNOWN, with its name in `unknown_state`."""
+    if b.state == BookingState.UNKNOWN:
+        return b.unknown_state.name
+    return b.state.name.lower()
 
 
 class Handler(exports.Handler):
@@ -26,7 +26,7 @@ class Handler(exports.Handler):
     def handle(self, batch):
         for event in batch:
             b = event.booking
-            log.log(log.Level.INFO, f"{b.booking_id} v{b.version} {state_name(b.state)}")
+            log.log(log.Level.INFO, f"{b.booking_id} v{b.version} {state_name(b)}")
         # Or BatchOutcome_Stopped(Stop(handled=i, failure=...)) at the first
         # event not handled, with Failure_Retry(RetryInfo(...)) or
         # Failure_Reject(reason).

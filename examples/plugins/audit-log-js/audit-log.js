@@ -7,9 +7,9 @@ import { counterAdd, describe } from 'plugboard:plugin/metrics@0.3.0';
 
 let prefix = 'audit';
 
-// A state as the contract writes it (`upcoming`); one a newer producer added
-// arrives as { tag: 'unknown', val: { name, number } } and goes by its name.
-const stateName = (state) => (state.tag === 'unknown' ? state.val.name : state.tag);
+// A booking's state as the contract writes it (`upcoming`); one a newer
+// producer added arrives as 'unknown', with its name in `unknownState`.
+const stateName = (b) => (b.state === 'unknown' ? b.unknownState.name : b.state);
 
 export const handler = {
   init(config) {
@@ -25,10 +25,10 @@ export const handler = {
       const e = event.envelope;
       log(
         'info',
-        `${prefix}: booking ${b.bookingId} v${b.version} ${stateName(b.state)} ` +
+        `${prefix}: booking ${b.bookingId} v${b.version} ${stateName(b)} ` +
           `(event ${b.eventId}, ${e.source}/${e.partition}@${e.offset})`,
       );
-      counterAdd('audit_events_total', [{ name: 'state', value: stateName(b.state) }], 1);
+      counterAdd('audit_events_total', [{ name: 'state', value: stateName(b) }], 1);
     }
     return { tag: 'all' };
   },

@@ -65,7 +65,7 @@ function post(body, key) {
 
 function notify(event) {
   const b = event.booking;
-  if (b.state.tag !== 'upcoming') return undefined;
+  if (b.state !== 'upcoming') return undefined;
   if (!b.appointmentStart) {
     return { tag: 'reject', val: `booking ${b.bookingId} is upcoming but has no appointment` };
   }

@@ -23,7 +23,7 @@ from wit_world.exports.handler import (
     Stop,
 )
 from wit_world.imports import outgoing_handler, wasi_http_types as http
-from wit_world.imports.plugboard_plugin_types import BookingState_Upcoming
+from wit_world.imports.plugboard_plugin_types import BookingState
 
 WEBHOOK = {}
 
@@ -74,7 +74,7 @@ def post(body, key):
 
 def notify(event):
     b = event.booking
-    if not isinstance(b.state, BookingState_Upcoming):
+    if b.state != BookingState.UPCOMING:
         return None
     if b.appointment_start is None:
         return Failure_Reject(f"booking {b.booking_id} is upcoming but has no appointment")

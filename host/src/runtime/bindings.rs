@@ -26,10 +26,12 @@ pub const CONTRACT: &str = "plugboard:plugin@0.3.0";
 pub const CHANGES: &[(&str, &str)] = &[
     (
         "0.2.0",
-        "`booking-state`, `service-category` and `payment-method` are variants with a case \
-         `unknown(enum-value { name, number })` for a value a newer producer's schema has (match it \
-         in your code); `event` has `extensions: option<string>`, the fields the contract does not \
-         have as proto3 JSON, present only when the manifest sets `extensions = true`",
+        "`booking-state`, `service-category` and `payment-method` have a case `unknown` for a \
+         value a newer producer's schema has (match it in your code), named by the new fields \
+         `unknown-state`, `service.unknown-category` and `payment.unknown-method` \
+         (`option<enum-value { name, number }>`); `event` has `extensions: option<string>`, the \
+         fields the contract does not have as proto3 JSON, present only when the manifest sets \
+         `extensions = true`",
     ),
     (
         "0.1.0",

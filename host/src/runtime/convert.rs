@@ -34,8 +34,9 @@ pub fn from_decoded(decoded: Decoded, envelope: Envelope, payload: Option<Vec<u8
         writer,
         extensions,
     } = decoded;
+    let writer = writer.as_deref().unwrap_or_else(|| Writer::compiled_ref());
     wit::Event {
-        booking: booking(event, &writer),
+        booking: booking(event, writer),
         envelope: wit::Envelope {
             source: envelope.source,
             partition: envelope.partition,
@@ -58,7 +59,8 @@ fn booking(e: pb::BookingEvent, writer: &Writer) -> wit::BookingEvent {
         event_id: e.event_id,
         booking_id: e.booking_id,
         version: e.version,
-        state: state(e.state, writer),
+        state: state(e.state),
+        unknown_state: unknown(writer, "state", e.state, state(e.state)),
         occurred_at: e.occurred_at.as_ref().map(timestamp),
         customer: e.customer.map(|c| wit::Customer {
             customer_id: c.customer_id,
@@ -75,7 +77,8 @@ fn booking(e: pb::BookingEvent, writer: &Writer) -> wit::BookingEvent {
         service: e.service.map(|s| wit::Service {
             service_code: s.service_code,
             name: s.name,
-            category: category(s.category, writer),
+            category: category(s.category),
+            unknown_category: unknown(writer, "service.category", s.category, category(s.category)),
         }),
         vehicle: e.vehicle.map(|v| wit::Vehicle {
             license_plate: v.license_plate,
@@ -89,7 +92,8 @@ fn booking(e: pb::BookingEvent, writer: &Writer) -> wit::BookingEvent {
         appointment_start: e.appointment_start.as_ref().map(timestamp),
         payment: e.payment.map(|p| wit::Payment {
             payment_id: p.payment_id,
-            method: method(p.method, writer),
+            method: method(p.method),
+            unknown_method: unknown(writer, "payment.method", p.method, method(p.method)),
             paid_at: p.paid_at.as_ref().map(timestamp),
         }),
     }
@@ -102,9 +106,18 @@ fn timestamp(t: &pbjson_types::Timestamp) -> wit::Timestamp {
     }
 }
 
-/// A value the contract does not name, by the writer's name for it.
-fn unknown(writer: &Writer, path: &str, value: i32) -> wit::EnumValue {
-    wit::EnumValue {
+/// The writer's name and number of a value the contract does not name
+/// (`converted` is `unknown`); none for the ones it names.
+fn unknown<E: PartialEq + Unknown>(
+    writer: &Writer,
+    path: &str,
+    value: i32,
+    converted: E,
+) -> Option<wit::EnumValue> {
+    if converted != E::UNKNOWN {
+        return None;
+    }
+    Some(wit::EnumValue {
         name: writer
             .enum_names
             .get(path)
@@ -112,10 +125,27 @@ fn unknown(writer: &Writer, path: &str, value: i32) -> wit::EnumValue {
             .cloned()
             .unwrap_or_else(|| value.to_string()),
         number: value,
-    }
+    })
 }
 
-fn state(value: i32, writer: &Writer) -> wit::BookingState {
+/// The `unknown` case of a contract enum.
+trait Unknown {
+    const UNKNOWN: Self;
+}
+
+impl Unknown for wit::BookingState {
+    const UNKNOWN: Self = wit::BookingState::Unknown;
+}
+
+impl Unknown for wit::ServiceCategory {
+    const UNKNOWN: Self = wit::ServiceCategory::Unknown;
+}
+
+impl Unknown for wit::PaymentMethod {
+    const UNKNOWN: Self = wit::PaymentMethod::Unknown;
+}
+
+fn state(value: i32) -> wit::BookingState {
     use pb::BookingState as S;
     match S::try_from(value) {
         Ok(S::Created) => wit::BookingState::Created,
@@ -125,11 +155,11 @@ fn state(value: i32, writer: &Writer) -> wit::BookingState {
         Ok(S::Cancelled) => wit::BookingState::Cancelled,
         Ok(S::Refunded) => wit::BookingState::Refunded,
         Ok(S::Unspecified) => unreachable!("validated before conversion"),
-        Err(_) => wit::BookingState::Unknown(unknown(writer, "state", value)),
+        Err(_) => wit::BookingState::Unknown,
     }
 }
 
-fn category(value: i32, writer: &Writer) -> wit::ServiceCategory {
+fn category(value: i32) -> wit::ServiceCategory {
     use pb::ServiceCategory as C;
     match C::try_from(value) {
         Ok(C::OilChange) => wit::ServiceCategory::OilChange,
@@ -137,17 +167,17 @@ fn category(value: i32, writer: &Writer) -> wit::ServiceCategory {
         Ok(C::Inspection) => wit::ServiceCategory::Inspection,
         Ok(C::Other) => wit::ServiceCategory::Other,
         Ok(C::Unspecified) => wit::ServiceCategory::Unspecified,
-        Err(_) => wit::ServiceCategory::Unknown(unknown(writer, "service.category", value)),
+        Err(_) => wit::ServiceCategory::Unknown,
     }
 }
 
-fn method(value: i32, writer: &Writer) -> wit::PaymentMethod {
+fn method(value: i32) -> wit::PaymentMethod {
     use pb::PaymentMethod as M;
     match M::try_from(value) {
         Ok(M::Card) => wit::PaymentMethod::Card,
         Ok(M::Paypal) => wit::PaymentMethod::Paypal,
         Ok(M::Invoice) => wit::PaymentMethod::Invoice,
         Ok(M::Unspecified) => wit::PaymentMethod::Unspecified,
-        Err(_) => wit::PaymentMethod::Unknown(unknown(writer, "payment.method", value)),
+        Err(_) => wit::PaymentMethod::Unknown,
     }
 }

@@ -365,7 +365,7 @@ fn properties(e: &plugboard_guest::BookingEvent, decimal_price: bool) -> Value {
     });
     json!({
         "booking_id": e.booking_id,
-        "booking_state": e.state.as_str(),
+        "booking_state": e.state_name(),
         "booking_version": e.version.to_string(),
         "customer_name": customer.map(|c| c.name.as_str()).unwrap_or_default(),
         "customer_email": customer.map(|c| c.email.as_str()).unwrap_or_default(),

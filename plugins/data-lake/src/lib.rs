@@ -280,7 +280,7 @@ fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, St
                 .map(|e| e.booking.version)
                 .collect::<UInt64Array>(),
         ),
-        strings(&|e| Some(e.booking.state.as_str().to_string())),
+        strings(&|e| Some(e.booking.state_name().to_string())),
         Arc::new(
             rows.iter()
                 .map(|e| {

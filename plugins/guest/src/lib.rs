@@ -37,9 +37,10 @@ pub use plugboard::plugin::types::*;
 pub use wasi::keyvalue::{atomics, batch, store};
 
 impl BookingState {
-    /// The lowercase name used in CRM fields, metric labels and columns; a
-    /// state a newer producer added by its name (`no-show`).
-    pub fn as_str(&self) -> &str {
+    /// The lowercase name used in CRM fields, metric labels and columns;
+    /// `unknown` for a state a newer producer added (see
+    /// [`BookingEvent::state_name`]).
+    pub fn as_str(self) -> &'static str {
         match self {
             BookingState::Created => "created",
             BookingState::Paid => "paid",
@@ -47,36 +48,65 @@ impl BookingState {
             BookingState::Finalized => "finalized",
             BookingState::Cancelled => "cancelled",
             BookingState::Refunded => "refunded",
-            BookingState::Unknown(value) => &value.name,
+            BookingState::Unknown => "unknown",
+        }
+    }
+}
+
+impl BookingEvent {
+    /// The state's name: as [`BookingState::as_str`], and a state a newer
+    /// producer added by its own name (`no-show`).
+    pub fn state_name(&self) -> &str {
+        match (&self.state, &self.unknown_state) {
+            (BookingState::Unknown, Some(value)) => &value.name,
+            (state, _) => state.as_str(),
         }
     }
 }
 
 impl ServiceCategory {
-    /// The lowercase name, as the contract writes the case; a category a
-    /// newer producer added by its name.
-    pub fn as_str(&self) -> &str {
+    /// The lowercase name, as the contract writes the case.
+    pub fn as_str(self) -> &'static str {
         match self {
             ServiceCategory::Unspecified => "unspecified",
             ServiceCategory::OilChange => "oil-change",
             ServiceCategory::WheelChange => "wheel-change",
             ServiceCategory::Inspection => "inspection",
             ServiceCategory::Other => "other",
-            ServiceCategory::Unknown(value) => &value.name,
+            ServiceCategory::Unknown => "unknown",
+        }
+    }
+}
+
+impl Service {
+    /// The category's name, a category a newer producer added by its own.
+    pub fn category_name(&self) -> &str {
+        match (&self.category, &self.unknown_category) {
+            (ServiceCategory::Unknown, Some(value)) => &value.name,
+            (category, _) => category.as_str(),
         }
     }
 }
 
 impl PaymentMethod {
-    /// The lowercase name, as the contract writes the case; a method a
-    /// newer producer added by its name.
-    pub fn as_str(&self) -> &str {
+    /// The lowercase name, as the contract writes the case.
+    pub fn as_str(self) -> &'static str {
         match self {
             PaymentMethod::Unspecified => "unspecified",
             PaymentMethod::Card => "card",
             PaymentMethod::Paypal => "paypal",
             PaymentMethod::Invoice => "invoice",
-            PaymentMethod::Unknown(value) => &value.name,
+            PaymentMethod::Unknown => "unknown",
+        }
+    }
+}
+
+impl Payment {
+    /// The method's name, a method a newer producer added by its own.
+    pub fn method_name(&self) -> &str {
+        match (&self.method, &self.unknown_method) {
+            (PaymentMethod::Unknown, Some(value)) => &value.name,
+            (method, _) => method.as_str(),
         }
     }
 }

@@ -25,8 +25,8 @@ use std::path::PathBuf;
 
 use plugboard_guest::metrics::counter_add;
 use plugboard_guest::{
-    BatchOutcome, BookingEvent, Event, Failure, Guest, InitError, PaymentMethod, RetryInfo,
-    ServiceCategory, Timestamp,
+    BatchOutcome, BookingEvent, Event, Failure, Guest, InitError, RetryInfo, ServiceCategory,
+    Timestamp,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -287,7 +287,7 @@ fn line(event: &Event) -> Line<'_> {
         event_id: &b.event_id,
         booking_id: &b.booking_id,
         version: b.version,
-        state: b.state.as_str(),
+        state: b.state_name(),
         occurred_at: b.occurred_at.map(Timestamp::to_rfc3339),
         customer: b.customer.as_ref().map(|c| CustomerLine {
             customer_id: &c.customer_id,
@@ -304,7 +304,10 @@ fn line(event: &Event) -> Line<'_> {
         service: b.service.as_ref().map(|s| ServiceLine {
             service_code: &s.service_code,
             name: &s.name,
-            category: category(&s.category),
+            category: match s.category {
+                ServiceCategory::Unknown => s.category_name(),
+                known => category(known),
+            },
         }),
         vehicle: b.vehicle.as_ref().map(|v| VehicleLine {
             license_plate: &v.license_plate,
@@ -318,7 +321,7 @@ fn line(event: &Event) -> Line<'_> {
         appointment_start: b.appointment_start.map(Timestamp::to_rfc3339),
         payment: b.payment.as_ref().map(|p| PaymentLine {
             payment_id: &p.payment_id,
-            method: method(&p.method),
+            method: p.method_name(),
             paid_at: p.paid_at.map(Timestamp::to_rfc3339),
         }),
         extensions: event
@@ -328,24 +331,14 @@ fn line(event: &Event) -> Line<'_> {
     }
 }
 
-fn category(c: &ServiceCategory) -> &str {
+fn category(c: ServiceCategory) -> &'static str {
     match c {
         ServiceCategory::Unspecified => "unspecified",
         ServiceCategory::OilChange => "oil_change",
         ServiceCategory::WheelChange => "wheel_change",
         ServiceCategory::Inspection => "inspection",
         ServiceCategory::Other => "other",
-        ServiceCategory::Unknown(value) => &value.name,
-    }
-}
-
-fn method(m: &PaymentMethod) -> &str {
-    match m {
-        PaymentMethod::Unspecified => "unspecified",
-        PaymentMethod::Card => "card",
-        PaymentMethod::Paypal => "paypal",
-        PaymentMethod::Invoice => "invoice",
-        PaymentMethod::Unknown(value) => &value.name,
+        ServiceCategory::Unknown => "unknown",
     }
 }
 

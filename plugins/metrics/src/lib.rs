@@ -243,7 +243,7 @@ fn apply(
         if newer {
             booking.latest = Some((
                 b.version,
-                b.state.as_str().to_string(),
+                b.state_name().to_string(),
                 b.price
                     .as_ref()
                     .map(|p| (p.currency_code.clone(), p.amount_minor)),
@@ -264,11 +264,7 @@ fn apply(
         if !touched.contains(&partition) {
             touched.push(partition);
         }
-        m::counter_add(
-            "booking_events_total",
-            &label("state", b.state.as_str()),
-            1.0,
-        );
+        m::counter_add("booking_events_total", &label("state", b.state_name()), 1.0);
         if let Some(minutes) = time_to_pay {
             m::histogram_observe("booking_minutes_to_pay", &[], minutes);
         }

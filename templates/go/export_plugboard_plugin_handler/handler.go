@@ -29,17 +29,17 @@ func Handle(batch []types.Event) handler.BatchOutcome {
 	for _, event := range batch {
 		b := event.Booking
 		plugboard_plugin_log.Log(plugboard_plugin_log.Level_Info,
-			fmt.Sprintf("%s v%d %s", b.BookingId, b.Version, stateName(b.State)))
+			fmt.Sprintf("%s v%d %s", b.BookingId, b.Version, stateName(b)))
 	}
 	// Or handler.MakeBatchOutcomeStopped(handler.Stop{Handled: uint32(i),
 	// Failure: handler.MakeFailureReject(why)}) at the first event not handled.
 	return handler.MakeBatchOutcomeAll()
 }
 
-// stateName is a state as the contract writes it; one a newer producer
-// added (the contract does not name it) goes by its name, e.g. "no-show".
-func stateName(state types.BookingState) string {
-	switch state.Tag() {
+// stateName is a booking's state as the contract writes it; one a newer
+// producer added arrives as unknown, with its name in UnknownState.
+func stateName(b types.BookingEvent) string {
+	switch b.State {
 	case types.BookingState_Created:
 		return "created"
 	case types.BookingState_Paid:
@@ -53,6 +53,6 @@ func stateName(state types.BookingState) string {
 	case types.BookingState_Refunded:
 		return "refunded"
 	default:
-		return state.Unknown().Name
+		return b.UnknownState.Some().Name
 	}
 }

@@ -10,7 +10,7 @@ wit_bindgen::generate!({
 
 use exports::plugboard::plugin::handler::{BatchOutcome, Guest, InitError};
 use plugboard::plugin::log::{Level, log};
-use plugboard::plugin::types::{BookingState, Event};
+use plugboard::plugin::types::{BookingEvent, BookingState, Event};
 
 struct Plugin;
 
@@ -24,7 +24,7 @@ impl Guest for Plugin {
             let b = &event.booking;
             log(
                 Level::Info,
-                &format!("{} v{} {}", b.booking_id, b.version, state_name(&b.state)),
+                &format!("{} v{} {}", b.booking_id, b.version, state_name(b)),
             );
         }
         BatchOutcome::All
@@ -33,10 +33,10 @@ impl Guest for Plugin {
 
 /// A state as the contract writes it; one a newer producer added (the
 /// contract does not name it) by its name, e.g. `no-show`.
-fn state_name(state: &BookingState) -> String {
-    match state {
-        BookingState::Unknown(value) => value.name.clone(),
-        known => format!("{known:?}").to_lowercase(),
+fn state_name(b: &BookingEvent) -> String {
+    match (b.state, &b.unknown_state) {
+        (BookingState::Unknown, Some(value)) => value.name.clone(),
+        (known, _) => format!("{known:?}").to_lowercase(),
     }
 }
 

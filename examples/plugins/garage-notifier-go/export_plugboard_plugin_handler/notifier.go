@@ -70,7 +70,7 @@ func reject(reason string) witTypes.Option[handler.Failure] {
 }
 
 func notify(b types.BookingEvent) witTypes.Option[handler.Failure] {
-	if b.State.Tag() != types.BookingState_Upcoming {
+	if b.State != types.BookingState_Upcoming {
 		return witTypes.None[handler.Failure]()
 	}
 	if b.AppointmentStart.IsNone() {
