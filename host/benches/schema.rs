@@ -22,8 +22,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use plugboard::framing;
 use plugboard::runtime::convert::{Envelope, from_decoded};
-use plugboard::schema::{Decoded, Schemas, framing};
+use plugboard::schema::{Decoded, Schemas};
 use prost::Message;
 
 const EVENTS: usize = 1_000;

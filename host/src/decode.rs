@@ -31,11 +31,17 @@ pub enum DecodeError {
     },
 }
 
+impl From<crate::framing::FramingError> for DecodeError {
+    fn from(e: crate::framing::FramingError) -> Self {
+        DecodeError::Protobuf(e.to_string())
+    }
+}
+
 /// Decodes a Kafka message value with the compiled schema: plain protobuf,
 /// or schema-registry framed (the id not looked at; see [`crate::schema`]
 /// for reading it with the writer's schema).
 pub fn from_protobuf(bytes: &[u8]) -> Result<BookingEvent, DecodeError> {
-    let body = crate::schema::framing::split(bytes)?.body;
+    let body = crate::framing::split(bytes)?.body;
     let event = BookingEvent::decode(body).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     validate(&event)?;
     Ok(event)

@@ -5,3 +5,6 @@
 
 include!(concat!(env!("OUT_DIR"), "/booking.v1.rs"));
 include!(concat!(env!("OUT_DIR"), "/booking.v1.serde.rs"));
+
+/// The full name of the event message the host is compiled for.
+pub const MESSAGE: &str = "booking.v1.BookingEvent";

@@ -97,7 +97,7 @@ impl Writing {
         match self.id {
             None => body,
             Some(id) => {
-                let mut framed = crate::schema::framing::header(id).to_vec();
+                let mut framed = crate::framing::header(id).to_vec();
                 framed.extend_from_slice(&body);
                 framed
             }

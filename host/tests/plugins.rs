@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Setup;
@@ -184,23 +185,32 @@ fn check_names_a_handler_with_the_wrong_signature() {
     );
 }
 
-#[test]
-fn a_plugin_of_contract_0_1_is_told_what_changed_by_check_and_by_a_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let old = std::fs::read_to_string(common::repo().join("host/tests/contract/plugin-0.1.0.wit"))
-        .unwrap();
-    assert!(old.contains("package plugboard:plugin@0.1.0;"));
-    let Some(component) = dummy_component(dir.path(), &old) else {
-        return;
-    };
+/// A component of an earlier contract (`host/tests/contract/`), and what
+/// `plugboard check` says of it, which names both contract versions.
+fn of_contract(version: &str, dir: &Path) -> Option<(PathBuf, String)> {
+    let old = std::fs::read_to_string(
+        common::repo().join(format!("host/tests/contract/plugin-{version}.wit")),
+    )
+    .unwrap();
+    assert!(old.contains(&format!("package plugboard:plugin@{version};")));
+    let component = dummy_component(dir, &old)?;
     let (ok, text) = check(&component);
     assert!(!ok, "{text}");
     assert!(
-        text.contains(
-            "built against plugboard:plugin@0.1.0, and this host implements plugboard:plugin@0.3.0"
-        ),
+        text.contains(&format!(
+            "built against plugboard:plugin@{version}, and this host implements plugboard:plugin@0.3.0"
+        )),
         "{text}"
     );
+    Some((component, text))
+}
+
+#[test]
+fn a_plugin_of_contract_0_1_is_told_what_changed_by_check_and_by_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((component, text)) = of_contract("0.1.0", dir.path()) else {
+        return;
+    };
     assert!(text.contains("batch-outcome::stopped"), "{text}");
     assert!(text.contains("init-error::retry"), "{text}");
 
@@ -224,20 +234,9 @@ fn a_plugin_of_contract_0_1_is_told_what_changed_by_check_and_by_a_run() {
 #[test]
 fn a_plugin_of_contract_0_2_is_told_how_to_take_evolving_schemas() {
     let dir = tempfile::tempdir().unwrap();
-    let old = std::fs::read_to_string(common::repo().join("host/tests/contract/plugin-0.2.0.wit"))
-        .unwrap();
-    assert!(old.contains("package plugboard:plugin@0.2.0;"));
-    let Some(component) = dummy_component(dir.path(), &old) else {
+    let Some((_, text)) = of_contract("0.2.0", dir.path()) else {
         return;
     };
-    let (ok, text) = check(&component);
-    assert!(!ok, "{text}");
-    assert!(
-        text.contains(
-            "built against plugboard:plugin@0.2.0, and this host implements plugboard:plugin@0.3.0"
-        ),
-        "{text}"
-    );
     assert!(text.contains("unknown-state"), "{text}");
     assert!(text.contains("extensions = true"), "{text}");
 }

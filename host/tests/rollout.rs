@@ -34,18 +34,6 @@ fn start_on(setup: &Setup, config: &Path, metrics: &str) -> (Host, String) {
     start_with_token(setup, config, metrics, TOKEN)
 }
 
-/// `n/<id>` of the counting plugin in the host's state.
-fn counted(data_dir: &Path, topic: &str, id: &str) -> u64 {
-    let db = rusqlite::Connection::open(data_dir.join("state.sqlite")).unwrap();
-    db.query_row(
-        "SELECT value FROM state WHERE plugin = 'counting' AND scope = ?1 AND bucket = 'counting' AND key = ?2",
-        [topic, &format!("n/{id}")],
-        |row| row.get::<_, Vec<u8>>(0),
-    )
-    .map(|v| String::from_utf8(v).unwrap().parse::<u64>().unwrap())
-    .unwrap_or(0)
-}
-
 /// The versions the counting plugin wrote in its delivery lines for `ids`.
 fn delivered_by(out: &Path, ids: &[String]) -> std::collections::BTreeSet<String> {
     let mut versions = std::collections::BTreeSet::new();

@@ -15,27 +15,9 @@ use common::{OwnRegistry, Setup, register, registry, schema_fixture};
 use serde_json::Value;
 
 /// `plugboard produce` of `events` to `topic` with `args` (the schema,
-/// the registry or the id).
-fn produce_with(brokers: &str, topic: &str, events: &Path, args: &[&str]) {
-    let out = common::plugboard_command()
-        .args([
-            "produce",
-            "--brokers",
-            brokers,
-            "--topic",
-            topic,
-            "--events",
-        ])
-        .arg(events)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+/// the registry or the id); every line must be an event.
+fn produce_events(brokers: &str, topic: &str, events: &Path, args: &[&str]) {
+    let said = produce_with(brokers, topic, events, args);
     assert!(
         !said.contains("raw bytes"),
         "every line is an event: {said}"
@@ -72,18 +54,6 @@ fn v2_events(
     path
 }
 
-/// `n/<id>` of the counting plugin in the host's state.
-fn counted(data_dir: &Path, topic: &str, id: &str) -> u64 {
-    let db = rusqlite::Connection::open(data_dir.join("state.sqlite")).unwrap();
-    db.query_row(
-        "SELECT value FROM state WHERE plugin = 'counting' AND scope = ?1 AND bucket = 'counting' AND key = ?2",
-        [topic, &format!("n/{id}")],
-        |row| row.get::<_, Vec<u8>>(0),
-    )
-    .map(|v| String::from_utf8(v).unwrap().parse::<u64>().unwrap())
-    .unwrap_or(0)
-}
-
 fn all_counted_once(data_dir: &Path, topic: &str, events: &[&Path]) {
     for file in events {
         for id in common::event_ids(file) {
@@ -116,7 +86,7 @@ fn a_compatible_writer_schema_flows_and_an_incompatible_one_parks_as_schema() {
 
     // v1, as the project's schema registered by the producer.
     let v1 = common::generated_events(dir, 6, 201);
-    produce_with(
+    produce_events(
         &brokers,
         &topic,
         &v1,
@@ -141,8 +111,8 @@ fn a_compatible_writer_schema_flows_and_an_incompatible_one_parks_as_schema() {
         "--schema",
         v2_proto.to_str().unwrap(),
     ];
-    produce_with(&brokers, &topic, &v2, &v2_args);
-    produce_with(
+    produce_events(&brokers, &topic, &v2, &v2_args);
+    produce_events(
         &brokers,
         &topic,
         &v3,
@@ -155,7 +125,7 @@ fn a_compatible_writer_schema_flows_and_an_incompatible_one_parks_as_schema() {
             v3_proto.to_str().unwrap(),
         ],
     );
-    produce_with(&brokers, &topic, &v2_after, &v2_args);
+    produce_events(&brokers, &topic, &v2_after, &v2_args);
     wait_for_zero_lag(&kafka, &["counting"]);
 
     let v1_id = register(
@@ -260,7 +230,7 @@ fn a_registry_outage_holds_only_what_needs_it_and_heals() {
 
     // Warm-up: the host has read v1 once.
     let warm = common::generated_events(dir, 3, 301);
-    produce_with(&brokers, &topic, &warm, &["--schema-id", &v1_arg]);
+    produce_events(&brokers, &topic, &warm, &["--schema-id", &v1_arg]);
     let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
     let host = Host(Some(host));
     wait_for_zero_lag(&kafka, &["counting"]);
@@ -268,7 +238,7 @@ fn a_registry_outage_holds_only_what_needs_it_and_heals() {
     // Registry down after warm-up: v1 events flow as before.
     own.stop();
     let after_warm_up = common::generated_events(dir, 3, 302);
-    produce_with(&brokers, &topic, &after_warm_up, &["--schema-id", &v1_arg]);
+    produce_events(&brokers, &topic, &after_warm_up, &["--schema-id", &v1_arg]);
     wait_for_zero_lag(&kafka, &["counting"]);
     let data = dir.join(".plugboard");
     all_counted_once(&data, &topic, &[&warm, &after_warm_up]);
@@ -277,8 +247,8 @@ fn a_registry_outage_holds_only_what_needs_it_and_heals() {
     // host's failure, and what follows waits behind it.
     let v2 = v2_events(dir, "v2.ndjson", 2, 303, |_| {});
     let behind = common::generated_events(dir, 2, 304);
-    produce_with(&brokers, &topic, &v2, &v2_args);
-    produce_with(&brokers, &topic, &behind, &["--schema-id", &v1_arg]);
+    produce_events(&brokers, &topic, &v2, &v2_args);
+    produce_events(&brokers, &topic, &behind, &["--schema-id", &v1_arg]);
     wait_until("the partition holds for the registry", || {
         let status = plugin_status(&admin, "counting");
         status["waiting"].as_array().is_some_and(|w| {
@@ -322,8 +292,8 @@ fn a_registry_outage_holds_only_what_needs_it_and_heals() {
     own.stop();
     let later_v1 = common::generated_events(dir, 2, 305);
     let later_v2 = v2_events(dir, "later-v2.ndjson", 2, 306, |_| {});
-    produce_with(&brokers, &topic, &later_v1, &["--schema-id", &v1_arg]);
-    produce_with(&brokers, &topic, &later_v2, &v2_args);
+    produce_events(&brokers, &topic, &later_v1, &["--schema-id", &v1_arg]);
+    produce_events(&brokers, &topic, &later_v2, &v2_args);
     let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
     let host = Host(Some(host));
     wait_for_zero_lag(&kafka, &["counting"]);
@@ -348,7 +318,7 @@ fn a_descriptor_set_dropped_in_changes_the_schema_live() {
 
     // No file yet: the compiled schema.
     let before = common::generated_events(dir, 3, 401);
-    produce_with(&brokers, &topic, &before, &[]);
+    produce_events(&brokers, &topic, &before, &[]);
     let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
     let host = Host(Some(host));
     wait_for_zero_lag(&kafka, &["counting"]);
@@ -371,7 +341,7 @@ fn a_descriptor_set_dropped_in_changes_the_schema_live() {
             1000 + probes.len() as u64,
             |_| {},
         );
-        produce_with(&brokers, &topic, &probe, &v2_args);
+        produce_events(&brokers, &topic, &probe, &v2_args);
         probes.push(probe);
         wait_for_zero_lag(&kafka, &["counting"]);
         let schemas = plugin_status(&admin, "counting")["schemas"].clone();
@@ -389,7 +359,7 @@ fn a_descriptor_set_dropped_in_changes_the_schema_live() {
     // The state v2 added now reaches the plugin.
     let no_show = v2_events(dir, "no-show.ndjson", 3, 403, |_| {});
     assert!(!with_no_shows(&no_show).is_empty());
-    produce_with(&brokers, &topic, &no_show, &v2_args);
+    produce_events(&brokers, &topic, &no_show, &v2_args);
     wait_for_zero_lag(&kafka, &["counting"]);
     all_counted_once(&dir.join(".plugboard"), &topic, &[&no_show]);
     assert_eq!(plugin_status(&admin, "counting")["dead_lettered"], 0);
@@ -397,7 +367,7 @@ fn a_descriptor_set_dropped_in_changes_the_schema_live() {
     // A broken file keeps the schema before it.
     std::fs::write(&set, b"not a descriptor set").unwrap();
     let after = v2_events(dir, "after.ndjson", 2, 402, |_| {});
-    produce_with(&brokers, &topic, &after, &v2_args);
+    produce_events(&brokers, &topic, &after, &v2_args);
     wait_for_zero_lag(&kafka, &["counting"]);
     let mut all: Vec<&Path> = vec![&before, &after];
     all.extend(probes.iter().map(PathBuf::as_path));
@@ -479,7 +449,7 @@ fn a_new_state_and_new_fields_reach_every_demo_plugin_without_a_redeploy() {
     let registered = ["--registry", &registry, "--subject", &subject];
 
     let before = common::generated_events(dir, 8, 501);
-    produce_with(&brokers, &topic, &before, &registered);
+    produce_events(&brokers, &topic, &before, &registered);
     let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
     let host = Host(Some(host));
     let plugins = ["crm-sync", "data-lake", "metrics"];
@@ -493,9 +463,9 @@ fn a_new_state_and_new_fields_reach_every_demo_plugin_without_a_redeploy() {
     let v2_proto = schema_fixture("booking_v2.proto");
     let mut v2_args = registered.to_vec();
     v2_args.extend(["--schema", v2_proto.to_str().unwrap()]);
-    produce_with(&brokers, &topic, &v2, &v2_args);
+    produce_events(&brokers, &topic, &v2, &v2_args);
     let after = common::generated_events(dir, 6, 503);
-    produce_with(&brokers, &topic, &after, &registered);
+    produce_events(&brokers, &topic, &after, &registered);
     wait_for_zero_lag(&kafka, &plugins);
 
     for plugin in plugins {

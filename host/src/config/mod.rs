@@ -132,7 +132,7 @@ impl SchemaFile {
                 message: self
                     .message
                     .map(|m| m.0)
-                    .unwrap_or_else(|| crate::schema::writer::COMPILED_MESSAGE.to_string()),
+                    .unwrap_or_else(|| crate::event::MESSAGE.to_string()),
             },
             (None, None) => SchemaSource::Compiled,
         };

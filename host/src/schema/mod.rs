@@ -4,7 +4,7 @@
 //!
 //! Three places a schema comes from (`[schema]` in the host config):
 //! - none: the `booking.v1` compiled into the host, as the fast path;
-//! - `registry`: a message in the registry wire format ([`framing`]) is read
+//! - `registry`: a message in the registry wire format ([`crate::framing`]) is read
 //!   with the schema its id names, fetched once and kept on disk
 //!   ([`registry`]); a plain message with the compiled schema;
 //! - `descriptor_set`: a FileDescriptorSet (or a `.proto` file) every
@@ -15,7 +15,6 @@
 //! values and fields the contract lacks travel by name and as JSON; an
 //! incompatible one parks its events as `schema`.
 
-pub mod framing;
 pub mod registry;
 pub mod writer;
 
@@ -174,7 +173,7 @@ impl Schemas {
     /// had now (the caller holds the partition) and
     /// [`DecodeError::Schema`] when the contract cannot read it.
     pub fn decode_protobuf(&self, bytes: &[u8], extensions: bool) -> Result<Decoded, DecodeError> {
-        let framed = framing::split(bytes)?;
+        let framed = crate::framing::split(bytes)?;
         let writer = match (&self.registry, framed.id) {
             (Some(registry), Some(id)) => Some(self.by_registry(registry, id, &framed.index)?),
             _ => self.current_file(),

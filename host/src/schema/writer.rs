@@ -30,7 +30,7 @@ static COMPILED_WRITER: LazyLock<Arc<Writer>> =
     LazyLock::new(|| Arc::new(Writer::new(SchemaId::Compiled, COMPILED.clone())));
 
 /// The message the host is compiled for.
-pub const COMPILED_MESSAGE: &str = "booking.v1.BookingEvent";
+pub const COMPILED_MESSAGE: &str = crate::event::MESSAGE;
 
 /// Fields no booking event goes without: a writer's schema lacking one is
 /// not a booking event the contract can read.

@@ -83,6 +83,12 @@ pub fn stream(
 }
 
 pub fn produce(brokers: &str, topic: &str, events: &std::path::Path) {
+    produce_with(brokers, topic, events, &[]);
+}
+
+/// `plugboard produce` of `events` with more `args` (a schema, a
+/// registry); what it said.
+pub fn produce_with(brokers: &str, topic: &str, events: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
         .args([
             "produce",
@@ -93,6 +99,7 @@ pub fn produce(brokers: &str, topic: &str, events: &std::path::Path) {
             "--events",
         ])
         .arg(events)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -100,6 +107,20 @@ pub fn produce(brokers: &str, topic: &str, events: &std::path::Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `n/<id>` of the counting plugin in the state under `data_dir`: how
+/// often it counted event `id` of `topic`.
+pub fn counted(data_dir: &std::path::Path, topic: &str, id: &str) -> u64 {
+    let db = rusqlite::Connection::open(data_dir.join("state.sqlite")).unwrap();
+    db.query_row(
+        "SELECT value FROM state WHERE plugin = 'counting' AND scope = ?1 AND bucket = 'counting' AND key = ?2",
+        [topic, &format!("n/{id}")],
+        |row| row.get::<_, Vec<u8>>(0),
+    )
+    .map(|v| String::from_utf8(v).unwrap().parse::<u64>().unwrap())
+    .unwrap_or(0)
 }
 
 /// Appends the `[kafka]` table to the setup's host config, with groups named

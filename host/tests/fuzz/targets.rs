@@ -150,13 +150,13 @@ fn protobuf_input(u: &mut Unstructured) -> Result<Vec<u8>> {
 /// The schema-registry wire format alone: a frame that splits says what
 /// it held, and the short form of `[0]` round-trips.
 pub fn framing(data: &[u8]) {
-    if let Ok(framed) = plugboard::schema::framing::split(data) {
+    if let Ok(framed) = plugboard::framing::split(data) {
         assert!(framed.body.len() <= data.len());
         if let (Some(id), true) = (
             framed.id,
             framed.index.is_empty() && data.get(5) == Some(&0),
         ) {
-            assert_eq!(plugboard::schema::framing::header(id)[..], data[..6]);
+            assert_eq!(plugboard::framing::header(id)[..], data[..6]);
         }
     }
 }
@@ -229,7 +229,7 @@ fn dynamic_input(u: &mut Unstructured) -> Result<Vec<u8>> {
         body
     };
     Ok(if u.arbitrary()? {
-        let mut framed = plugboard::schema::framing::header(u.arbitrary()?).to_vec();
+        let mut framed = plugboard::framing::header(u.arbitrary()?).to_vec();
         framed.extend(body);
         framed
     } else {

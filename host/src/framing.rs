@@ -7,7 +7,10 @@
 //! Plain protobuf never starts with 0 (field number 0 is invalid), so a
 //! message is framed exactly when its first byte is 0.
 
-use crate::decode::DecodeError;
+/// A frame cut short or holding nonsense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("schema-registry framing: {0}")]
+pub struct FramingError(String);
 
 /// A message split into where its schema is and its protobuf body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +28,7 @@ pub struct Framed<'a> {
 const MAX_INDEXES: i64 = 32;
 
 /// Splits `bytes`; fails only on a framing that is cut short or nonsense.
-pub fn split(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
+pub fn split(bytes: &[u8]) -> Result<Framed<'_>, FramingError> {
     if bytes.first() != Some(&0) {
         return Ok(Framed {
             id: None,
@@ -33,7 +36,7 @@ pub fn split(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
             body: bytes,
         });
     }
-    let framing = |what: &str| DecodeError::Protobuf(format!("schema-registry framing: {what}"));
+    let framing = |what: &str| FramingError(what.to_string());
     let id = bytes
         .get(1..5)
         .ok_or_else(|| framing("cut short before the schema id ends"))?;
