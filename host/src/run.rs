@@ -350,7 +350,7 @@ pub fn runtime_for(config: &HostConfig, source: &str, metrics: Arc<Metrics>) -> 
             );
         }
     }
-    let schemas = crate::schema::Schemas::from_config(&config.schema, &config.data_dir)
+    let schemas = crate::schema::Schemas::from_config(&config.schema, &config.data_dir, source)
         .with_context(|| format!("{}: [schema]", config.file.display()))?;
     Ok(Runtime::new(Some(&config.cache_dir), metrics)?
         .with_state(state, source)

@@ -209,8 +209,6 @@ fn a_registry_outage_holds_only_what_needs_it_and_heals() {
         &subject,
         &common::repo().join("proto/booking/v1/booking.proto"),
     );
-    let v2_id = register(&own.url, &subject, &schema_fixture("booking_v2.proto"));
-    assert_ne!(v1_id, v2_id);
     setup.plugin("counting", "counting", "");
     enable_admin(&setup);
     let kafka = kafka_config(&setup, &brokers, &topic, "outage");
@@ -219,6 +217,24 @@ fn a_registry_outage_holds_only_what_needs_it_and_heals() {
         &format!("registry = \"{}\"\ntimeout_ms = 1000", own.url),
     );
     let v1_arg = v1_id.to_string();
+
+    // Warm-up: the host keeps the subject's latest schema at start, and
+    // has read v1 once.
+    let warm = common::generated_events(dir, 3, 301);
+    produce_events(&brokers, &topic, &warm, &["--schema-id", &v1_arg]);
+    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
+    let host = Host(Some(host));
+    wait_for_zero_lag(&kafka, &["counting"]);
+    let kept: Vec<_> = std::fs::read_dir(dir.join(".plugboard/schemas"))
+        .unwrap()
+        .flat_map(|registry| std::fs::read_dir(registry.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept, [format!("{v1_id}.json")]);
+
+    // The booking service registers v2 while the host runs.
+    let v2_id = register(&own.url, &subject, &schema_fixture("booking_v2.proto"));
+    assert_ne!(v1_id, v2_id);
     let v2_arg = v2_id.to_string();
     let v2_proto = schema_fixture("booking_v2.proto");
     let v2_args = [
@@ -227,13 +243,6 @@ fn a_registry_outage_holds_only_what_needs_it_and_heals() {
         "--schema-id",
         &v2_arg,
     ];
-
-    // Warm-up: the host has read v1 once.
-    let warm = common::generated_events(dir, 3, 301);
-    produce_events(&brokers, &topic, &warm, &["--schema-id", &v1_arg]);
-    let (host, admin) = start_host_with_admin(&setup, "metrics.prom");
-    let host = Host(Some(host));
-    wait_for_zero_lag(&kafka, &["counting"]);
 
     // Registry down after warm-up: v1 events flow as before.
     own.stop();

@@ -68,6 +68,9 @@ pub enum SchemaSource {
         /// Basic auth (user, password).
         auth: Option<(String, String)>,
         timeout: std::time::Duration,
+        /// The subject whose latest schema is fetched at start, `{topic}`
+        /// replaced by the topic.
+        subject: String,
     },
     /// A FileDescriptorSet or `.proto` file, watched.
     DescriptorSet { path: PathBuf, message: String },
@@ -89,6 +92,10 @@ struct SchemaFile {
     /// How long one request to the registry may take (default 5000).
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// The subject of the topic's values, whose latest schema is fetched
+    /// (and kept) at start; default `{topic}-value`.
+    #[serde(default)]
+    subject: Option<Text>,
     /// A FileDescriptorSet (or `.proto` file), relative to the config.
     #[serde(default)]
     descriptor_set: Option<Text>,
@@ -125,6 +132,9 @@ impl SchemaFile {
                     timeout: std::time::Duration::from_millis(
                         self.timeout_ms.unwrap_or(5_000).max(1),
                     ),
+                    subject: self
+                        .subject
+                        .map_or_else(|| "{topic}-value".to_string(), |s| s.0),
                 }
             }
             (None, Some(path)) => SchemaSource::DescriptorSet {

@@ -118,14 +118,38 @@ impl Schemas {
         }))
     }
 
-    /// The schemas `config` names, registry schemas kept under `data_dir`.
-    pub fn from_config(config: &SchemaConfig, data_dir: &Path) -> Result<Arc<Schemas>> {
+    /// The schemas `config` names, registry schemas kept under `data_dir`;
+    /// `source` is the topic (or `file:<name>`) the events come from.
+    pub fn from_config(
+        config: &SchemaConfig,
+        data_dir: &Path,
+        source: &str,
+    ) -> Result<Arc<Schemas>> {
         match &config.source {
             SchemaSource::Compiled => Ok(Schemas::compiled()),
-            SchemaSource::Registry { url, auth, timeout } => {
+            SchemaSource::Registry {
+                url,
+                auth,
+                timeout,
+                subject,
+            } => {
                 let registry =
                     Registry::new(url, auth.clone(), *timeout, Some(&data_dir.join("schemas")))?;
                 tracing::info!(registry = %registry.url, "reading messages framed with a schema id with the registry's schema");
+                // The subject's latest schema is kept before any event
+                // needs it: a registry that goes away early holds nothing
+                // written with it. Not fatal: events fetch what they need.
+                let subject = subject.replace("{topic}", source);
+                match registry.warm_up(&subject) {
+                    Ok(id) => tracing::info!(
+                        registry = %registry.url,
+                        "schema id {id}, the latest of subject {subject}, is kept"
+                    ),
+                    Err(e) => tracing::warn!(
+                        registry = %registry.url,
+                        "cannot fetch the latest schema of subject {subject} at start: {e}; each schema is fetched when its first event comes"
+                    ),
+                }
                 Ok(Arc::new(Schemas {
                     current: Current::Compiled,
                     registry: Some(registry),

@@ -235,6 +235,25 @@ impl Registry {
         Ok(())
     }
 
+    /// Fetches the latest schema of `subject` and keeps it; its id.
+    pub fn warm_up(&self, subject: &str) -> Result<u32, String> {
+        #[derive(Deserialize)]
+        struct Latest {
+            id: u32,
+        }
+        let response = self.get(&format!("/subjects/{subject}/versions/latest"))?;
+        let status = response.status();
+        let body = response.text().map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", crate::cut::truncate(&body, 300)));
+        }
+        let id = serde_json::from_str::<Latest>(&body)
+            .map_err(|e| format!("an answer without an id: {e}"))?
+            .id;
+        self.fetch(id).map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
     /// Registers `schema` (protobuf text) under `subject`; its id. The
     /// registry answers with the existing id if it has the same schema.
     pub fn register(&self, subject: &str, schema: &str) -> anyhow::Result<u32> {
