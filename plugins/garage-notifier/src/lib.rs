@@ -63,7 +63,7 @@ impl Guest for Notifier {
 
 fn notify(webhook: &Webhook, event: &Event) -> Result<(), Failure> {
     let b = &event.booking;
-    if !matches!(b.state, BookingState::Upcoming) {
+    if b.state != BookingState::Upcoming {
         return Ok(());
     }
     let Some(start) = b.appointment_start else {
