@@ -31,21 +31,31 @@ struct Stats {
     read_requests: AtomicU64,
 }
 
-pub fn router(store: Store, token: Option<String>) -> Router {
-    Router::new()
+/// The API; objects requests answered `latency` late.
+pub fn router(store: Store, token: Option<String>, latency: std::time::Duration) -> Router {
+    let objects = Router::new()
         .route(
             "/crm/v3/objects/{object_type}/batch/upsert",
             post(batch_upsert),
         )
         .route("/crm/v3/objects/{object_type}/batch/read", post(batch_read))
         .route("/crm/v3/objects/{object_type}/{id}", get(get_one))
-        .route("/crm/v3/objects/{object_type}", get(list))
-        .route("/stats", get(stats))
-        .with_state(App {
-            store,
-            token,
-            stats: Arc::default(),
-        })
+        .route("/crm/v3/objects/{object_type}", get(list));
+    let objects = if latency.is_zero() {
+        objects
+    } else {
+        objects.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                tokio::time::sleep(latency).await;
+                next.run(request).await
+            },
+        ))
+    };
+    objects.route("/stats", get(stats)).with_state(App {
+        store,
+        token,
+        stats: Arc::default(),
+    })
 }
 
 /// An error response in HubSpot's shape.

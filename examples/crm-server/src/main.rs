@@ -7,6 +7,8 @@
 //! - `GET  /crm/v3/objects/{type}/{id}?idProperty=booking_id`: read one
 //! - `GET  /crm/v3/objects/{type}?limit=N&after=CURSOR`: page through all
 //! - `GET  /stats`: requests answered and inputs upserted since start
+//!
+//! `--latency-ms N` delays every objects API answer by N ms: a slow sink.
 
 mod api;
 mod store;
@@ -31,6 +33,11 @@ struct Cli {
     /// If set, every request must carry `Authorization: Bearer <token>`.
     #[arg(long, env = "CRM_TOKEN")]
     token: Option<String>,
+    /// Answers every objects API request this many milliseconds late, as a
+    /// remote SaaS CRM does (`/stats` answers at once): a slow sink for
+    /// benchmarks.
+    #[arg(long, env = "CRM_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
 }
 
 #[tokio::main]
@@ -53,7 +60,8 @@ async fn main() -> Result<()> {
     );
     // For scripts and tests that asked for port 0.
     println!("listening on http://{addr}");
-    axum::serve(listener, api::router(store, cli.token))
+    let latency = std::time::Duration::from_millis(cli.latency_ms);
+    axum::serve(listener, api::router(store, cli.token, latency))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

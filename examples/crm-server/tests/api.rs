@@ -21,11 +21,16 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(args: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     // Port 0 and the address the server prints: no race for a free port.
     let mut child = Command::new(env!("CARGO_BIN_EXE_crm-example"))
         .args(["--listen", "127.0.0.1:0", "--token", "secret", "--db"])
         .arg(dir.path().join("crm.db"))
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -184,4 +189,32 @@ fn bad_requests_get_hubspot_style_errors() {
     error(r, 404);
     let r = client.get(server.url.clone()).send().unwrap();
     assert!(error(r, 401).contains("Bearer"));
+}
+
+#[test]
+fn a_slow_crm_answers_its_objects_api_late_and_right() {
+    let server = start_with(&["--latency-ms", "300"]);
+    let client = Client::new();
+    let began = std::time::Instant::now();
+    assert_eq!(upsert(&client, &server.url, "bk-1", 2).status(), 200);
+    assert!(
+        began.elapsed() >= std::time::Duration::from_millis(300),
+        "answered after {:?}",
+        began.elapsed()
+    );
+    let read: Value = client
+        .post(format!("{}/batch/read", server.url))
+        .bearer_auth("secret")
+        .json(
+            &json!({"idProperty": "booking_id", "properties": ["booking_version"],
+            "inputs": [{"id": "bk-1"}]}),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        read["results"][0]["properties"]["booking_version"], "2",
+        "{read}"
+    );
 }
