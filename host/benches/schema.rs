@@ -62,9 +62,7 @@ fn evolved(schemas: &Schemas) -> Vec<Vec<u8>> {
             if let Some(c) = map.get_mut("customer") {
                 c["segment"] = "fleet".into();
             }
-            let text = json.to_string();
-            let mut de = serde_json::Deserializer::from_str(&text);
-            let body = prost_reflect::DynamicMessage::deserialize(message.clone(), &mut de)
+            let body = plugboard::schema::from_json(&message, &json.to_string())
                 .unwrap()
                 .encode_to_vec();
             let mut framed = framing::header(2).to_vec();

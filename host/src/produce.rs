@@ -80,10 +80,7 @@ impl Writing {
                 ))
             }
             Some(message) => {
-                let mut de = serde_json::Deserializer::from_str(line);
-                let dynamic =
-                    prost_reflect::DynamicMessage::deserialize(message.clone(), &mut de).ok()?;
-                de.end().ok()?;
+                let dynamic = crate::schema::from_json(message, line).ok()?;
                 let key = dynamic
                     .get_field_by_name("booking_id")
                     .and_then(|v| v.as_str().map(|s| s.as_bytes().to_vec()))

@@ -47,16 +47,11 @@ pub struct HostConfig {
     /// window in which a regressing version is rolled back.
     pub reload: ReloadConfig,
     /// Where writers' schemas come from.
-    pub schema: SchemaConfig,
+    pub schema: SchemaSource,
 }
 
-/// Where the schema of the events comes from, resolved from `[schema]`.
-#[derive(Debug, Clone, Default)]
-pub struct SchemaConfig {
-    pub source: SchemaSource,
-}
-
-/// See [`crate::schema`].
+/// Where the schema of the events comes from, resolved from `[schema]`;
+/// see [`crate::schema`].
 #[derive(Debug, Clone, Default)]
 pub enum SchemaSource {
     /// The compiled-in `booking.v1`.
@@ -106,8 +101,8 @@ struct SchemaFile {
 }
 
 impl SchemaFile {
-    fn resolve(self, file: &Path, base: &Path) -> Result<SchemaConfig> {
-        let source = match (self.registry, self.descriptor_set) {
+    fn resolve(self, file: &Path, base: &Path) -> Result<SchemaSource> {
+        Ok(match (self.registry, self.descriptor_set) {
             (Some(_), Some(_)) => anyhow::bail!(
                 "{}: [schema] sets both `registry` and `descriptor_set`: keep one (a registry names each message's schema by id; a descriptor set is the one schema of every message)",
                 file.display()
@@ -145,8 +140,7 @@ impl SchemaFile {
                     .unwrap_or_else(|| crate::event::MESSAGE.to_string()),
             },
             (None, None) => SchemaSource::Compiled,
-        };
-        Ok(SchemaConfig { source })
+        })
     }
 }
 

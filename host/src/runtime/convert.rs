@@ -55,12 +55,13 @@ pub fn from_decoded(decoded: Decoded, envelope: Envelope, payload: Option<Vec<u8
 }
 
 fn booking(e: pb::BookingEvent, writer: &Writer) -> wit::BookingEvent {
+    let state = state(e.state);
     wit::BookingEvent {
         event_id: e.event_id,
         booking_id: e.booking_id,
         version: e.version,
-        state: state(e.state),
-        unknown_state: unknown(writer, "state", e.state, state(e.state)),
+        state,
+        unknown_state: unknown(writer, "state", e.state, state),
         occurred_at: e.occurred_at.as_ref().map(timestamp),
         customer: e.customer.map(|c| wit::Customer {
             customer_id: c.customer_id,
@@ -74,11 +75,14 @@ fn booking(e: pb::BookingEvent, writer: &Writer) -> wit::BookingEvent {
             city: g.city,
             postal_code: g.postal_code,
         }),
-        service: e.service.map(|s| wit::Service {
-            service_code: s.service_code,
-            name: s.name,
-            category: category(s.category),
-            unknown_category: unknown(writer, "service.category", s.category, category(s.category)),
+        service: e.service.map(|s| {
+            let category = category(s.category);
+            wit::Service {
+                service_code: s.service_code,
+                name: s.name,
+                category,
+                unknown_category: unknown(writer, "service.category", s.category, category),
+            }
         }),
         vehicle: e.vehicle.map(|v| wit::Vehicle {
             license_plate: v.license_plate,
@@ -90,11 +94,14 @@ fn booking(e: pb::BookingEvent, writer: &Writer) -> wit::BookingEvent {
             amount_minor: m.amount_minor,
         }),
         appointment_start: e.appointment_start.as_ref().map(timestamp),
-        payment: e.payment.map(|p| wit::Payment {
-            payment_id: p.payment_id,
-            method: method(p.method),
-            unknown_method: unknown(writer, "payment.method", p.method, method(p.method)),
-            paid_at: p.paid_at.as_ref().map(timestamp),
+        payment: e.payment.map(|p| {
+            let method = method(p.method);
+            wit::Payment {
+                payment_id: p.payment_id,
+                method,
+                unknown_method: unknown(writer, "payment.method", p.method, method),
+                paid_at: p.paid_at.as_ref().map(timestamp),
+            }
         }),
     }
 }

@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 
-use crate::config::{SchemaConfig, SchemaSource};
+use crate::config::SchemaSource;
 use crate::decode::{self, DecodeError};
 use crate::event::BookingEvent;
 pub use registry::Registry;
@@ -121,11 +121,11 @@ impl Schemas {
     /// The schemas `config` names, registry schemas kept under `data_dir`;
     /// `source` is the topic (or `file:<name>`) the events come from.
     pub fn from_config(
-        config: &SchemaConfig,
+        config: &SchemaSource,
         data_dir: &Path,
         source: &str,
     ) -> Result<Arc<Schemas>> {
-        match &config.source {
+        match config {
             SchemaSource::Compiled => Ok(Schemas::compiled()),
             SchemaSource::Registry {
                 url,
@@ -203,12 +203,7 @@ impl Schemas {
             _ => self.current_file(),
         };
         let read = writer.as_deref().unwrap_or_else(|| Writer::compiled_ref());
-        let event = read.decode(framed.body)?;
-        let extensions = if extensions {
-            read.extensions(framed.body)?
-        } else {
-            None
-        };
+        let (event, extensions) = read.read(framed.body, extensions)?;
         Ok(Decoded {
             event,
             writer,
@@ -222,17 +217,10 @@ impl Schemas {
         let Some(writer) = self.current_file().filter(|w| w.id != SchemaId::Compiled) else {
             return Ok(Decoded::compiled(decode::from_json(line)?));
         };
-        let mut de = serde_json::Deserializer::from_str(line);
-        let message = DynamicMessage::deserialize(writer.message.clone(), &mut de)
-            .and_then(|m| de.end().map(|()| m))
-            .map_err(|e| DecodeError::Json(e.to_string()))?;
-        let body = message.encode_to_vec();
-        let event = writer.decode(&body)?;
-        let extensions = if extensions {
-            writer.extensions(&body)?
-        } else {
-            None
-        };
+        let body = from_json(&writer.message, line)
+            .map_err(|e| DecodeError::Json(e.to_string()))?
+            .encode_to_vec();
+        let (event, extensions) = writer.read(&body, extensions)?;
         Ok(Decoded {
             event,
             writer: Some(writer),
@@ -251,11 +239,6 @@ impl Schemas {
             Current::Compiled => None,
             Current::File(current) => Some(current.reading().clone()),
         }
-    }
-
-    /// The registry, if one is configured.
-    pub fn registry(&self) -> Option<&Registry> {
-        self.registry.as_ref()
     }
 
     fn by_registry(
@@ -296,6 +279,14 @@ impl Schemas {
         log_new(&writer, &format!("schema registry {}", registry.url));
         Ok(writer)
     }
+}
+
+/// One line of proto3 JSON read as a `message` of a writer's schema.
+pub fn from_json(message: &MessageDescriptor, line: &str) -> serde_json::Result<DynamicMessage> {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let dynamic = DynamicMessage::deserialize(message.clone(), &mut de)?;
+    de.end()?;
+    Ok(dynamic)
 }
 
 /// `event` (of the compiled schema) as proto3 JSON written with `message`,
@@ -488,10 +479,7 @@ mod tests {
 
     /// A v2 event (proto3 JSON) as the v2 writer encodes it.
     fn v2_bytes(writer: &Writer, json: &str) -> Vec<u8> {
-        let mut de = serde_json::Deserializer::from_str(json);
-        DynamicMessage::deserialize(writer.message.clone(), &mut de)
-            .unwrap()
-            .encode_to_vec()
+        from_json(&writer.message, json).unwrap().encode_to_vec()
     }
 
     const V2: &str = r#"{"eventId":"e1","bookingId":"b1","version":"3","state":"BOOKING_STATE_NO_SHOW",

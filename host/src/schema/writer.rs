@@ -154,6 +154,21 @@ impl Writer {
         Ok(event)
     }
 
+    /// [`Writer::decode`], with [`Writer::extensions`] if `extensions`.
+    pub fn read(
+        &self,
+        body: &[u8],
+        extensions: bool,
+    ) -> Result<(BookingEvent, Option<String>), DecodeError> {
+        let event = self.decode(body)?;
+        let extensions = if extensions {
+            self.extensions(body)?
+        } else {
+            None
+        };
+        Ok((event, extensions))
+    }
+
     /// The fields of `body` the contract does not have, as proto3 JSON
     /// (`{"loyaltyTier":"GOLD","customer":{"segment":"fleet"}}`); `None`
     /// if the schema has none or the event sets none.

@@ -218,9 +218,7 @@ fn dynamic_input(u: &mut Unstructured) -> Result<Vec<u8>> {
     if let Some(customer) = map.get_mut("customer").and_then(|c| c.as_object_mut()) {
         customer.insert("segment".into(), text(u)?.into());
     }
-    let text = json.to_string();
-    let mut de = serde_json::Deserializer::from_str(&text);
-    let body = prost_reflect::DynamicMessage::deserialize(writer.message.clone(), &mut de)
+    let body = plugboard::schema::from_json(&writer.message, &json.to_string())
         .map(|m| m.encode_to_vec())
         .or_else(|_| u.arbitrary())?;
     let body = if u.arbitrary()? {
