@@ -30,6 +30,12 @@
 //! Every attempt goes to the version the plugin serves at that moment: a
 //! fix dropped in while a partition holds or an event keeps trapping ends
 //! the loop, and a new version's failures count from zero.
+//!
+//! On a worker of the pool the `stop` token yields (see
+//! [`Shutdown::yielding`]): a backoff returns at once, as a stop does, and
+//! the dispatcher keeps where the head event stands (its attempts, its
+//! hold clock, a park that was cut short), so the next call with the same
+//! events goes on from there instead of starting over.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -187,7 +193,22 @@ pub struct Dispatcher {
     /// partition that holds moves to it between attempts, so a fixed
     /// version (a corrected CRM address, say) ends the wait.
     live: Option<Arc<LivePlugin>>,
+    /// Where the head event stood when a yielding backoff cut the last
+    /// call short; taken by the next call.
+    paused: Paused,
     pub stats: Stats,
+}
+
+/// What a call cut short by a yielding backoff leaves for the next one.
+#[derive(Default)]
+struct Paused {
+    head: Head,
+    one_by_one: bool,
+    /// The head event's final failure, whose park was cut short.
+    park: Option<Failure>,
+    /// Waits for a schema that cannot be had yet (see
+    /// [`Dispatcher::hold_for_host`]).
+    host_waits: u32,
 }
 
 impl Dispatcher {
@@ -199,6 +220,7 @@ impl Dispatcher {
             slot: 0,
             holding: false,
             live: None,
+            paused: Paused::default(),
             stats: Stats::default(),
         }
     }
@@ -213,6 +235,7 @@ impl Dispatcher {
             slot,
             holding: false,
             live: Some(live),
+            paused: Paused::default(),
             stats: Stats::default(),
         }
     }
@@ -273,9 +296,12 @@ impl Dispatcher {
         park: &mut Park<'_>,
     ) -> (Vec<Outcome>, Ended) {
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut head = Head::default();
+        let paused = std::mem::take(&mut self.paused);
+        let mut head = paused.head;
         // Events go one at a time to find the one that fails.
-        let mut one_by_one = false;
+        let mut one_by_one = paused.one_by_one;
+        let mut pending_park = paused.park.filter(|_| !stop.is_requested());
+        self.paused.host_waits = paused.host_waits;
         // The handled prefix of a call whose effects were dropped: it is
         // delivered again on its own.
         let mut prefix: Option<usize> = None;
@@ -291,6 +317,15 @@ impl Dispatcher {
                     ended = Ended::Reshaped;
                     break;
                 }
+            }
+            if let Some(failure) = pending_park.take() {
+                // The head event failed for good before a backoff of its
+                // park: parked now, not delivered again.
+                if !self.park_failure(&mut outcomes, &mut head, failure, park) {
+                    ended = Ended::Stopped;
+                    break;
+                }
+                continue;
             }
             let start = outcomes.len();
             let end = match prefix.take() {
@@ -443,7 +478,14 @@ impl Dispatcher {
                 }
             }
         }
-        self.release();
+        if ended == Ended::Stopped && !stop.is_requested() {
+            // A yielding backoff: the partition still holds, and the next
+            // call goes on with this head.
+            self.paused.head = head;
+            self.paused.one_by_one = one_by_one;
+        } else {
+            self.release();
+        }
         (outcomes, ended)
     }
 
@@ -479,9 +521,23 @@ impl Dispatcher {
             _ => head.attempts + head.retries,
         };
         let failure = Failure::new(class, &reason, attempts);
+        self.park_failure(outcomes, head, failure, park)
+    }
+
+    /// Parks the head event with `failure`; false if the park was cut
+    /// short (kept, so a call after a yielding backoff parks it then).
+    fn park_failure(
+        &mut self,
+        outcomes: &mut Vec<Outcome>,
+        head: &mut Head,
+        failure: Failure,
+        park: &mut Park<'_>,
+    ) -> bool {
         if !park(outcomes.len(), &failure, &self.prepared) {
+            self.paused.park = Some(failure);
             return false;
         }
+        let class = failure.class;
         if class != FailureClass::RetriesExhausted {
             // The plugin's own failure, not its sink's: what a rollback
             // compares.
@@ -574,16 +630,25 @@ impl Dispatcher {
 
     /// The host cannot read the partition's next record yet (the schema it
     /// was written with cannot be fetched): hold, as the host's failure,
-    /// and back off; `waits` is the backoff step, kept by the caller.
-    /// False if `stop` came meanwhile.
-    pub fn hold_for_host(&mut self, reason: &str, waits: &mut u32, stop: &Shutdown) -> bool {
+    /// and back off. False if `stop` came meanwhile (or a yielding
+    /// backoff returned: the next call goes on with the next step).
+    pub fn hold_for_host(&mut self, reason: &str, stop: &Shutdown) -> bool {
         let mut head = Head {
-            waits: *waits,
+            waits: self.paused.host_waits,
             ..Head::default()
         };
         let go_on = self.wait(Cause::Host, reason, &mut head, None, stop);
-        *waits = head.waits;
+        self.paused.host_waits = head.waits;
         go_on
+    }
+
+    /// Ends the hold for the host (a schema it could not read) if `over`
+    /// and there is one.
+    pub fn host_hold_over(&mut self, over: bool) {
+        if over && self.paused.host_waits > 0 {
+            self.paused.host_waits = 0;
+            self.release();
+        }
     }
 
     /// The partition goes on: end its hold, if it had one.

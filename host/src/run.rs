@@ -191,6 +191,9 @@ impl<'a> Run<'a> {
         let (changed_tx, changed) = std::sync::mpsc::channel();
         let _watcher = crate::reload::watch(&config.plugins_dir, changed_tx)?;
         let redrives = self.redrives.clone().expect("made for Kafka");
+        let pool = crate::pool::Pool::new(config.workers)
+            .context("cannot start the threads of the worker pool")?;
+        tracing::info!(workers = pool.workers(), "worker pool started");
         let mut reloader = Reloader::new(
             config,
             kafka,
@@ -198,6 +201,7 @@ impl<'a> Run<'a> {
             self.catalog.clone(),
             shutdown.clone(),
             control,
+            pool,
         )
         .with_redrives(redrives.clone());
         reloader.reconcile()?;

@@ -37,8 +37,6 @@ pub fn settle<R: Record>(
 ) -> usize {
     // The first record not settled.
     let mut next = 0;
-    // Waits for a schema that cannot be had yet: the backoff step.
-    let mut schema_waits = 0;
     while next < records.len() {
         let prepared = dispatcher.prepared().clone();
         let (payload, extensions) = (prepared.spec.payload, prepared.spec.extensions);
@@ -63,11 +61,8 @@ pub fn settle<R: Record>(
                 }
             }
         }
-        if schema_waits > 0 && !matches!(undecodable, Some(DecodeError::Unavailable(_))) {
-            // The schema came: the hold ends.
-            schema_waits = 0;
-            dispatcher.release();
-        }
+        // The schema came: the hold for it ends.
+        dispatcher.host_hold_over(!matches!(undecodable, Some(DecodeError::Unavailable(_))));
         if !events.is_empty() {
             let base = next;
             let shadow = dispatcher.shadow();
@@ -117,7 +112,7 @@ pub fn settle<R: Record>(
             DecodeError::Unavailable(reason) => {
                 // The host cannot read the record yet: never the
                 // record's fault, so nothing after it goes on either.
-                if !dispatcher.hold_for_host(&reason, &mut schema_waits, stop) {
+                if !dispatcher.hold_for_host(&reason, stop) {
                     return next;
                 }
                 continue;
@@ -127,15 +122,17 @@ pub fn settle<R: Record>(
         };
         let record = &records[next];
         let prepared = dispatcher.prepared().clone();
+        let failure = Failure::new(class, &err.to_string(), 0);
+        if !dead_letters.park(record, &failure, &prepared, stop) {
+            return next;
+        }
+        // Counted once parked: a park cut short is tried again (after a
+        // backoff, or by the partition's next owner) and counts then.
         prepared
             .metrics()
             .decode_failures
             .with_label_values(&[record.source()])
             .inc();
-        let failure = Failure::new(class, &err.to_string(), 0);
-        if !dead_letters.park(record, &failure, &prepared, stop) {
-            return next;
-        }
         next += 1;
     }
     records.len()

@@ -3,6 +3,11 @@
 //! commits and leaves the consumer group instead of dying mid-batch. A
 //! loop that sleeps (a backoff, a poll for changes) wakes as soon as the
 //! token is raised, not at the end of its sleep.
+//!
+//! A task of the worker pool must not sleep at all: its token *yields*
+//! (see [`Shutdown::yielding`]). A sleep on it returns at once, as a stop
+//! would, and records when the sleeper wanted to go on; the pool runs the
+//! task again then, so a holding partition waits on a timer, not a thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,12 +28,33 @@ struct Token {
     /// waiter never misses it.
     lock: Mutex<()>,
     raised: Condvar,
+    /// Set for a pool task's token: sleeps do not block.
+    yields: bool,
+    /// The earliest end of a sleep a yielding token cut short.
+    resume_at: Mutex<Option<Instant>>,
 }
 
 impl Shutdown {
     /// A token nothing has raised yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A token whose sleeps return at once (false, as at a stop) and
+    /// remember when the sleeper wanted to go on: [`Shutdown::take_resume_at`].
+    /// The code that slept then unwinds as it does at a stop, leaving what
+    /// it did not finish unsettled, and is called again at that moment.
+    pub fn yielding() -> Self {
+        Shutdown(Arc::new(Token {
+            yields: true,
+            ..Token::default()
+        }))
+    }
+
+    /// When the sleep a yielding token cut short would have ended (the
+    /// earliest, if several were); cleared by the call.
+    pub fn take_resume_at(&self) -> Option<Instant> {
+        self.0.resume_at.locked().take()
     }
 
     /// A token that SIGINT and SIGTERM raise, from a thread of its own (a
@@ -66,6 +92,13 @@ impl Shutdown {
     /// raised meanwhile, true if the whole time passed.
     pub fn sleep(&self, duration: Duration) -> bool {
         let end = Instant::now() + duration;
+        if self.0.yields {
+            if !self.is_requested() {
+                let mut at = self.0.resume_at.locked();
+                *at = Some(at.map_or(end, |at| at.min(end)));
+            }
+            return false;
+        }
         let mut guard = self.0.lock.locked();
         while !self.is_requested() {
             let now = Instant::now();
@@ -156,6 +189,21 @@ mod tests {
         let began = Instant::now();
         assert_eq!(shutdown.block_on(never), None);
         assert!(began.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_yielding_sleep_returns_at_once_and_says_when_to_go_on() {
+        let token = Shutdown::yielding();
+        let began = Instant::now();
+        assert!(!token.sleep(Duration::from_secs(30)));
+        assert!(!token.sleep(Duration::from_secs(10)));
+        assert!(began.elapsed() < Duration::from_secs(5));
+        let at = token.take_resume_at().expect("a sleep was cut short");
+        assert!(at >= began + Duration::from_secs(10) && at < began + Duration::from_secs(30));
+        assert_eq!(token.take_resume_at(), None);
+        token.request();
+        assert!(!token.sleep(Duration::from_secs(1)));
+        assert_eq!(token.take_resume_at(), None, "a stop is not a pause");
     }
 
     #[test]

@@ -1092,3 +1092,137 @@ fn without_an_admin_token_there_are_no_write_endpoints() {
     assert!(err.contains("admin_token"), "{err}");
     stop(host);
 }
+
+/// Names of the threads of process `pid`, by name, from /proc.
+fn thread_names(pid: u32) -> BTreeMap<String, usize> {
+    let mut names = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return names;
+    };
+    for task in tasks.flatten() {
+        if let Ok(name) = std::fs::read_to_string(task.path().join("comm")) {
+            *names.entry(name.trim().to_string()).or_default() += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn twenty_plugins_on_twelve_partitions_share_a_bounded_pool_and_each_handles_every_event() {
+    let Some(brokers) = brokers() else { return };
+    const PLUGINS: usize = 20;
+    const WORKERS: usize = 3;
+    let (topic, setup, events) = stream(&brokers, 12, 150, 53);
+    let names: Vec<String> = (1..=PLUGINS).map(|i| format!("counting-{i:02}")).collect();
+    for name in &names {
+        setup.plugin(name, "counting", "");
+    }
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.insert_str(0, &format!("workers = {WORKERS}\n"));
+    std::fs::write(&setup.config, text).unwrap();
+    let kafka = kafka_config(&setup, &brokers, &topic, "pool");
+    let (valid, _) = read_sample(&events);
+
+    let host = start_host(&setup);
+    // Threads while it catches up: sampled until every group is at its end.
+    let mut most = BTreeMap::new();
+    let mut most_total = 0;
+    let plugins: Vec<&str> = names.iter().map(String::as_str).collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let threads = thread_names(host.id());
+        let total: usize = threads.values().sum();
+        if total > most_total {
+            most_total = total;
+            most = threads;
+        }
+        let lags: Vec<i64> = plugins
+            .iter()
+            .map(|p| plugboard::source::kafka::group_lag(&kafka, p).unwrap_or(i64::MAX))
+            .collect();
+        if lags.iter().all(|l| *l == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag did not reach 0: {lags:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Spare threads, lent while steps waited (on the state store), end
+    // once idle: the pool keeps `workers`.
+    let pool_threads = |threads: &BTreeMap<String, usize>| {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("plugboard-worke"))
+            .map(|(_, n)| *n)
+            .sum::<usize>()
+    };
+    let idle_by = Instant::now() + Duration::from_secs(30);
+    while pool_threads(&thread_names(host.id())) != WORKERS {
+        assert!(
+            Instant::now() < idle_by,
+            "spares did not end: {:?}",
+            thread_names(host.id())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(host);
+
+    // No thread per partition (240 of them before the pool).
+    let per_partition = most
+        .keys()
+        .filter(|name| {
+            name.starts_with("counting-")
+                && name
+                    .rsplit_once("-p")
+                    .is_some_and(|(_, n)| n.parse::<u32>().is_ok())
+        })
+        .count();
+    assert_eq!(per_partition, 0, "threads per partition: {most:?}");
+    // What is left grows with plugins (a consumer's own threads) and
+    // the spares, not with plugins x partitions.
+    assert!(
+        most_total <= WORKERS + PLUGINS * 6 + 64,
+        "{most_total} threads: {most:?}"
+    );
+
+    // Every plugin counted every event, once.
+    let db = rusqlite::Connection::open(setup.path(".plugboard/state.sqlite")).unwrap();
+    let mut query = db
+        .prepare(
+            "SELECT plugin, key, value FROM state WHERE scope = ?1 AND bucket = 'counting' AND key LIKE 'n/%'",
+        )
+        .unwrap();
+    let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let rows = query
+        .query_map([&topic], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .unwrap();
+    for row in rows {
+        let (plugin, key, value) = row.unwrap();
+        let n: u64 = String::from_utf8(value).unwrap().parse().unwrap();
+        counts
+            .entry(plugin)
+            .or_default()
+            .insert(key.trim_start_matches("n/").to_string(), n);
+    }
+    let want: BTreeSet<String> = valid.iter().map(|l| l.event_id.clone()).collect();
+    assert_eq!(
+        counts.len(),
+        PLUGINS,
+        "plugins with counts: {:?}",
+        counts.keys()
+    );
+    for (plugin, seen) in &counts {
+        let ids: BTreeSet<String> = seen.keys().cloned().collect();
+        assert_eq!(ids, want, "{plugin}: events counted");
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{plugin} counted these more than once: {twice:?}"
+        );
+    }
+}

@@ -48,6 +48,8 @@ pub struct HostConfig {
     pub reload: ReloadConfig,
     /// Where writers' schemas come from.
     pub schema: SchemaSource,
+    /// Threads that run every plugin's batches (the worker pool).
+    pub workers: usize,
 }
 
 /// Where the schema of the events comes from, resolved from `[schema]`;
@@ -305,9 +307,14 @@ pub struct KafkaConfig {
     /// Messages fetched ahead of each partition's plugin (librdkafka's
     /// `queued.min.messages`, per partition queue): past this librdkafka
     /// stops fetching the partition until its plugin catches up, so a slow
-    /// plugin bounds memory instead of piling up fetched messages.
+    /// plugin bounds memory instead of piling up fetched messages. A cap
+    /// in messages beside the byte budget below.
     #[serde(default = "default_partition_buffer")]
     pub partition_buffer: usize,
+    /// Megabytes fetched from Kafka and not handled yet, for all plugins
+    /// and partitions together (see [`crate::source::kafka::budget`]).
+    #[serde(default = "default_fetch_budget_mb")]
+    pub fetch_budget_mb: u64,
     /// How long a graceful shutdown may take to finish the batch in flight
     /// and commit.
     #[serde(default = "default_shutdown_timeout_ms")]
@@ -335,6 +342,9 @@ fn default_commit_interval_ms() -> u64 {
 }
 fn default_partition_buffer() -> usize {
     2_000
+}
+fn default_fetch_budget_mb() -> u64 {
+    64
 }
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
@@ -374,6 +384,10 @@ struct HostFile {
     /// Where writers' schemas come from.
     #[serde(default)]
     schema: SchemaFile,
+    /// Threads that run the batches of every plugin and partition; default
+    /// the cores. A plugin call waiting on its sink holds one.
+    #[serde(default)]
+    workers: Option<std::num::NonZeroUsize>,
 }
 
 /// Budgets as written in a `[limits]` table; unset fields fall back to the
@@ -445,6 +459,7 @@ impl HostConfig {
             log_format: raw.log_format,
             reload: raw.reload,
             schema: raw.schema.resolve(file, base)?,
+            workers: raw.workers.map_or_else(default_workers, std::num::NonZeroUsize::get),
             admin_token: raw
                 .admin_token
                 .map(|t| t.0)
@@ -462,6 +477,11 @@ impl HostConfig {
             },
         })
     }
+}
+
+/// The worker pool's default size: the cores this process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Resolves `path` against `base` unless it is absolute.

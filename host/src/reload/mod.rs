@@ -37,8 +37,10 @@ mod shadows;
 use crate::catalog::{Catalog, LivePlugin, PendingApproval};
 use crate::config::{Approval, HostConfig, KafkaConfig, PluginSpec, scan_plugins};
 use crate::observe::HostEvent;
+use crate::pool::Pool;
 use crate::runtime::{Prepared, Runtime, sha256_hex};
 use crate::shutdown::Shutdown;
+use crate::source::kafka::budget::FetchBudget;
 
 /// Quiet time after the last file event before the folder is rescanned:
 /// a copy of a large component raises many writes.
@@ -131,6 +133,9 @@ pub struct Reloader {
     retry_init: std::collections::BTreeSet<String>,
     /// What an operator switched (pauses, rewinds, approvals).
     control: crate::control::Control,
+    /// The threads every plugin's partitions are run on, and what all
+    /// consumers together may have fetched and not handled.
+    shared: crate::source::kafka::Shared,
     /// Versions waiting for an operator's approval, per plugin.
     pending: BTreeMap<String, Pending>,
     /// Swapped versions under watch, per plugin.
@@ -155,8 +160,13 @@ impl Reloader {
         catalog: Catalog,
         host_shutdown: Shutdown,
         control: crate::control::Control,
+        pool: Pool,
     ) -> Self {
         Reloader {
+            shared: crate::source::kafka::Shared {
+                pool,
+                budget: Arc::new(FetchBudget::new(kafka.fetch_budget_mb)),
+            },
             config: config.clone(),
             kafka: kafka.clone(),
             runtime,
@@ -198,6 +208,7 @@ impl Reloader {
     /// Rescans the folder and starts, swaps or stops plugins to match it.
     pub fn reconcile(&mut self) -> Result<()> {
         let scanned = scan_plugins(&self.config)?;
+        self.shared.budget.set_plugins(scanned.len());
         for name in not_in(&self.running, &scanned) {
             self.stop(&name);
         }
@@ -551,11 +562,12 @@ impl Reloader {
         let thread = {
             let (kafka, live, stop) = (self.kafka.clone(), live.clone(), stop.clone());
             let control = self.control.clone();
+            let shared = self.shared.clone();
             let host_shutdown = self.host_shutdown.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-poll"))
                 .spawn(move || {
-                    let result = consume(&kafka, live, control, &stop);
+                    let result = consume(&kafka, live, control, &shared, &stop);
                     if result.is_err() {
                         // A consumer that cannot go on stops the host.
                         host_shutdown.request();
@@ -640,15 +652,36 @@ fn consume(
     kafka: &KafkaConfig,
     live: Arc<LivePlugin>,
     control: crate::control::Control,
+    shared: &crate::source::kafka::Shared,
     stop: &Shutdown,
 ) -> Result<()> {
     let topic = crate::dead_letter::topic::Topic::new(kafka, &live.current().name)?;
-    let settle: crate::source::kafka::Settle = Arc::new(
-        move |dispatcher: &mut crate::dispatch::Dispatcher,
-              batch: &[rdkafka::message::BorrowedMessage<'_>],
-              stop: &Shutdown| { crate::settle::settle(dispatcher, batch, &topic, stop) },
-    );
-    crate::source::kafka::consume(kafka, live, settle, &control, stop)
+    let settle: crate::source::kafka::Settle = Arc::new(IntoTopic(topic));
+    crate::source::kafka::consume(kafka, live, settle, &control, shared, stop)
+}
+
+/// Batches settled through the pipeline, dead letters to the plugin's
+/// topic.
+struct IntoTopic(crate::dead_letter::topic::Topic);
+
+impl crate::source::kafka::SettleBatch for IntoTopic {
+    fn borrowed(
+        &self,
+        dispatcher: &mut crate::dispatch::Dispatcher,
+        batch: &[rdkafka::message::BorrowedMessage<'_>],
+        stop: &Shutdown,
+    ) -> usize {
+        crate::settle::settle(dispatcher, batch, &self.0, stop)
+    }
+
+    fn owned(
+        &self,
+        dispatcher: &mut crate::dispatch::Dispatcher,
+        batch: &[rdkafka::message::OwnedMessage],
+        stop: &Shutdown,
+    ) -> usize {
+        crate::settle::settle(dispatcher, batch, &self.0, stop)
+    }
 }
 
 /// What a panic said, if it said it as text.

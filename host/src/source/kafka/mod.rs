@@ -11,10 +11,11 @@
 //!
 //! One thread polls the consumer (serving rebalances and heartbeats, so a
 //! long retry never trips `max.poll.interval.ms`); each partition's
-//! messages go from its own librdkafka queue to its `worker`, with no copy
-//! and no hand-off; `partitions` starts and stops workers as partitions
-//! come and go.
+//! messages go from its own librdkafka queue to its `worker`, a job of the
+//! host's [`crate::pool::Pool`], with no copy; `partitions` starts and
+//! stops workers as partitions come and go.
 
+pub mod budget;
 pub mod client;
 pub(crate) mod client_log;
 mod partitions;
@@ -30,11 +31,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::catalog::LivePlugin;
 use crate::config::KafkaConfig;
+use crate::pool::Pool;
 use crate::shutdown::Shutdown;
+use budget::FetchBudget;
 use client::{Role, client_config};
 use partitions::{GroupConsumer, Partitions};
-pub use worker::Settle;
 use worker::{Broker, WorkerSetup};
+pub use worker::{Settle, SettleBatch};
 
 /// Consumer settings plugboard changes from librdkafka's defaults; the
 /// `[kafka.librdkafka]` table overrides them.
@@ -54,6 +57,14 @@ const CONSUMER_DEFAULTS: [(&str, &str); 4] = [
     // broker is back, come from these statistics: no extra round trip.
     ("statistics.interval.ms", "1000"),
 ];
+
+/// What every plugin's consumer on this host shares: the threads that run
+/// batches and the budget for fetched data.
+#[derive(Clone)]
+pub struct Shared {
+    pub pool: Pool,
+    pub budget: Arc<FetchBudget>,
+}
 
 /// What an operator switched, as a plugin's consumer reads it: the
 /// host's [`crate::control::Control`], shared by every host of the group.
@@ -79,6 +90,7 @@ pub fn consume(
     live: Arc<LivePlugin>,
     settle: Settle,
     switches: &dyn Switches,
+    shared: &Shared,
     shutdown: &Shutdown,
 ) -> Result<()> {
     let plugin = live.current().name.to_string();
@@ -89,7 +101,7 @@ pub fn consume(
         }
         // Rewinds asked before this membership are history.
         let seen = switches.latest_rewind(&plugin);
-        match member(kafka, &live, &settle, switches, seen, shutdown)? {
+        match member(kafka, &live, &settle, switches, shared, seen, shutdown)? {
             Left::Shutdown => return Ok(()),
             Left::ForRewind => continue,
         }
@@ -110,6 +122,7 @@ fn member(
     live: &Arc<LivePlugin>,
     settle: &Settle,
     switches: &dyn Switches,
+    shared: &Shared,
     seen_rewind: Option<String>,
     shutdown: &Shutdown,
 ) -> Result<Left> {
@@ -132,6 +145,7 @@ fn member(
         settled: settled_tx,
         broker: Arc::new(Broker::new(&plugin)),
         paused: paused.clone(),
+        pool: shared.pool.clone(),
     };
     let mut config = client_config(kafka, Role::Consumer);
     for (key, value) in CONSUMER_DEFAULTS {
@@ -143,11 +157,14 @@ fn member(
         config.set("group.instance.id", &id.0);
     }
     // Each partition's queue holds up to this many messages fetched ahead
-    // of its worker: a slow plugin bounds memory, the others keep flowing.
+    // of its worker, and its share of the host's fetch budget: a slow
+    // plugin bounds memory, the others keep flowing.
     let buffer = kafka.partition_buffer.max(prepared.spec.limits.batch_size);
     if !kafka.librdkafka.contains_key("queued.min.messages") {
         config.set("queued.min.messages", buffer.to_string());
     }
+    let share = shared.budget.apply(&mut config, kafka);
+    tracing::debug!(plugin, share, "fetch budget per partition (bytes)");
     let consumer: GroupConsumer = config
         .set("group.id", &group)
         .set("client.id", format!("plugboard-{plugin}"))

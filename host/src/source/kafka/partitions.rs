@@ -53,7 +53,14 @@ pub struct Partitions {
     /// leaves uncommitted.
     offsets: Offsets,
     log: ClientLog,
+    /// When the workers were last nudged (see [`Worker::nudge`]).
+    nudged: Mutex<std::time::Instant>,
 }
+
+/// How often every worker looks at its queue whether or not librdkafka
+/// said it has messages: a bound on how long a missed wake-up can delay a
+/// partition.
+const NUDGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub type GroupConsumer = BaseConsumer<Partitions>;
 
@@ -69,6 +76,7 @@ impl Partitions {
             owned: Mutex::new(BTreeMap::new()),
             settled: Mutex::new(settled),
             closing: AtomicBool::new(false),
+            nudged: Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -196,11 +204,22 @@ impl Partitions {
             .release(&self.plugin, partition);
     }
 
-    /// Replaces workers that died.
+    /// Replaces workers that died, and nudges the others now and then.
     pub fn tend(&self, consumer: &GroupConsumer) {
+        let nudge = {
+            let mut nudged = self.nudged.locked();
+            let due = nudged.elapsed() >= NUDGE_EVERY;
+            if due {
+                *nudged = std::time::Instant::now();
+            }
+            due
+        };
         let mut owned = self.owned.locked();
         for (&partition, entry) in owned.iter_mut() {
             self.revive(consumer, partition, entry);
+            if nudge {
+                entry.worker.nudge();
+            }
         }
     }
 

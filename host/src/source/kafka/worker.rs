@@ -1,24 +1,32 @@
-//! A partition worker: one thread and one plugin instance per assigned
-//! partition, so partitions are handled concurrently while each keeps its
-//! order. It reads its partition's own librdkafka queue (split from the
-//! consumer's), settles the messages in batches straight from librdkafka's
-//! buffers and reports the last settled offset back; the poll loop alone
-//! stores offsets and serves the group.
+//! A partition worker: one job of the host's worker pool (see
+//! [`crate::pool`]) and one plugin instance per assigned partition, so
+//! partitions are handled concurrently while each keeps its order, on as
+//! many threads as the pool has, whatever the number of plugins and
+//! partitions. It reads its partition's own librdkafka queue (split from
+//! the consumer's), settles the messages in batches straight from
+//! librdkafka's buffers and reports the last settled offset back; the
+//! poll loop alone stores offsets and serves the group.
 //!
-//! Flow control is librdkafka's: a worker that is busy (or holding on a
-//! retry) does not read its queue, and the fetcher stops fetching a
-//! partition whose queue holds `partition_buffer` messages. Other
-//! partitions keep flowing.
+//! The job is scheduled when its queue becomes non-empty (librdkafka's
+//! callback) and takes one batch per step, so every partition gets its
+//! turn. A partition that holds (a sink down, a backoff, a dead letter
+//! not written yet) keeps its unsettled messages (copied out of
+//! librdkafka's buffers then) and waits on a timer of the pool, not on a
+//! thread: its token yields (see [`Shutdown::yielding`]).
+//!
+//! Flow control is librdkafka's: a worker that is busy (or holding) does
+//! not read its queue, and the fetcher stops fetching a partition whose
+//! queue holds its share of the fetch budget. Other partitions keep
+//! flowing.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::Sender;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 
 use crate::catalog::LivePlugin;
 use crate::commit::Settled;
@@ -26,13 +34,26 @@ use crate::decode::DecodeError;
 use crate::dispatch::Dispatcher;
 use crate::event::BookingEvent;
 use crate::hold::ALL_PARTITIONS;
+use crate::locks::Lock;
+use crate::pool::{Handle, Job, Next, Pool};
 use crate::runtime::convert::Envelope;
 use crate::shutdown::Shutdown;
 
-/// Settles one batch of a partition and returns how many records from
-/// the start are settled (see [`crate::settle::settle`]).
-pub type Settle =
-    Arc<dyn for<'m> Fn(&mut Dispatcher, &[BorrowedMessage<'m>], &Shutdown) -> usize + Send + Sync>;
+/// How a batch of a partition is settled (see [`crate::settle::settle`]):
+/// each returns how many records from the start are settled.
+pub trait SettleBatch: Send + Sync {
+    /// Messages as librdkafka holds them: the fast path.
+    fn borrowed(
+        &self,
+        dispatcher: &mut Dispatcher,
+        batch: &[BorrowedMessage<'_>],
+        stop: &Shutdown,
+    ) -> usize;
+    /// Messages kept by a partition that holds.
+    fn owned(&self, dispatcher: &mut Dispatcher, batch: &[OwnedMessage], stop: &Shutdown) -> usize;
+}
+
+pub type Settle = Arc<dyn SettleBatch>;
 
 /// Whether the brokers answer, shared by the poll loop (which learns of
 /// trouble) and the workers (whose messages prove they answer again).
@@ -86,10 +107,15 @@ pub struct WorkerSetup {
     pub broker: Arc<Broker>,
     /// Set while an operator has the plugin paused: no batch is taken.
     pub paused: Arc<AtomicBool>,
+    /// The threads that run the batches.
+    pub pool: Pool,
 }
 
 /// No offset known yet.
 const UNKNOWN: i64 = -1;
+
+/// How often a paused partition looks whether it was resumed.
+const PAUSED_CHECK: Duration = Duration::from_millis(100);
 
 /// The poll loop's handle on a running worker.
 pub struct Worker {
@@ -97,7 +123,9 @@ pub struct Worker {
     /// replacement must read again from if it dies.
     next: Arc<AtomicI64>,
     stop: Shutdown,
-    thread: JoinHandle<()>,
+    dead: Arc<AtomicBool>,
+    job: Arc<dyn Job>,
+    handle: Arc<Handle>,
 }
 
 impl Worker {
@@ -106,18 +134,48 @@ impl Worker {
     pub fn spawn<C: ConsumerContext + 'static>(
         setup: WorkerSetup,
         partition: i32,
-        queue: PartitionQueue<C>,
+        mut queue: PartitionQueue<C>,
     ) -> Worker {
         let next = Arc::new(AtomicI64::new(UNKNOWN));
-        let stop = Shutdown::new();
-        let thread = {
-            let (stop, next) = (stop.clone(), next.clone());
-            std::thread::Builder::new()
-                .name(format!("{}-p{partition}", setup.live.current().name))
-                .spawn(move || run(setup, partition, queue, next, stop))
-                .expect("cannot start a partition worker thread")
-        };
-        Worker { next, stop, thread }
+        let stop = Shutdown::yielding();
+        let dead = Arc::new(AtomicBool::new(false));
+        // The queue wakes its job; the job is known once the pool has it.
+        let waker: Arc<OnceLock<Weak<Handle>>> = Arc::new(OnceLock::new());
+        {
+            let waker = waker.clone();
+            // librdkafka calls this with the queue locked, when a message
+            // comes to it empty: only scheduling happens here.
+            queue.set_nonempty_callback(move || {
+                if let Some(handle) = waker.get().and_then(Weak::upgrade) {
+                    handle.wake();
+                }
+            });
+        }
+        let pool = setup.pool.clone();
+        let name = setup.live.current().name.clone();
+        let job: Arc<dyn Job> = Arc::new(PartitionJob {
+            name,
+            partition,
+            next: next.clone(),
+            stop: stop.clone(),
+            dead: dead.clone(),
+            state: Mutex::new(Some(State {
+                dispatcher: Dispatcher::lazy(setup.live.clone(), partition),
+                queue,
+                kept: Vec::new(),
+                warm: false,
+            })),
+            setup,
+        });
+        let handle = pool.add(Arc::downgrade(&job));
+        let _ = waker.set(Arc::downgrade(&handle));
+        Worker {
+            next,
+            stop,
+            dead,
+            job,
+            handle,
+        }
     }
 
     /// The first offset taken and not settled, if the worker took any.
@@ -127,99 +185,176 @@ impl Worker {
 
     /// Whether the worker ended without being asked to: it panicked.
     pub fn died(&self) -> bool {
-        self.thread.is_finished() && !self.stop.is_requested()
+        self.dead.load(Ordering::SeqCst) && !self.stop.is_requested()
+    }
+
+    /// Schedules the worker as if its queue had said it holds messages: a
+    /// wake librdkafka did not give (its callback fires only when a queue
+    /// goes from empty to not) costs one look at the queue.
+    pub fn nudge(&self) {
+        self.handle.wake();
     }
 
     /// Asks the worker to stop after its batch in flight, without waiting.
     pub fn request_stop(&self) {
         self.stop.request();
+        self.handle.wake_now();
     }
 
-    /// Lets the batch in flight finish (a retry backoff is cut short and
-    /// its batch left unsettled) and waits. Messages still queued are not
-    /// settled: the partition's next owner gets them again from the last
-    /// commit.
+    /// Lets the batch in flight finish (a hold ends at once, its batch
+    /// left unsettled) and waits. Messages still queued are not settled:
+    /// the partition's next owner gets them again from the last commit.
     pub fn stop(self) {
-        self.stop.request();
-        if self.thread.join().is_err() {
-            tracing::error!("a partition worker panicked");
+        self.request_stop();
+        if self.handle.finish_unless_running() {
+            // No worker runs it, and none will: its instance and queue go
+            // now.
+            self.job.finish();
+        } else {
+            self.handle.wait_done();
         }
     }
 }
 
-fn run<C: ConsumerContext>(
-    setup: WorkerSetup,
+/// One partition of one plugin, as a job of the pool.
+struct PartitionJob<C: ConsumerContext> {
+    name: Arc<str>,
     partition: i32,
-    queue: PartitionQueue<C>,
+    setup: WorkerSetup,
     next: Arc<AtomicI64>,
+    /// Yielding: a hold returns and is resumed by a timer.
     stop: Shutdown,
-) {
-    let WorkerSetup {
-        live,
-        settle,
-        settled,
-        broker,
-        paused,
-    } = setup;
-    // The plugin's name, which no reload changes.
-    let name = live.current().name.clone();
-    let mut dispatcher = Dispatcher::lazy(live.clone(), partition);
-    dispatcher.warm();
-    let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
-    while !stop.is_requested() {
+    dead: Arc<AtomicBool>,
+    /// None once finished.
+    state: Mutex<Option<State<C>>>,
+}
+
+struct State<C: ConsumerContext> {
+    dispatcher: Dispatcher,
+    queue: PartitionQueue<C>,
+    /// Messages taken and not settled while the partition holds, in order.
+    kept: Vec<OwnedMessage>,
+    /// Whether the instance was made (before the first batch, so it
+    /// reports its partition's state even before events come).
+    warm: bool,
+}
+
+impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
+    fn step(&self) -> Next {
+        let mut slot = self.state.locked();
+        let Some(state) = slot.as_mut() else {
+            return Next::Done;
+        };
+        if self.stop.is_requested() {
+            *slot = None;
+            return Next::Done;
+        }
         // Paused: the batch before was settled; take none until resumed.
-        if paused.load(Ordering::Relaxed) {
-            stop.sleep(Duration::from_millis(100));
-            continue;
+        if self.setup.paused.load(Ordering::Relaxed) {
+            return Next::At(Instant::now() + PAUSED_CHECK);
+        }
+        let State {
+            dispatcher,
+            queue,
+            kept,
+            warm,
+        } = state;
+        if !std::mem::replace(warm, true) {
+            dispatcher.warm();
         }
         // A reload swaps the version between batches, never within one.
         dispatcher.follow();
-        let batch_size = dispatcher.prepared().spec.limits.batch_size;
-        // Short enough that a stop is seen soon; the queue wakes the poll
-        // as soon as a message arrives.
-        match queue.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Ok(first)) => batch.push(first),
-            Some(Err(e)) => {
-                partition_error(&live, partition, &e);
-                continue;
+        if !kept.is_empty() {
+            let done = self.setup.settle.owned(dispatcher, kept, &self.stop);
+            if done > 0 && !self.report(kept[done - 1].offset()) {
+                *slot = None;
+                return Next::Done;
+            }
+            kept.drain(..done);
+            if !kept.is_empty() {
+                return self.cut_short(&mut *slot);
             }
         }
+        let batch_size = dispatcher.prepared().spec.limits.batch_size;
+        let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_size.min(1024));
         while batch.len() < batch_size {
             match queue.poll(Duration::ZERO) {
                 Some(Ok(message)) => batch.push(message),
-                Some(Err(e)) => {
-                    partition_error(&live, partition, &e);
-                    break;
-                }
+                Some(Err(e)) => partition_error(&self.setup.live, self.partition, &e),
                 None => break,
             }
         }
-        let _ = next.compare_exchange(
+        if batch.is_empty() {
+            return Next::Idle;
+        }
+        let full = batch.len() == batch_size;
+        let _ = self.next.compare_exchange(
             UNKNOWN,
             batch[0].offset(),
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
-        broker.answers(&live);
-        if stop.is_requested() {
-            break;
-        }
-        panic_hook::check(&name, partition, &batch);
-        let done = settle(&mut dispatcher, &batch, &stop);
-        if done > 0 {
-            // The settled prefix may be committed, even if the rest of the
-            // batch is not settled (a stop came while it held).
-            let offset = batch[done - 1].offset();
-            next.store(offset + 1, Ordering::SeqCst);
-            if settled.send(Settled { partition, offset }).is_err() {
-                break;
-            }
+        self.setup.broker.answers(&self.setup.live);
+        panic_hook::check(&self.name, self.partition, &batch);
+        let done = self.setup.settle.borrowed(dispatcher, &batch, &self.stop);
+        // The settled prefix may be committed, even if the rest of the
+        // batch is not settled (a stop came while it held).
+        if done > 0 && !self.report(batch[done - 1].offset()) {
+            drop(batch);
+            *slot = None;
+            return Next::Done;
         }
         if done < batch.len() {
-            break;
+            // Kept, copied out of librdkafka's buffers: they are read from
+            // the queue only once.
+            let rest: Vec<OwnedMessage> = batch[done..].iter().map(|m| m.detach()).collect();
+            drop(batch);
+            *kept = rest;
+            return self.cut_short(&mut *slot);
         }
-        batch.clear();
+        if full { Next::Again } else { Next::Idle }
+    }
+
+    fn died(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        self.finish();
+    }
+
+    fn finish(&self) {
+        // The queue goes back to librdkafka and the instance is dropped
+        // here, not whenever the pool lets go of the job.
+        let state = self.state.locked().take();
+        drop(state);
+    }
+
+    fn name(&self) -> String {
+        format!("{}-p{}", self.name, self.partition)
+    }
+}
+
+impl<C: ConsumerContext> PartitionJob<C> {
+    /// Reports `offset` settled; false if the poll loop is gone.
+    fn report(&self, offset: i64) -> bool {
+        self.next.store(offset + 1, Ordering::SeqCst);
+        self.setup
+            .settled
+            .send(Settled {
+                partition: self.partition,
+                offset,
+            })
+            .is_ok()
+    }
+
+    /// The step ended with messages unsettled: a hold, resumed when its
+    /// backoff ends, or a stop, which finishes the job.
+    fn cut_short(&self, slot: &mut Option<State<C>>) -> Next {
+        match self.stop.take_resume_at() {
+            Some(at) if !self.stop.is_requested() => Next::At(at),
+            _ => {
+                *slot = None;
+                Next::Done
+            }
+        }
     }
 }
 
