@@ -83,6 +83,7 @@ fn spec(name: &str) -> PluginSpec {
         config: Default::default(),
         payload: true,
         extensions: false,
+        concurrency: 1,
     }
 }
 

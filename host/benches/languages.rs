@@ -43,6 +43,7 @@ fn spec(component: &Path) -> PluginSpec {
         .collect(),
         payload: false,
         extensions: false,
+        concurrency: 1,
     }
 }
 

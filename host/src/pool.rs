@@ -306,27 +306,31 @@ impl Shared {
                 .count()
         };
         let mut queues = self.queues.locked();
-        let wanted = !queues.closed && !queues.ready.is_empty() && queues.idle == 0;
-        if !wanted || stalled == 0 || queues.threads >= self.base + stalled.min(MAX_SPARES) {
+        if queues.closed || queues.idle > 0 || stalled == 0 {
             return;
         }
-        let number = queues.named;
-        queues.named += 1;
-        queues.threads += 1;
+        // One spare per waiting step, for as many jobs as are ready.
+        let room = (self.base + stalled.min(MAX_SPARES)).saturating_sub(queues.threads);
+        let lend = room.min(queues.ready.len());
+        let first = queues.named;
+        queues.named += lend;
+        queues.threads += lend;
         drop(queues);
-        let shared = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("plugboard-worker-{number}"))
-            .spawn(move || work(&shared, number));
-        match spawned {
-            Ok(thread) => {
-                let mut spares = self.spares.locked();
-                spares.retain(|t| !t.is_finished());
-                spares.push(thread);
-            }
-            Err(e) => {
-                self.queues.locked().threads -= 1;
-                tracing::warn!("cannot start a spare thread of the worker pool: {e}");
+        for number in first..first + lend {
+            let shared = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("plugboard-worker-{number}"))
+                .spawn(move || work(&shared, number));
+            match spawned {
+                Ok(thread) => {
+                    let mut spares = self.spares.locked();
+                    spares.retain(|t| !t.is_finished());
+                    spares.push(thread);
+                }
+                Err(e) => {
+                    self.queues.locked().threads -= 1;
+                    tracing::warn!("cannot start a spare thread of the worker pool: {e}");
+                }
             }
         }
     }

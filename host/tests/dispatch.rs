@@ -41,6 +41,7 @@ fn dispatcher(config: &[(&str, &str)], tune: impl FnOnce(&mut Limits)) -> Dispat
             .collect::<BTreeMap<_, _>>(),
         payload: false,
         extensions: false,
+        concurrency: 1,
     };
     let cache = common::target_dir().join("test-cache");
     let runtime = Runtime::new(Some(&cache), Arc::new(Metrics::new())).unwrap();
@@ -256,6 +257,7 @@ fn counting(
         config,
         payload,
         extensions: false,
+        concurrency: 1,
     };
     let cache = common::target_dir().join("test-cache");
     let db = plugboard::runtime::kv::StateDb::open(&dir.join("state.sqlite")).unwrap();
@@ -446,6 +448,7 @@ fn a_plugin_that_writes_state_without_end_fails_that_event_alone_as_budget() {
         config: [("kv_flood".to_string(), victim.clone())].into(),
         payload: false,
         extensions: false,
+        concurrency: 1,
     };
     let cache = common::target_dir().join("test-cache");
     let db = plugboard::runtime::kv::StateDb::open(&dir.path().join("state.sqlite")).unwrap();

@@ -6,6 +6,8 @@
 //! lake and the business gauges equal what the events say (computed here,
 //! without the plugins' code); no healthy event is dead-lettered; no lake
 //! row is written twice. Recovery times are printed, not asserted.
+//! crm-sync runs with `concurrency = 4` (four batches of a partition in
+//! flight, by booking), as the demo ships it; the others one at a time.
 //!
 //! Faults are real where this machine can make them: the CRM process is
 //! killed and restarted; 503, 429 and a CRM that never answers come from a
@@ -278,7 +280,7 @@ impl Scenario {
                 "crm-sync",
                 "crm-sync",
                 &format!(
-                    "allow_hosts = [\"{url}\"]\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\nrequest_timeout_ms = 1000\n",
+                    "allow_hosts = [\"{url}\"]\nconcurrency = 4\n[config]\nbase_url = \"{url}\"\ntoken = \"{token}\"\nrequest_timeout_ms = 1000\n",
                     url = proxy.url
                 ),
             )

@@ -35,6 +35,10 @@ pub struct PluginSpec {
     /// Whether events carry the fields the contract does not have, as
     /// JSON (`event.extensions`).
     pub extensions: bool,
+    /// Batches of one partition in flight at once, its events split by
+    /// key so that each key's stay in one batch and in order; 1 (the
+    /// default): one batch at a time.
+    pub concurrency: usize,
 }
 
 /// A host folder made visible to the plugin at `guest_path`.
@@ -152,6 +156,11 @@ struct ManifestFile {
     /// have (a newer producer's), as proto3 JSON.
     #[serde(default)]
     extensions: bool,
+    /// Batches of one partition in flight at once, split by key (default
+    /// 1); for plugins whose calls wait on a sink and whose state is safe
+    /// under it.
+    #[serde(default)]
+    concurrency: Option<Concurrency>,
     /// The one folder the plugin may read and write.
     #[serde(default)]
     folder: Option<FolderFile>,
@@ -236,6 +245,9 @@ pub fn parse_manifest(
     )
 }
 
+/// The most batches of one partition a plugin may have in flight.
+pub const MAX_CONCURRENCY: usize = 64;
+
 /// [`parse_manifest`] of a manifest's text, `manifest` naming the file in
 /// messages.
 pub fn manifest_from_text(
@@ -278,7 +290,25 @@ pub fn manifest_from_text(
         },
         payload: raw.payload,
         extensions: raw.extensions,
+        concurrency: raw.concurrency.map_or(1, |c| c.0),
     })
+}
+
+/// `concurrency`, checked while parsing so that a bad one is reported
+/// with its line.
+#[derive(Debug)]
+struct Concurrency(usize);
+
+impl<'de> Deserialize<'de> for Concurrency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match usize::try_from(n) {
+            Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(Concurrency(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "concurrency = {n}: write a number from 1 (one batch of a partition at a time) to {MAX_CONCURRENCY}"
+            ))),
+        }
+    }
 }
 
 /// A granted origin, checked and normalised while parsing so that a bad one

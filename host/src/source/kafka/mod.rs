@@ -15,9 +15,11 @@
 //! host's [`crate::pool::Pool`], with no copy; `partitions` starts and
 //! stops workers as partitions come and go.
 
+mod batch;
 pub mod budget;
 pub mod client;
 pub(crate) mod client_log;
+mod lanes;
 mod partitions;
 pub mod rewind;
 mod worker;
@@ -33,11 +35,11 @@ use crate::catalog::LivePlugin;
 use crate::config::KafkaConfig;
 use crate::pool::Pool;
 use crate::shutdown::Shutdown;
+pub use batch::{Settle, SettleBatch};
 use budget::FetchBudget;
 use client::{Role, client_config};
 use partitions::{GroupConsumer, Partitions};
 use worker::{Broker, WorkerSetup};
-pub use worker::{Settle, SettleBatch};
 
 /// Consumer settings plugboard changes from librdkafka's defaults; the
 /// `[kafka.librdkafka]` table overrides them.

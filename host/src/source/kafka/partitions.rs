@@ -186,9 +186,12 @@ impl Partitions {
         if now < at {
             return;
         }
-        // The dead worker's queue is moved back first, so its replacement
-        // never takes a message past the first unsettled offset.
-        if let Some(next) = from {
+        // What is left of the dead worker (lanes that did not die) stops
+        // first, so its queue is let go and its lanes' progress known;
+        // then the queue is moved back, so the replacement never takes a
+        // message past the first unsettled offset.
+        entry.worker.halt();
+        if let Some(next) = entry.worker.unsettled_from() {
             self.read_again(consumer, partition, next);
         }
         let Some(worker) = self.start_worker(partition) else {

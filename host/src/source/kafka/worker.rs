@@ -28,6 +28,8 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 
+use super::batch::Settle;
+use super::lanes::{LaneSetup, Lanes};
 use crate::catalog::LivePlugin;
 use crate::commit::Settled;
 use crate::decode::DecodeError;
@@ -38,22 +40,6 @@ use crate::locks::Lock;
 use crate::pool::{Handle, Job, Next, Pool};
 use crate::runtime::convert::Envelope;
 use crate::shutdown::Shutdown;
-
-/// How a batch of a partition is settled (see [`crate::settle::settle`]):
-/// each returns how many records from the start are settled.
-pub trait SettleBatch: Send + Sync {
-    /// Messages as librdkafka holds them: the fast path.
-    fn borrowed(
-        &self,
-        dispatcher: &mut Dispatcher,
-        batch: &[BorrowedMessage<'_>],
-        stop: &Shutdown,
-    ) -> usize;
-    /// Messages kept by a partition that holds.
-    fn owned(&self, dispatcher: &mut Dispatcher, batch: &[OwnedMessage], stop: &Shutdown) -> usize;
-}
-
-pub type Settle = Arc<dyn SettleBatch>;
 
 /// Whether the brokers answer, shared by the poll loop (which learns of
 /// trouble) and the workers (whose messages prove they answer again).
@@ -153,6 +139,21 @@ impl Worker {
         }
         let pool = setup.pool.clone();
         let name = setup.live.current().name.clone();
+        // Read when the partition is assigned: a reload that changes it
+        // takes effect at the next assignment.
+        let concurrency = setup.live.current().spec.concurrency;
+        let lanes = (concurrency > 1).then(|| {
+            let lane_setup = LaneSetup {
+                name: name.clone(),
+                partition,
+                live: setup.live.clone(),
+                settle: setup.settle.clone(),
+                paused: setup.paused.clone(),
+                dead: dead.clone(),
+                worker: waker.clone(),
+            };
+            Lanes::new(concurrency, &lane_setup, &pool)
+        });
         let job: Arc<dyn Job> = Arc::new(PartitionJob {
             name,
             partition,
@@ -164,6 +165,7 @@ impl Worker {
                 queue,
                 kept: Vec::new(),
                 warm: false,
+                lanes,
             })),
             setup,
         });
@@ -205,6 +207,12 @@ impl Worker {
     /// left unsettled) and waits. Messages still queued are not settled:
     /// the partition's next owner gets them again from the last commit.
     pub fn stop(self) {
+        self.halt();
+    }
+
+    /// [`Worker::stop`], leaving the handle (a dead worker is halted
+    /// before its replacement takes its queue).
+    pub fn halt(&self) {
         self.request_stop();
         if self.handle.finish_unless_running() {
             // No worker runs it, and none will: its instance and queue go
@@ -237,6 +245,9 @@ struct State<C: ConsumerContext> {
     /// Whether the instance was made (before the first batch, so it
     /// reports its partition's state even before events come).
     warm: bool,
+    /// With `concurrency` > 1: the lanes the messages go to (see
+    /// [`super::lanes`]); the instance above then stays unused.
+    lanes: Option<Lanes>,
 }
 
 impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
@@ -246,18 +257,22 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
             return Next::Done;
         };
         if self.stop.is_requested() {
-            *slot = None;
+            self.close(&mut slot);
             return Next::Done;
         }
         // Paused: the batch before was settled; take none until resumed.
         if self.setup.paused.load(Ordering::Relaxed) {
             return Next::At(Instant::now() + PAUSED_CHECK);
         }
+        if state.lanes.is_some() {
+            return self.step_lanes(&mut slot);
+        }
         let State {
             dispatcher,
             queue,
             kept,
             warm,
+            ..
         } = state;
         if !std::mem::replace(warm, true) {
             dispatcher.warm();
@@ -267,7 +282,7 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
         if !kept.is_empty() {
             let done = self.setup.settle.owned(dispatcher, kept, &self.stop);
             if done > 0 && !self.report(kept[done - 1].offset()) {
-                *slot = None;
+                self.close(&mut slot);
                 return Next::Done;
             }
             kept.drain(..done);
@@ -301,7 +316,7 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
         // batch is not settled (a stop came while it held).
         if done > 0 && !self.report(batch[done - 1].offset()) {
             drop(batch);
-            *slot = None;
+            self.close(&mut slot);
             return Next::Done;
         }
         if done < batch.len() {
@@ -323,8 +338,7 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
     fn finish(&self) {
         // The queue goes back to librdkafka and the instance is dropped
         // here, not whenever the pool lets go of the job.
-        let state = self.state.locked().take();
-        drop(state);
+        self.close(&mut self.state.locked());
     }
 
     fn name(&self) -> String {
@@ -351,9 +365,63 @@ impl<C: ConsumerContext> PartitionJob<C> {
         match self.stop.take_resume_at() {
             Some(at) if !self.stop.is_requested() => Next::At(at),
             _ => {
-                *slot = None;
+                self.close(slot);
                 Next::Done
             }
+        }
+    }
+
+    /// Finishes the job: its lanes stop (their batches in flight end) and
+    /// what they settled is reported; the queue and instances go.
+    fn close(&self, slot: &mut Option<State<C>>) {
+        let Some(mut state) = slot.take() else {
+            return;
+        };
+        if let Some(lanes) = state.lanes.as_mut() {
+            lanes.stop();
+            if let Some(first) = lanes.settled_upto() {
+                self.report(first - 1);
+            }
+            if let Some(from) = lanes.unsettled_from() {
+                self.next.store(from, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A step of a partition with lanes: reports what they settled and
+    /// gives them more messages.
+    fn step_lanes(&self, slot: &mut Option<State<C>>) -> Next {
+        let state = slot.as_mut().expect("checked by the caller");
+        let batch_size = self.setup.live.current().spec.limits.batch_size;
+        let State { queue, lanes, .. } = state;
+        let lanes = lanes.as_mut().expect("checked by the caller");
+        if let Some(first) = lanes.settled_upto()
+            && !self.report(first - 1)
+        {
+            self.close(slot);
+            return Next::Done;
+        }
+        let most = batch_size * lanes.count();
+        let taken = lanes.fill(batch_size, most, || {
+            loop {
+                match queue.poll(Duration::ZERO) {
+                    Some(Ok(message)) => return Some(message.detach()),
+                    Some(Err(e)) => partition_error(&self.setup.live, self.partition, &e),
+                    None => return None,
+                }
+            }
+        });
+        if let Some(from) = lanes.unsettled_from() {
+            self.next.store(from, Ordering::SeqCst);
+        }
+        if taken > 0 {
+            self.setup.broker.answers(&self.setup.live);
+        }
+        // Full: a lane that settles wakes this worker again.
+        if taken == most && !lanes.is_full() {
+            Next::Again
+        } else {
+            Next::Idle
         }
     }
 }
