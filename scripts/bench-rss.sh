@@ -39,22 +39,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-brokers=${PLUGBOARD_BENCH_BROKERS:-127.0.0.1:19092}
-if ! (exec 3<>"/dev/tcp/${brokers%:*}/${brokers#*:}") 2>/dev/null; then
-  echo "no Kafka broker at $brokers: run scripts/kafka.sh start (or set PLUGBOARD_BENCH_BROKERS)" >&2
-  exit 1
-fi
-bin=${PLUGBOARD_BIN:-target/release/plugboard}
-echo "==> building plugboard and crm-example (release)"
-if [ -n "${PLUGBOARD_BIN:-}" ]; then
-  cargo build --release --locked -p crm-example -q
-else
-  cargo build --release --locked -p plugboard -p crm-example --bins -q
-fi
-for p in crm-sync data-lake metrics; do
-  [ -f "target/plugins/$p.wasm" ] || { PLUGBOARD_SKIP_JS=1 scripts/build-plugins.sh >/dev/null; break; }
-done
-mkdir -p target/bench
+source scripts/bench-lib.sh
+bench_brokers
+bench_build "crm-sync data-lake metrics" crm-example
 
 python3 - "$brokers" "$bin" "$lifecycles" "$partitions" "$seconds" "$rate" "$cold" <<'EOF'
 import json, os, shutil, statistics, subprocess, sys, tempfile, threading, time

@@ -41,18 +41,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-brokers=${PLUGBOARD_BENCH_BROKERS:-127.0.0.1:19092}
-if ! (exec 3<>"/dev/tcp/${brokers%:*}/${brokers#*:}") 2>/dev/null; then
-  echo "no Kafka broker at $brokers: run scripts/kafka.sh start (or set PLUGBOARD_BENCH_BROKERS)" >&2
-  exit 1
-fi
-bin=${PLUGBOARD_BIN:-target/release/plugboard}
-if [ -z "${PLUGBOARD_BIN:-}" ]; then
-  echo "==> building plugboard (release)"
-  cargo build --release --locked -p plugboard --bins -q
-fi
-[ -f target/plugins/noop.wasm ] || PLUGBOARD_SKIP_JS=1 scripts/build-plugins.sh >/dev/null
-mkdir -p target/bench
+source scripts/bench-lib.sh
+bench_brokers
+bench_build noop
 
 python3 - "$brokers" "$bin" "$lifecycles" "$plugin_counts" "$partition_counts" "$seconds" "$extra" "$kafka_extra" <<'EOF'
 import json, os, re, shutil, subprocess, sys, tempfile, time

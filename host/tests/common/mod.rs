@@ -250,6 +250,15 @@ impl Crm {
         )
     }
 
+    /// The properties of every object, by booking id: what two CRMs fed
+    /// the same events must agree on (ids and timestamps aside).
+    pub fn properties(&self) -> BTreeMap<String, serde_json::Value> {
+        self.all()
+            .into_iter()
+            .map(|(k, v)| (k, v["properties"].clone()))
+            .collect()
+    }
+
     /// Every object, through the paged list API.
     pub fn all(&self) -> BTreeMap<String, serde_json::Value> {
         let client = reqwest::blocking::Client::new();
