@@ -26,8 +26,12 @@
 #   plugboard           noop (decode), plugins/jsonl-sink (file), crm-sync (http)
 #   Kafka Connect 4.1.2 standalone, from Maven Central (bench/peers/connect/pom.xml):
 #                       FileStreamSinkConnector (file), the HTTP sink in
-#                       bench/peers/connect/src (http); no decode job, as it
-#                       cannot decode this protobuf (ByteArrayConverter)
+#                       bench/peers/connect/src (http), both on raw bytes
+#                       (ByteArrayConverter); and the file job again with
+#                       BookingJsonConverter (bench/peers/connect/src: the
+#                       booking decoded by protoc-generated classes and
+#                       printed as proto3 JSON by protobuf-java-util), the
+#                       same work as plugboard's and Benthos' file jobs
 #   Benthos 4.27.0      the MIT core of Redpanda Connect, built from
 #                       bench/peers/benthos/main.go: kafka_franz, protobuf
 #                       to JSON, drop / file / http_client
@@ -83,9 +87,20 @@ if [[ ",$systems," == *,connect,* ]]; then
     echo "==> fetching Kafka Connect 4.1.2 and its dependencies from Maven Central"
     (cd bench/peers/connect && mvn -B -q dependency:copy-dependencies -DoutputDirectory="$connect_libs")
   fi
-  echo "==> compiling the Connect HTTP sink"
-  rm -rf "$cache/connect-classes" && mkdir -p "$cache/connect-classes"
-  javac -nowarn -d "$cache/connect-classes" -cp "$connect_libs/*" bench/peers/connect/src/plugboard/bench/*.java
+  protoc=$cache/protoc-4.36.2/protoc-4.36.2-linux-x86_64.exe
+  if [ ! -x "$protoc" ]; then
+    echo "==> fetching protoc 4.36.2 from Maven Central"
+    (cd bench/peers/connect && mvn -B -q dependency:copy \
+      -Dartifact=com.google.protobuf:protoc:4.36.2:exe:linux-x86_64 -DoutputDirectory="$cache/protoc-4.36.2")
+    chmod +x "$protoc"
+  fi
+  echo "==> generating the booking's Java classes; compiling the Connect HTTP sink and JSON converter"
+  rm -rf "$cache/connect-classes" "$cache/connect-gen" && mkdir -p "$cache/connect-classes" "$cache/connect-gen/wkt"
+  # The well-known types' .proto files travel in protobuf-java's jar.
+  (cd "$cache/connect-gen/wkt" && unzip -o -q "$connect_libs/protobuf-java-4.36.2.jar" 'google/protobuf/*.proto')
+  "$protoc" --java_out="$cache/connect-gen" -I proto -I "$cache/connect-gen/wkt" proto/booking/v1/booking.proto
+  javac -nowarn -d "$cache/connect-classes" -cp "$connect_libs/*" \
+    "$cache/connect-gen/booking/v1/Booking.java" bench/peers/connect/src/plugboard/bench/*.java
 fi
 
 benthos=$cache/benthos-4.27.0
