@@ -187,6 +187,8 @@ pub struct Dispatcher {
     /// Which share of the plugin's gauges its instances set: the
     /// partition it serves.
     slot: i32,
+    /// The lane of the partition it serves (index, lanes), if it has lanes.
+    lane: Option<(usize, usize)>,
     /// Whether the partition holds (see [`crate::hold`]).
     holding: bool,
     /// Where a new version comes from, if the plugin can be reloaded: a
@@ -218,6 +220,7 @@ impl Dispatcher {
             prepared,
             instance: Some(instance),
             slot: 0,
+            lane: None,
             holding: false,
             live: None,
             paused: Paused::default(),
@@ -233,10 +236,20 @@ impl Dispatcher {
             prepared: live.current(),
             instance: None,
             slot,
+            lane: None,
             holding: false,
             live: Some(live),
             paused: Paused::default(),
             stats: Stats::default(),
+        }
+    }
+
+    /// [`Dispatcher::lazy`] for lane `index` of `of` of the partition: its
+    /// instances are told which (see [`Prepared::instantiate_lane`]).
+    pub fn lazy_lane(live: Arc<LivePlugin>, slot: i32, index: usize, of: usize) -> Self {
+        Dispatcher {
+            lane: Some((index, of)),
+            ..Self::lazy(live, slot)
         }
     }
 
@@ -694,7 +707,7 @@ impl Dispatcher {
 
     fn instance(&mut self) -> Result<&mut Instance, CallError> {
         if self.instance.is_none() {
-            self.instance = Some(self.prepared.instantiate(Some(self.slot))?);
+            self.instance = Some(self.prepared.instantiate_lane(Some(self.slot), self.lane)?);
         }
         Ok(self.instance.as_mut().expect("just set"))
     }

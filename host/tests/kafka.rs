@@ -1251,10 +1251,33 @@ fn with_concurrency_a_partition_has_batches_in_flight_per_key_and_the_result_is_
             log.display()
         ),
     );
+    // data-lake too: each lane merges into files of its own.
+    let lake = setup.path("lake");
+    setup.plugin(
+        "data-lake",
+        "data-lake",
+        &format!(
+            "concurrency = 4\n[folder]\npath = \"{}\"\n[limits]\nbatch_size = 20\n[config]\ndir = \"/data\"\noffsets_per_file = 100\n",
+            lake.display()
+        ),
+    );
     let kafka = kafka_config(&setup, &brokers, &topic, "lanes");
     let host = start_host(&setup);
-    wait_for_zero_lag(&kafka, &["crm-sync", "counting"]);
+    wait_for_zero_lag(&kafka, &["crm-sync", "counting", "data-lake"]);
     stop(host);
+
+    // The lake holds every event once, written by four lanes a partition.
+    let (files, rows) = read_lake(&lake.join("bookings"));
+    assert!(
+        files.keys().any(|f| f.contains("-lane3of4.parquet")),
+        "{:?}",
+        files.keys()
+    );
+    let mut ids: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
+    ids.sort();
+    let mut want_ids: Vec<String> = valid.iter().map(|l| l.event_id.clone()).collect();
+    want_ids.sort();
+    assert_eq!(ids, want_ids, "the lake's rows, once each");
 
     // The CRM is what one batch at a time makes of the same events.
     let want = reference_crm.properties();

@@ -121,12 +121,29 @@ impl Prepared {
     /// the plugin's gauges, which the host sums); `None` makes one only to
     /// check that the version initialises, whose gauges are dropped.
     pub fn instantiate(&self, partition: Option<i32>) -> Result<Instance, CallError> {
-        // A probe's metric updates and state writes are dropped after its
-        // `init`, so its slot never shows.
-        self.instantiate_in(partition.unwrap_or(PROBE_SLOT), partition)
+        self.instantiate_lane(partition, None)
     }
 
-    fn instantiate_in(&self, slot: i32, partition: Option<i32>) -> Result<Instance, CallError> {
+    /// [`Prepared::instantiate`] for lane `index` of `of` of its partition
+    /// (see [`crate::source::kafka`]'s lanes): the instance also gets
+    /// `plugboard.lane` and `plugboard.lanes`, so what it writes can be
+    /// its lane's alone.
+    pub fn instantiate_lane(
+        &self,
+        partition: Option<i32>,
+        lane: Option<(usize, usize)>,
+    ) -> Result<Instance, CallError> {
+        // A probe's metric updates and state writes are dropped after its
+        // `init`, so its slot never shows.
+        self.instantiate_in(partition.unwrap_or(PROBE_SLOT), partition, lane)
+    }
+
+    fn instantiate_in(
+        &self,
+        slot: i32,
+        partition: Option<i32>,
+        lane: Option<(usize, usize)>,
+    ) -> Result<Instance, CallError> {
         let spec = &self.spec;
         let output = GuestOutput::new(
             self.name.clone(),
@@ -228,6 +245,10 @@ impl Prepared {
         }
         if let Some(p) = partition {
             config.push(("plugboard.partition".into(), p.to_string()));
+        }
+        if let Some((index, of)) = lane {
+            config.push(("plugboard.lane".into(), index.to_string()));
+            config.push(("plugboard.lanes".into(), of.to_string()));
         }
         store.data_mut().egress.deadline = Some(std::time::Instant::now() + timeout);
         let init = plugin

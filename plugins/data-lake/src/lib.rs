@@ -15,8 +15,16 @@
 //! `extensions->>'$.loyaltyTier'`. Files written before that column existed
 //! read as if it were null.
 //!
+//! Safe under `concurrency = N`: each of a partition's lanes (each booking
+//! always in one) merges into files of its own,
+//! `<source>-<partition>-<window>-lane<i>of<N>.parquet`, so two instances
+//! never write one file, and a redelivered event lands in the file that
+//! holds it. A change of N starts new files: events redelivered across
+//! that change may then show twice.
+//!
 //! Config: `dir` (default `/data`, the folder granted in the manifest),
-//! `offsets_per_file` (default 1000).
+//! `offsets_per_file` (default 1000); `plugboard.lane` and
+//! `plugboard.lanes` come from the host.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -46,6 +54,8 @@ const DEFAULT_WINDOW: i64 = 1000;
 thread_local! {
     static ROOT: RefCell<PathBuf> = RefCell::new(PathBuf::from("/data"));
     static WINDOW: RefCell<i64> = const { RefCell::new(DEFAULT_WINDOW) };
+    /// `-lane<i>of<N>` for an instance of one lane of its partition.
+    static LANE: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 struct DataLake;
@@ -66,6 +76,11 @@ impl Guest for DataLake {
                 })?,
             };
         WINDOW.with(|w| *w.borrow_mut() = window);
+        let lane = match (get("plugboard.lane"), get("plugboard.lanes")) {
+            (Some(i), Some(n)) if n != "1" => format!("-lane{i}of{n}"),
+            _ => String::new(),
+        };
+        LANE.with(|l| *l.borrow_mut() = lane);
         let dir = get("dir").unwrap_or_else(|| "/data".into());
         let root = PathBuf::from(dir).join("bookings");
         std::fs::create_dir_all(&root).map_err(|e| {
@@ -123,12 +138,13 @@ fn write_batch(root: &Path, batch: &[Event]) -> Result<usize, String> {
             .push(event);
     }
     let schema = schema();
+    let lane = LANE.with(|l| l.borrow().clone());
     let mut written = 0;
     for ((date, source, partition, start), rows) in &groups {
         let dir = root.join(format!("event_date={date}"));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let name = format!("{}-{partition}-{start:012}.parquet", safe(source));
+        let name = format!("{}-{partition}-{start:012}{lane}.parquet", safe(source));
         let path = dir.join(&name);
         let fresh = record_batch(&schema, rows)?;
         let rows = match read(&path, &schema)? {

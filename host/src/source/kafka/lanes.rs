@@ -87,9 +87,11 @@ impl Lanes {
             .map(|index| {
                 let job = Arc::new(LaneJob {
                     name: format!("{}-p{}-lane{index}", setup.name, setup.partition),
-                    dispatcher: Mutex::new(Some(Dispatcher::lazy(
+                    dispatcher: Mutex::new(Some(Dispatcher::lazy_lane(
                         setup.live.clone(),
                         setup.partition,
+                        index,
+                        n,
                     ))),
                     inbox: Mutex::new(VecDeque::new()),
                     in_flight: in_flight.clone(),
