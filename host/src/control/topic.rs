@@ -120,6 +120,10 @@ fn follow(
 ) {
     let mut caught_up = Some(caught_up);
     let mut told = end == 0;
+    // librdkafka queues one error per failed connection attempt: while the
+    // broker is down they come in bursts of hundreds. One line per kind of
+    // error every ten seconds says the same.
+    let mut warned: Option<(String, std::time::Instant)> = None;
     if told && let Some(tx) = caught_up.take() {
         let _ = tx.try_send(());
     }
@@ -142,7 +146,18 @@ fn follow(
                     let _ = tx.try_send(());
                 }
             }
-            Some(Err(e)) => tracing::warn!("reading the control topic: {e}"),
+            Some(Err(e)) => {
+                let text = e.to_string();
+                let again = warned.as_ref().is_some_and(|(last, at)| {
+                    *last == text && at.elapsed() < Duration::from_secs(10)
+                });
+                if again {
+                    tracing::debug!("reading the control topic: {text}");
+                } else {
+                    tracing::warn!("reading the control topic: {text}");
+                    warned = Some((text, std::time::Instant::now()));
+                }
+            }
         }
     }
 }
