@@ -49,6 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, "bench/peers")
 from harness import free_port, http_get, prom_value, stop  # the peer benchmark's helpers
+from harness import proc_status as status
 
 brokers, binary = sys.argv[1], os.path.abspath(sys.argv[2])
 lifecycles, partitions, seconds, rate, cold = (int(a) for a in sys.argv[3:8])
@@ -90,14 +91,6 @@ def lags():
             for p in PLUGINS if text and any(
                 l.startswith("plugboard_consumer_lag{") and f'plugin="{p}"' in l
                 for l in text.splitlines())}
-
-def status(pid):
-    fields = {}
-    for line in open(f"/proc/{pid}/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "Threads"):
-            fields[k] = int(v.split()[0])
-    return fields
 
 warm = host = None
 try:

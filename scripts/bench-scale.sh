@@ -51,6 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, "bench/peers")
 from harness import free_port, http_get, prom_value, stop  # the peer benchmark's helpers
+from harness import proc_status as status
 
 brokers, binary = sys.argv[1], os.path.abspath(sys.argv[2])
 lifecycles = int(sys.argv[3])
@@ -59,14 +60,6 @@ partition_counts = [int(n) for n in sys.argv[5].split(",")]
 seconds, extra, kafka_extra = int(sys.argv[6]), sys.argv[7], sys.argv[8]
 repo = Path.cwd()
 work = Path(tempfile.mkdtemp(prefix="plugboard-scale-"))
-
-def status(pid):
-    fields = {}
-    for line in open(f"/proc/{pid}/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "Threads"):
-            fields[k] = int(v.split()[0])
-    return fields
 
 def handled(admin):
     text = http_get(f"http://127.0.0.1:{admin}/metrics", timeout=1)

@@ -44,7 +44,7 @@ import json, os, shutil, sqlite3, subprocess, sys, tempfile, time
 from pathlib import Path
 
 sys.path.insert(0, "bench/peers")
-from harness import free_port, http_get, prom_value, stop  # the peer benchmark's helpers
+from harness import free_port, http_get, proc_status, prom_value, stop  # the peer benchmark's helpers
 
 brokers, binary = sys.argv[1], os.path.abspath(sys.argv[2])
 lifecycles, partitions = int(sys.argv[3]), int(sys.argv[4])
@@ -72,10 +72,7 @@ subprocess.run([binary, "produce", "--brokers", brokers, "--topic", topic, "--ev
                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 def threads(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
+    return proc_status(pid)["Threads"]
 
 def crm_exact(db):
     """Whether the CRM holds each booking once, at its last event."""

@@ -42,6 +42,16 @@ def stop(proc):
         proc.wait()
 
 
+def proc_status(pid):
+    """VmRSS and VmHWM (kB) and Threads of process `pid`, from /proc."""
+    fields = {}
+    for line in open(f"/proc/{pid}/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM", "Threads"):
+            fields[k] = int(v.split()[0])
+    return fields
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
