@@ -385,7 +385,8 @@ struct HostFile {
     #[serde(default)]
     schema: SchemaFile,
     /// Threads that run the batches of every plugin and partition; default
-    /// the cores. A plugin call waiting on its sink holds one.
+    /// the cores. A plugin call waiting on its sink lends its place to a
+    /// spare thread (see [`crate::pool`]).
     #[serde(default)]
     workers: Option<std::num::NonZeroUsize>,
 }
