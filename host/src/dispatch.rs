@@ -197,13 +197,13 @@ pub struct Dispatcher {
     live: Option<Arc<LivePlugin>>,
     /// Where the head event stood when a yielding backoff cut the last
     /// call short; taken by the next call.
-    paused: Paused,
+    cut_short: CutShort,
     pub stats: Stats,
 }
 
 /// What a call cut short by a yielding backoff leaves for the next one.
 #[derive(Default)]
-struct Paused {
+struct CutShort {
     head: Head,
     one_by_one: bool,
     /// The head event's final failure, whose park was cut short.
@@ -223,7 +223,7 @@ impl Dispatcher {
             lane: None,
             holding: false,
             live: None,
-            paused: Paused::default(),
+            cut_short: CutShort::default(),
             stats: Stats::default(),
         }
     }
@@ -239,7 +239,7 @@ impl Dispatcher {
             lane: None,
             holding: false,
             live: Some(live),
-            paused: Paused::default(),
+            cut_short: CutShort::default(),
             stats: Stats::default(),
         }
     }
@@ -309,12 +309,12 @@ impl Dispatcher {
         park: &mut Park<'_>,
     ) -> (Vec<Outcome>, Ended) {
         let mut outcomes = Vec::with_capacity(batch.len());
-        let paused = std::mem::take(&mut self.paused);
-        let mut head = paused.head;
+        let cut_short = std::mem::take(&mut self.cut_short);
+        let mut head = cut_short.head;
         // Events go one at a time to find the one that fails.
-        let mut one_by_one = paused.one_by_one;
-        let mut pending_park = paused.park.filter(|_| !stop.is_requested());
-        self.paused.host_waits = paused.host_waits;
+        let mut one_by_one = cut_short.one_by_one;
+        let mut pending_park = cut_short.park.filter(|_| !stop.is_requested());
+        self.cut_short.host_waits = cut_short.host_waits;
         // The handled prefix of a call whose effects were dropped: it is
         // delivered again on its own.
         let mut prefix: Option<usize> = None;
@@ -494,8 +494,8 @@ impl Dispatcher {
         if ended == Ended::Stopped && !stop.is_requested() {
             // A yielding backoff: the partition still holds, and the next
             // call goes on with this head.
-            self.paused.head = head;
-            self.paused.one_by_one = one_by_one;
+            self.cut_short.head = head;
+            self.cut_short.one_by_one = one_by_one;
         } else {
             self.release();
         }
@@ -547,7 +547,7 @@ impl Dispatcher {
         park: &mut Park<'_>,
     ) -> bool {
         if !park(outcomes.len(), &failure, &self.prepared) {
-            self.paused.park = Some(failure);
+            self.cut_short.park = Some(failure);
             return false;
         }
         let class = failure.class;
@@ -647,19 +647,19 @@ impl Dispatcher {
     /// backoff returned: the next call goes on with the next step).
     pub fn hold_for_host(&mut self, reason: &str, stop: &Shutdown) -> bool {
         let mut head = Head {
-            waits: self.paused.host_waits,
+            waits: self.cut_short.host_waits,
             ..Head::default()
         };
         let go_on = self.wait(Cause::Host, reason, &mut head, None, stop);
-        self.paused.host_waits = head.waits;
+        self.cut_short.host_waits = head.waits;
         go_on
     }
 
     /// Ends the hold for the host (a schema it could not read) if `over`
     /// and there is one.
     pub fn host_hold_over(&mut self, over: bool) {
-        if over && self.paused.host_waits > 0 {
-            self.paused.host_waits = 0;
+        if over && self.cut_short.host_waits > 0 {
+            self.cut_short.host_waits = 0;
             self.release();
         }
     }

@@ -66,8 +66,12 @@ enum Phase {
     Idle,
     Queued,
     Running,
-    /// Running, and woken meanwhile: queued again when the step ends.
+    /// Running, and woken meanwhile: queued again when the step ends,
+    /// unless it ends waiting for a timer.
     Woken,
+    /// Running, and woken by a stop meanwhile: queued again when the step
+    /// ends, whatever it asks for, so a stop never waits out a backoff.
+    WokenNow,
     /// Waiting for a timer; only a forced wake (a stop) runs it sooner.
     Waiting,
     Done,
@@ -102,8 +106,8 @@ impl Handle {
         match *phase {
             Phase::Idle => {}
             Phase::Waiting if force => {}
-            Phase::Running => {
-                *phase = Phase::Woken;
+            Phase::Running | Phase::Woken => {
+                *phase = if force { Phase::WokenNow } else { Phase::Woken };
                 return;
             }
             _ => return,
@@ -115,17 +119,12 @@ impl Handle {
         }
     }
 
-    /// Whether the job will never run again.
-    pub fn is_done(&self) -> bool {
-        *self.phase.locked() == Phase::Done
-    }
-
     /// Marks the job done unless a worker runs it now; false if one does
     /// (then [`Handle::wait_done`] waits for that step).
     pub fn finish_unless_running(&self) -> bool {
         let mut phase = self.phase.locked();
         match *phase {
-            Phase::Running | Phase::Woken => false,
+            Phase::Running | Phase::Woken | Phase::WokenNow => false,
             _ => {
                 *phase = Phase::Done;
                 self.ended.notify_all();
@@ -284,27 +283,23 @@ impl Shared {
     /// Whether more threads than `workers` are free to work: those
     /// counted in `queues` less the ones whose step waits.
     fn surplus(&self, queues: &Queues) -> bool {
+        queues.threads.saturating_sub(self.stalled()) > self.base
+    }
+
+    /// How many steps have run past [`STALLED`].
+    fn stalled(&self) -> usize {
         let now = Instant::now();
-        let stalled = self
-            .steps
+        self.steps
             .locked()
             .values()
             .filter(|began| now.duration_since(**began) >= STALLED)
-            .count();
-        queues.threads.saturating_sub(stalled) > self.base
+            .count()
     }
 
     /// Starts a spare thread if jobs wait, no thread is free and steps
     /// have run past [`STALLED`] (one spare per such step at most).
     fn lend(self: &Arc<Self>) {
-        let stalled = {
-            let now = Instant::now();
-            let steps = self.steps.locked();
-            steps
-                .values()
-                .filter(|began| now.duration_since(**began) >= STALLED)
-                .count()
-        };
+        let stalled = self.stalled();
         let mut queues = self.queues.locked();
         if queues.closed || queues.idle > 0 || stalled == 0 {
             return;
@@ -459,12 +454,13 @@ fn work(shared: &Shared, number: usize) {
         };
         shared.steps.locked().remove(&number);
         let mut phase = handle.phase.locked();
-        let woken = *phase == Phase::Woken;
+        let woken = *phase;
         *phase = match next {
             Next::Done => Phase::Done,
             Next::Again => Phase::Queued,
-            Next::Idle if woken => Phase::Queued,
+            Next::Idle if woken != Phase::Running => Phase::Queued,
             Next::Idle => Phase::Idle,
+            Next::At(_) if woken == Phase::WokenNow => Phase::Queued,
             Next::At(_) => Phase::Waiting,
         };
         let phase_now = *phase;
@@ -624,6 +620,47 @@ mod tests {
         );
         // Without work the spares end; the pool keeps its one thread.
         until(|| pool.shared.queues.locked().threads == 1);
+    }
+
+    /// A step that asks to wait a minute, as a held partition does.
+    struct Holds {
+        steps: AtomicUsize,
+        began: Arc<AtomicUsize>,
+    }
+
+    impl Job for Holds {
+        fn step(&self) -> Next {
+            self.began.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            self.steps.fetch_add(1, Ordering::SeqCst);
+            Next::At(Instant::now() + Duration::from_secs(60))
+        }
+        fn died(&self) {}
+        fn name(&self) -> String {
+            "holds".into()
+        }
+    }
+
+    #[test]
+    fn a_stop_during_a_step_that_ends_waiting_runs_it_again_at_once() {
+        let pool = Pool::new(1).unwrap();
+        let began = Arc::new(AtomicUsize::new(0));
+        let job = Arc::new(Holds {
+            steps: AtomicUsize::new(0),
+            began: began.clone(),
+        });
+        let as_job: Arc<dyn Job> = job.clone();
+        let handle = pool.add(Arc::downgrade(&as_job));
+        until(|| job.steps.load(Ordering::SeqCst) == 1);
+        // A plain wake while it waits does not cut the wait short...
+        handle.wake();
+        // ...and one while a step runs does not either, once the step
+        // asks to wait; a wake for a stop does.
+        handle.wake_now();
+        until(|| began.load(Ordering::SeqCst) == 2);
+        handle.wake();
+        handle.wake_now();
+        until(|| job.steps.load(Ordering::SeqCst) == 3);
     }
 
     struct Panics;
