@@ -15,22 +15,33 @@ use crate::locks::Lock;
 pub struct Settled {
     pub partition: i32,
     pub offset: i64,
+    /// Kept with the commit: what was settled past it (see
+    /// [`crate::source::kafka`]'s lanes); empty without lanes.
+    pub metadata: String,
 }
 
 /// Offsets stored and offsets the broker acknowledged as committed, per
 /// partition (each the next offset to read).
 #[derive(Default)]
 pub struct Offsets {
-    stored: Mutex<BTreeMap<i32, i64>>,
+    /// With the metadata stored beside each.
+    stored: Mutex<BTreeMap<i32, (i64, String)>>,
     committed: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl Offsets {
     /// `settled` was stored for librdkafka to commit.
     pub fn stored(&self, settled: &Settled) {
-        self.stored
-            .locked()
-            .insert(settled.partition, settled.offset + 1);
+        self.stored.locked().insert(
+            settled.partition,
+            (settled.offset + 1, settled.metadata.clone()),
+        );
+    }
+
+    /// The last offset stored for `partition` (the next to read) and its
+    /// metadata: what a revoke commits.
+    pub fn last_stored(&self, partition: i32) -> Option<(i64, String)> {
+        self.stored.locked().get(&partition).cloned()
     }
 
     /// The broker acknowledged `next` as `partition`'s committed offset.
@@ -45,7 +56,7 @@ impl Offsets {
         let committed = self.committed.locked();
         stored
             .iter()
-            .filter_map(|(p, next)| {
+            .filter_map(|(p, (next, _))| {
                 let done = committed.get(p).copied().unwrap_or(-1);
                 (*next > done).then(|| {
                     if done < 0 {
@@ -70,16 +81,19 @@ mod tests {
         offsets.stored(&Settled {
             partition: 0,
             offset: 9,
+            metadata: String::new(),
         });
         offsets.stored(&Settled {
             partition: 1,
             offset: 4,
+            metadata: String::new(),
         });
         offsets.committed(1, 5);
         assert_eq!(offsets.uncommitted(), ["partition 0: up to offset 9"]);
         offsets.stored(&Settled {
             partition: 1,
             offset: 7,
+            metadata: String::new(),
         });
         assert_eq!(
             offsets.uncommitted(),

@@ -7,7 +7,9 @@
 //! without the plugins' code); no healthy event is dead-lettered; no lake
 //! row is written twice. Recovery times are printed, not asserted.
 //! crm-sync runs with `concurrency = 4` (four batches of a partition in
-//! flight, by booking), as the demo ships it; the others one at a time.
+//! flight, by booking), as the demo ships it, and so does the counting
+//! plugin, which shows an event counted twice or handled after a later
+//! event of its booking; the others run one batch at a time.
 //!
 //! Faults are real where this machine can make them: the CRM process is
 //! killed and restarted; 503, 429 and a CRM that never answers come from a
@@ -220,6 +222,8 @@ struct Row {
     duplicates: usize,
     /// Events the counting plugin's state counts more than once.
     double_counted: usize,
+    /// Events the counting plugin saw after a later event of their key.
+    out_of_order: u64,
     recovery: Duration,
 }
 
@@ -291,8 +295,10 @@ impl Scenario {
             )
             .plugin("metrics", "metrics", "")
             // Counts every delivery in its state, with no dedupe: a double
-            // count of any event shows.
-            .plugin("counting", "counting", "");
+            // count of any event shows, and so does an event of a booking
+            // handled after a later one. Four lanes per partition, as
+            // crm-sync: settling out of offset order must not redeliver.
+            .plugin("counting", "counting", "concurrency = 4\n");
         // Quick backoff, so recovery is measured in seconds; the cap also
         // bounds a Retry-After.
         let mut text = std::fs::read_to_string(&setup.config).unwrap();
@@ -623,7 +629,7 @@ impl Scenario {
         let got_metrics = business_of(&common::Prom(text), &want_metrics);
 
         // The counting plugin: every event it did not park, once.
-        let counted = self.counted();
+        let (counted, out_of_order) = self.counted();
         let want_counted = sink("counting").events;
         let lost_counts = want_counted
             .iter()
@@ -638,16 +644,18 @@ impl Scenario {
             wrongly_parked,
             duplicates,
             double_counted: twice.len(),
+            out_of_order,
             recovery,
         };
         eprintln!(
-            "| {} | {} | {} | {} | {} | {} | {:.1?} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1?} |",
             row.fault,
             row.events,
             row.lost,
             row.wrongly_parked,
             row.duplicates,
             row.double_counted,
+            row.out_of_order,
             row.recovery
         );
         assert_eq!(
@@ -659,6 +667,10 @@ impl Scenario {
             // away) may deliver again, and only what it had not committed.
             assert!(twice.is_empty(), "{fault}: counted twice: {twice:?}");
         }
+        assert_eq!(
+            out_of_order, 0,
+            "{fault}: events handled after a later event of their booking"
+        );
         assert_eq!(lost_rows, 0, "{fault}: events missing from the lake");
         assert_eq!(lost_crm, 0, "{fault}: bookings missing from the CRM");
         assert!(stale.is_empty(), "{fault}: stale CRM records: {stale:?}");
@@ -668,9 +680,9 @@ impl Scenario {
         row
     }
 
-    /// The counting plugin's count of every event it handled, from the
-    /// host's state file.
-    fn counted(&self) -> BTreeMap<String, u64> {
+    /// The counting plugin's count of every event it handled, and of the
+    /// events it saw out of order, from the host's state file.
+    fn counted(&self) -> (BTreeMap<String, u64>, u64) {
         let db = rusqlite::Connection::open_with_flags(
             self.data.join("state.sqlite"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -681,35 +693,42 @@ impl Scenario {
                 "SELECT key, value FROM state WHERE plugin = 'counting' AND bucket = 'counting'",
             )
             .unwrap();
-        stmt.query_map([], |row| {
-            let value: Vec<u8> = row.get(1)?;
-            Ok((row.get::<_, String>(0)?, value))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .filter_map(|(key, value)| {
-            let id = key.strip_prefix("n/")?.to_string();
-            Some((id, String::from_utf8(value).ok()?.parse().ok()?))
-        })
-        .collect()
+        let rows: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let number =
+            |value: &[u8]| -> Option<u64> { std::str::from_utf8(value).ok()?.parse().ok() };
+        let out_of_order = rows
+            .iter()
+            .find(|(key, _)| key == "out_of_order")
+            .and_then(|(_, value)| number(value))
+            .unwrap_or(0);
+        let counted = rows
+            .iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix("n/")?.to_string(), number(value)?)))
+            .collect();
+        (counted, out_of_order)
     }
 
     /// Stops the host (it must exit cleanly) and prints the matrix.
     fn finish(mut self) {
         stop(self.host.take().unwrap());
         eprintln!(
-            "| fault | events | lost | wrongly parked | duplicates | double-counted | recovery |"
+            "| fault | events | lost | wrongly parked | duplicates | double-counted | out of order | recovery |"
         );
-        eprintln!("|---|---|---|---|---|---|---|");
+        eprintln!("|---|---|---|---|---|---|---|---|");
         for r in &self.rows {
             eprintln!(
-                "| {} | {} | {} | {} | {} | {} | {:.1?} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1?} |",
                 r.fault,
                 r.events,
                 r.lost,
                 r.wrongly_parked,
                 r.duplicates,
                 r.double_counted,
+                r.out_of_order,
                 r.recovery
             );
         }
@@ -1052,13 +1071,13 @@ fn outages_of_the_crm_hold_the_partitions_and_heal_without_holes() {
         move |_| {
             replace(
                 &k1,
-                b"[limits]\nmax_attempts = 1000\n[config]\ntrap_all = \"yes\"\nversion = \"broken\"\n",
+                b"concurrency = 4\n[limits]\nmax_attempts = 1000\n[config]\ntrap_all = \"yes\"\nversion = \"broken\"\n",
             )
         },
         |s| {
             s.wait_for_hold("counting", "plugin", "traps on every event");
         },
-        move |_| replace(&k2, b"[config]\nversion = \"fixed\"\n"),
+        move |_| replace(&k2, b"concurrency = 4\n[config]\nversion = \"fixed\"\n"),
     );
 
     // Plugin files replaced mid-stream by ones that cannot serve: the
@@ -1378,7 +1397,10 @@ fn dead_letter_holds_revokes_stops_removals_and_panics_neither_lose_nor_count_tw
     // write at once; nothing after a rejected event was counted.
     let rejected = s.upcoming_ids(3, 50);
     s.must_park("counting", &rejected);
-    let reject = format!("[config]\nreject = \"{}\"\n", rejected.join(","));
+    let reject = format!(
+        "concurrency = 4\n[config]\nreject = \"{}\"\n",
+        rejected.join(",")
+    );
     let (m, r, b, t, g) = (
         manifest.clone(),
         reject.clone(),
@@ -1408,7 +1430,10 @@ fn dead_letter_holds_revokes_stops_removals_and_panics_neither_lose_nor_count_tw
     // hook) at the next message of partition 0, for the next case.
     let rejected = s.upcoming_ids(3, 50);
     s.must_park("counting", &rejected);
-    let reject = format!("[config]\nreject = \"{}\"\n", rejected.join(","));
+    let reject = format!(
+        "concurrency = 4\n[config]\nreject = \"{}\"\n",
+        rejected.join(",")
+    );
     let (m, r) = (manifest.clone(), reject.clone());
     let dlq2 = format!("{}.dlq.counting", s.topic);
     let stop_took = Arc::new(Mutex::new(Duration::ZERO));
@@ -1453,7 +1478,10 @@ fn dead_letter_holds_revokes_stops_removals_and_panics_neither_lose_nor_count_tw
     // comes back with it: its gauges must not count any share twice.
     let rejected = s.upcoming_ids(2, 60);
     s.must_park("counting", &rejected);
-    let reject = format!("[config]\nreject = \"{}\"\n", rejected.join(","));
+    let reject = format!(
+        "concurrency = 4\n[config]\nreject = \"{}\"\n",
+        rejected.join(",")
+    );
     let parked = s.setup.path("parked");
     std::fs::create_dir_all(&parked).unwrap();
     let dlq3 = dlq.clone();

@@ -12,10 +12,12 @@
 //! (the whole partition waits) until it has room again.
 //!
 //! The partition's offset is committed up to the first message no lane
-//! has settled, so it never passes an event that is not final: after a
-//! restart or a rebalance, events a lane settled past a slower one are
-//! delivered again. Plugins that opt in must be idempotent (crm-sync is:
-//! it upserts by booking id and version).
+//! has settled, so it never passes an event that is not final; what lanes
+//! settled past it goes with the commit (see [`super::ahead`]), and the
+//! partition's next owner skips those events instead of delivering them
+//! again. Only after a crash, or past what the commit's metadata holds,
+//! does a plugin see them twice, so plugins that opt in must be idempotent
+//! as every plugin is (crm-sync upserts by booking id and version).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{Message, OwnedMessage};
 
+use super::ahead::{self, Ahead};
 use super::batch::Settle;
 use crate::catalog::LivePlugin;
 use crate::dispatch::Dispatcher;
@@ -55,8 +58,13 @@ pub struct Lanes {
     in_flight: Arc<InFlight>,
     /// The offset after the last message taken; none before the first.
     taken_upto: Option<i64>,
-    /// The first offset not settled, as last reported.
+    /// The first offset not settled, and what was settled past it, as
+    /// last reported.
     reported: Option<i64>,
+    reported_ahead: Ahead,
+    /// Offsets not taken yet that the partition's previous owner settled:
+    /// taken off the queue without being delivered.
+    skip: VecDeque<(i64, i64)>,
     /// A message taken whose lane was full: the next one given out.
     waiting: Option<OwnedMessage>,
 }
@@ -80,13 +88,16 @@ pub struct LaneSetup {
 }
 
 impl Lanes {
-    /// `n` lanes, each a job of `pool` with its own instance.
-    pub fn new(n: usize, setup: &LaneSetup, pool: &Pool) -> Lanes {
+    /// `n` lanes, each a job of `pool` with its own instance; `skip`: the
+    /// offsets a previous owner settled past the committed one.
+    pub fn new(n: usize, setup: &LaneSetup, pool: &Pool, skip: Ahead) -> Lanes {
         let in_flight = Arc::new(InFlight::default());
         let lanes = (0..n)
             .map(|index| {
                 let job = Arc::new(LaneJob {
                     name: format!("{}-p{}-lane{index}", setup.name, setup.partition),
+                    plugin: setup.name.clone(),
+                    partition: setup.partition,
                     dispatcher: Mutex::new(Some(Dispatcher::lazy_lane(
                         setup.live.clone(),
                         setup.partition,
@@ -111,8 +122,18 @@ impl Lanes {
             in_flight,
             taken_upto: None,
             reported: None,
+            reported_ahead: Ahead::new(),
+            skip: skip.into(),
             waiting: None,
         }
+    }
+
+    /// Whether `offset` was settled by the partition's previous owner.
+    fn skips(&mut self, offset: i64) -> bool {
+        while self.skip.front().is_some_and(|&(_, to)| to < offset) {
+            self.skip.pop_front();
+        }
+        self.skip.front().is_some_and(|&(from, _)| from <= offset)
     }
 
     /// Gives the lanes messages from `take` (the partition's queue) until
@@ -131,6 +152,12 @@ impl Lanes {
             let Some(message) = self.waiting.take().or_else(&mut take) else {
                 break;
             };
+            if self.skips(message.offset()) {
+                self.taken_upto = Some(message.offset() + 1);
+                self.reported.get_or_insert(message.offset());
+                taken += 1;
+                continue;
+            }
             let lane = lane_of(message.key(), n);
             let mut inbox = self.lanes[lane].job.inbox.locked();
             if inbox.len() >= LANE_BACKLOG * batch_size {
@@ -164,15 +191,40 @@ impl Lanes {
         self.waiting.is_some()
     }
 
-    /// The first offset not settled, if it moved since the last call:
-    /// everything before it is final.
-    pub fn settled_upto(&mut self) -> Option<i64> {
-        let first = self.in_flight.first().or(self.taken_upto)?;
-        if self.reported.is_some_and(|r| r >= first) {
+    /// The first offset not settled and the offsets settled past it, if
+    /// either changed since the last call: everything before that offset
+    /// is final.
+    pub fn progress(&mut self) -> Option<(i64, Ahead)> {
+        let (first, ahead) = {
+            let in_flight = self.in_flight.0.locked();
+            let first = in_flight.first().copied().or(self.taken_upto)?;
+            let upto = self.taken_upto.unwrap_or(first);
+            let mut ahead = Ahead::new();
+            let mut from = first;
+            for &offset in in_flight.range(first..upto) {
+                if offset > from {
+                    ahead.push((from, offset - 1));
+                }
+                from = offset + 1;
+            }
+            if upto > from {
+                ahead.push((from, upto - 1));
+            }
+            ahead.extend(
+                self.skip
+                    .iter()
+                    .filter(|&&(_, to)| to >= upto)
+                    .map(|&(from, to)| (from.max(upto), to)),
+            );
+            (first, ahead::merge(ahead))
+        };
+        let unchanged = self.reported == Some(first) && self.reported_ahead == ahead;
+        if unchanged || self.reported.is_some_and(|r| r > first) {
             return None;
         }
         self.reported = Some(first);
-        Some(first)
+        self.reported_ahead.clone_from(&ahead);
+        Some((first, ahead))
     }
 
     /// The first offset taken and not settled (or the next to take).
@@ -209,6 +261,8 @@ fn lane_of(key: Option<&[u8]>, lanes: usize) -> usize {
 /// One lane: its instance and the messages given to it, in order.
 struct LaneJob {
     name: String,
+    plugin: Arc<str>,
+    partition: i32,
     /// None once finished.
     dispatcher: Mutex<Option<Dispatcher>>,
     inbox: Mutex<VecDeque<OwnedMessage>>,
@@ -252,6 +306,7 @@ impl Job for LaneJob {
         if batch.is_empty() {
             return Next::Idle;
         }
+        super::worker::panic_hook::check(&self.plugin, self.partition, &batch);
         let done = self.settle.owned(dispatcher, &batch, &self.stop);
         {
             let mut in_flight = self.in_flight.0.locked();

@@ -15,6 +15,7 @@
 //! host's [`crate::pool::Pool`], with no copy; `partitions` starts and
 //! stops workers as partitions come and go.
 
+mod ahead;
 mod batch;
 pub mod budget;
 pub mod client;

@@ -21,6 +21,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::ahead::{self, Ahead};
 use super::client_log::ClientLog;
 use super::worker::{Worker, WorkerSetup};
 use crate::commit::{Offsets, Settled};
@@ -64,6 +65,25 @@ const NUDGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub type GroupConsumer = BaseConsumer<Partitions>;
 
+/// How long an assignment waits for the committed offsets' metadata.
+const COMMITTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Each partition of `list` with a committed offset, and its metadata.
+/// rust-rdkafka's `metadata()` panics on bytes that are not UTF-8, which
+/// another tool may have committed: such metadata reads as none.
+fn committed_metadata(list: &TopicPartitionList) -> Vec<(i32, i64, String)> {
+    list.elements()
+        .iter()
+        .filter_map(|e| {
+            let next = e.offset().to_raw().filter(|&o| o >= 0)?;
+            let metadata =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
+                    .unwrap_or_default();
+            Some((e.partition(), next, metadata))
+        })
+        .collect()
+}
+
 impl Partitions {
     pub fn new(topic: &str, plugin: &str, setup: WorkerSetup, settled: Receiver<Settled>) -> Self {
         Partitions {
@@ -86,8 +106,9 @@ impl Partitions {
     }
 
     /// A worker for `partition`, reading the partition's own queue; `None`
-    /// if the queue cannot be split (the consumer is going away).
-    fn start_worker(&self, partition: i32) -> Option<Worker> {
+    /// if the queue cannot be split (the consumer is going away). `skip`:
+    /// offsets settled before past the committed one, for lanes.
+    fn start_worker(&self, partition: i32, skip: Ahead) -> Option<Worker> {
         let consumer = self.consumer.get()?.upgrade()?;
         let Some(queue) = consumer.split_partition_queue(&self.topic, partition) else {
             tracing::error!(
@@ -97,7 +118,7 @@ impl Partitions {
             );
             return None;
         };
-        Some(Worker::spawn(self.setup.clone(), partition, queue))
+        Some(Worker::spawn(self.setup.clone(), partition, queue, skip))
     }
 
     /// Starts the workers of newly assigned partitions; none once the
@@ -106,12 +127,14 @@ impl Partitions {
         if self.closing.load(Ordering::SeqCst) {
             return;
         }
+        let mut ahead = self.settled_ahead(partitions);
         let mut owned = self.owned.locked();
         for &partition in partitions {
             if owned.contains_key(&partition) {
                 continue;
             }
-            if let Some(worker) = self.start_worker(partition) {
+            let skip = ahead.remove(&partition).unwrap_or_default();
+            if let Some(worker) = self.start_worker(partition, skip) {
                 owned.insert(
                     partition,
                     Owned {
@@ -122,6 +145,50 @@ impl Partitions {
                 );
             }
         }
+    }
+
+    /// For a plugin with lanes: what the lanes of the partitions' previous
+    /// owners settled past the committed offsets, from the commits'
+    /// metadata. If it cannot be read, those events are delivered again.
+    fn settled_ahead(&self, partitions: &[i32]) -> BTreeMap<i32, Ahead> {
+        if self.setup.live.current().spec.concurrency <= 1 || partitions.is_empty() {
+            return BTreeMap::new();
+        }
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return BTreeMap::new();
+        };
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        let committed = match consumer.committed_offsets(list, COMMITTED_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::warn!(
+                    plugin = self.plugin,
+                    ?partitions,
+                    "cannot read the committed offsets' metadata ({e}): events lanes \
+                     settled past them are delivered again"
+                );
+                return BTreeMap::new();
+            }
+        };
+        let mut out = BTreeMap::new();
+        for (partition, next, metadata) in committed_metadata(&committed) {
+            let settled = ahead::decode(next, &metadata);
+            if settled.is_empty() {
+                continue;
+            }
+            let events: i64 = settled.iter().map(|(from, to)| to - from + 1).sum();
+            tracing::info!(
+                plugin = self.plugin,
+                partition,
+                "{events} offsets past the committed {next} were settled by lanes before: \
+                 their events are not delivered again"
+            );
+            out.insert(partition, settled);
+        }
+        out
     }
 
     /// A message on the consumer's own queue: its partition's queue was not
@@ -194,7 +261,7 @@ impl Partitions {
         if let Some(next) = entry.worker.unsettled_from() {
             self.read_again(consumer, partition, next);
         }
-        let Some(worker) = self.start_worker(partition) else {
+        let Some(worker) = self.start_worker(partition, entry.worker.settled_ahead()) else {
             return;
         };
         entry.restart_at = None;
@@ -230,9 +297,10 @@ impl Partitions {
     /// offsets every `commit_interval_ms`.
     pub fn store_settled(&self, consumer: &GroupConsumer) {
         let settled = self.settled.locked();
-        while let Ok(Settled { partition, offset }) = settled.try_recv() {
-            self.offsets.stored(&Settled { partition, offset });
-            if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
+        while let Ok(done) = settled.try_recv() {
+            self.offsets.stored(&done);
+            let (partition, offset) = (done.partition, done.offset);
+            if let Err(e) = self.store(consumer, &done) {
                 tracing::warn!(
                     plugin = &*self.setup.live.current().name,
                     partition,
@@ -241,6 +309,23 @@ impl Partitions {
                 );
             }
         }
+    }
+
+    /// Stores `settled` for librdkafka to commit, with its metadata.
+    fn store(&self, consumer: &GroupConsumer, settled: &Settled) -> KafkaResult<()> {
+        if settled.metadata.is_empty() {
+            return consumer.store_offset(&self.topic, settled.partition, settled.offset);
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(
+            &self.topic,
+            settled.partition,
+            Offset::Offset(settled.offset + 1),
+        )?;
+        if let Some(mut element) = list.find_partition(&self.topic, settled.partition) {
+            element.set_metadata(&settled.metadata);
+        }
+        consumer.store_offsets(&list)
     }
 
     /// Stops the workers of `partitions` (all if `None`), stores what they
@@ -271,22 +356,47 @@ impl Partitions {
         }
         // What these partitions waited for is their next owner's now.
         let metrics = self.setup.live.current().metrics().clone();
-        for partition in partitions {
+        for &partition in &partitions {
             metrics.holds.forget(&self.plugin, partition);
         }
         self.store_settled(consumer);
+        // Their offsets as stored, committed explicitly: librdkafka's own
+        // commit leaves out an offset already committed, even if what
+        // lanes settled past it (the metadata) grew since.
+        let mut list = TopicPartitionList::new();
+        for &partition in &partitions {
+            let Some((next, metadata)) = self.offsets.last_stored(partition) else {
+                continue;
+            };
+            if list
+                .add_partition_offset(&self.topic, partition, Offset::Offset(next))
+                .is_ok()
+                && !metadata.is_empty()
+                && let Some(mut element) = list.find_partition(&self.topic, partition)
+            {
+                element.set_metadata(&metadata);
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
         if self.setup.broker.is_down() {
             // A synchronous commit would wait for the broker; ask for one
             // and say what may be delivered again.
-            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            let _ = consumer.commit(&list, CommitMode::Async);
             self.report_uncommitted();
             return;
         }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
+        match consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => {
+                for (partition, next) in list
+                    .elements()
+                    .iter()
+                    .filter_map(|e| Some((e.partition(), e.offset().to_raw()?)))
+                {
+                    self.offsets.committed(partition, next);
+                }
+            }
             Err(e) => tracing::warn!(
                 plugin = &*self.setup.live.current().name,
                 "commit failed: {e}; uncommitted events are delivered again"

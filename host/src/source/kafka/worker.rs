@@ -28,6 +28,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 
+use super::ahead::{self, Ahead};
 use super::batch::Settle;
 use super::lanes::{LaneSetup, Lanes};
 use crate::catalog::LivePlugin;
@@ -108,6 +109,8 @@ pub struct Worker {
     /// The first offset the worker took and has not settled: where a
     /// replacement must read again from if it dies.
     next: Arc<AtomicI64>,
+    /// With lanes: the offsets they settled past `next`, as last reported.
+    ahead: Arc<Mutex<Ahead>>,
     stop: Shutdown,
     dead: Arc<AtomicBool>,
     job: Arc<dyn Job>,
@@ -116,13 +119,16 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker of `partition`, reading `queue`, the partition's
-    /// own queue of fetched messages.
+    /// own queue of fetched messages. With lanes, the offsets in `skip`
+    /// were settled by a previous owner and are not delivered again.
     pub fn spawn<C: ConsumerContext + 'static>(
         setup: WorkerSetup,
         partition: i32,
         mut queue: PartitionQueue<C>,
+        skip: Ahead,
     ) -> Worker {
         let next = Arc::new(AtomicI64::new(UNKNOWN));
+        let ahead = Arc::new(Mutex::new(Ahead::new()));
         let stop = Shutdown::yielding();
         let dead = Arc::new(AtomicBool::new(false));
         // The queue wakes its job; the job is known once the pool has it.
@@ -152,12 +158,13 @@ impl Worker {
                 dead: dead.clone(),
                 worker: waker.clone(),
             };
-            Lanes::new(concurrency, &lane_setup, &pool)
+            Lanes::new(concurrency, &lane_setup, &pool, skip)
         });
         let job: Arc<dyn Job> = Arc::new(PartitionJob {
             name,
             partition,
             next: next.clone(),
+            ahead: ahead.clone(),
             stop: stop.clone(),
             dead: dead.clone(),
             state: Mutex::new(Some(State {
@@ -173,6 +180,7 @@ impl Worker {
         let _ = waker.set(Arc::downgrade(&handle));
         Worker {
             next,
+            ahead,
             stop,
             dead,
             job,
@@ -183,6 +191,12 @@ impl Worker {
     /// The first offset taken and not settled, if the worker took any.
     pub fn unsettled_from(&self) -> Option<i64> {
         Some(self.next.load(Ordering::SeqCst)).filter(|&o| o != UNKNOWN)
+    }
+
+    /// What lanes settled past [`Worker::unsettled_from`], as last
+    /// reported: a replacement does not deliver it again.
+    pub fn settled_ahead(&self) -> Ahead {
+        self.ahead.locked().clone()
     }
 
     /// Whether the worker ended without being asked to: it panicked.
@@ -230,6 +244,7 @@ struct PartitionJob<C: ConsumerContext> {
     partition: i32,
     setup: WorkerSetup,
     next: Arc<AtomicI64>,
+    ahead: Arc<Mutex<Ahead>>,
     /// Yielding: a hold returns and is resumed by a timer.
     stop: Shutdown,
     dead: Arc<AtomicBool>,
@@ -355,6 +370,23 @@ impl<C: ConsumerContext> PartitionJob<C> {
             .send(Settled {
                 partition: self.partition,
                 offset,
+                metadata: String::new(),
+            })
+            .is_ok()
+    }
+
+    /// Reports what lanes settled: everything before `first`, and `ahead`
+    /// past it (kept in the commit's metadata).
+    fn report_lanes(&self, first: i64, ahead: Ahead) -> bool {
+        self.next.store(first, Ordering::SeqCst);
+        let metadata = ahead::encode(first, &ahead);
+        *self.ahead.locked() = ahead;
+        self.setup
+            .settled
+            .send(Settled {
+                partition: self.partition,
+                offset: first - 1,
+                metadata,
             })
             .is_ok()
     }
@@ -379,8 +411,8 @@ impl<C: ConsumerContext> PartitionJob<C> {
         };
         if let Some(lanes) = state.lanes.as_mut() {
             lanes.stop();
-            if let Some(first) = lanes.settled_upto() {
-                self.report(first - 1);
+            if let Some((first, ahead)) = lanes.progress() {
+                self.report_lanes(first, ahead);
             }
             if let Some(from) = lanes.unsettled_from() {
                 self.next.store(from, Ordering::SeqCst);
@@ -395,8 +427,8 @@ impl<C: ConsumerContext> PartitionJob<C> {
         let batch_size = self.setup.live.current().spec.limits.batch_size;
         let State { queue, lanes, .. } = state;
         let lanes = lanes.as_mut().expect("checked by the caller");
-        if let Some(first) = lanes.settled_upto()
-            && !self.report(first - 1)
+        if let Some((first, ahead)) = lanes.progress()
+            && !self.report_lanes(first, ahead)
         {
             self.close(slot);
             return Next::Done;
@@ -431,11 +463,11 @@ impl<C: ConsumerContext> PartitionJob<C> {
 /// that offset and before it settles any of it, as a bug of the host
 /// would. The fault matrix checks what a revive (and a revoke right after)
 /// does then; unset, this costs one relaxed load per batch.
-mod panic_hook {
+pub(super) mod panic_hook {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use rdkafka::message::{BorrowedMessage, Message};
+    use rdkafka::message::Message;
 
     static TARGET: OnceLock<Option<(String, i32, i64)>> = OnceLock::new();
     static FIRED: AtomicBool = AtomicBool::new(false);
@@ -451,7 +483,7 @@ mod panic_hook {
         })
     }
 
-    pub fn check(plugin: &str, partition: i32, batch: &[BorrowedMessage<'_>]) {
+    pub fn check<M: Message>(plugin: &str, partition: i32, batch: &[M]) {
         if FIRED.load(Ordering::Relaxed) {
             return;
         }
