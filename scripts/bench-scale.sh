@@ -17,6 +17,7 @@
 #   steady MiB   RSS after S seconds (default 20) with nothing to consume
 #   events/s     events handled by all plugins together / catch-up time
 #                (from the first handled event to the last)
+#   and, in the JSON, the threads by name once steady (where they go)
 # Samples every 100 ms. Writes target/bench/scale.json. Not part of CI.
 # PLUGBOARD_BIN picks another plugboard binary (an older build, to compare);
 # --config-extra adds top-level lines to the host config (e.g. `workers`),
@@ -67,6 +68,17 @@ def handled(admin):
         return 0
     return prom_value(text, "plugboard_events_total", {"outcome": "handled"}) or 0
 
+def thread_names(pid):
+    """The process's threads by name, digits folded (rdk:broker1 -> rdk:broker#)."""
+    names = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = re.sub(r"\d+", "#", (task / "comm").read_text().strip())
+        except OSError:
+            continue
+        names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items(), key=lambda kv: -kv[1]))
+
 runs = []
 
 def run(topic, events, plugins, partitions):
@@ -111,6 +123,7 @@ def run(topic, events, plugins, partitions):
             threads = max(threads, status(host.pid)["Threads"])
             time.sleep(0.1)
         steady = status(host.pid)["VmRSS"]
+        names = thread_names(host.pid)
     finally:
         stop(host)
         log.close()
@@ -119,7 +132,7 @@ def run(topic, events, plugins, partitions):
             "threads": threads, "catch_up_peak_mib": round(peak / 1024, 1),
             "steady_rss_mib": round(steady / 1024, 1),
             "events_per_s": round(rate) if rate else None,
-            "catch_up_s": round(last - started, 1)}
+            "catch_up_s": round(last - started, 1), "steady_threads_by_name": names}
 
 # The component cache is warmed once, so no row pays a compile.
 results = []

@@ -38,6 +38,14 @@ impl Offsets {
         );
     }
 
+    /// Forgets `partition`: it is assigned anew, and what was stored for it
+    /// before (another member may have committed past it since) is never
+    /// committed again.
+    pub fn forget(&self, partition: i32) {
+        self.stored.locked().remove(&partition);
+        self.committed.locked().remove(&partition);
+    }
+
     /// The last offset stored for `partition` (the next to read) and its
     /// metadata: what a revoke commits.
     pub fn last_stored(&self, partition: i32) -> Option<(i64, String)> {
@@ -101,6 +109,23 @@ mod tests {
         );
         offsets.committed(0, 10);
         offsets.committed(1, 8);
+        assert!(offsets.uncommitted().is_empty());
+    }
+
+    #[test]
+    fn a_partition_assigned_anew_commits_nothing_stored_before() {
+        let offsets = Offsets::default();
+        offsets.stored(&Settled {
+            partition: 3,
+            offset: 99,
+            metadata: "plugboard.ahead=2".into(),
+        });
+        assert_eq!(
+            offsets.last_stored(3),
+            Some((100, "plugboard.ahead=2".to_string()))
+        );
+        offsets.forget(3);
+        assert_eq!(offsets.last_stored(3), None);
         assert!(offsets.uncommitted().is_empty());
     }
 }

@@ -133,6 +133,7 @@ impl Partitions {
             if owned.contains_key(&partition) {
                 continue;
             }
+            self.offsets.forget(partition);
             let skip = ahead.remove(&partition).unwrap_or_default();
             if let Some(worker) = self.start_worker(partition, skip) {
                 owned.insert(
