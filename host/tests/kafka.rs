@@ -1329,3 +1329,84 @@ fn with_concurrency_a_partition_has_batches_in_flight_per_key_and_the_result_is_
         "every partition's events were offered in offset order: no lanes"
     );
 }
+
+#[test]
+fn a_reload_that_changes_concurrency_takes_effect_at_once_and_counts_nothing_twice() {
+    let Some(brokers) = brokers() else { return };
+    let (topic, setup, first) = stream(&brokers, 4, 150, 71);
+    let log = setup.path("deliveries");
+    std::fs::create_dir_all(&log).unwrap();
+    let manifest = |concurrency: usize, version: &str| {
+        format!(
+            "concurrency = {concurrency}\n[folder]\npath = \"{}\"\nguest_path = \"/out\"\n[limits]\nbatch_size = 20\n[config]\ndir = \"/out\"\nversion = \"{version}\"\n",
+            log.display()
+        )
+    };
+    setup.plugin("counting", "counting", &manifest(1, "one"));
+    let kafka = kafka_config(&setup, &brokers, &topic, "relanes");
+    enable_admin(&setup);
+    let (host, admin) = start_host_with_admin(&setup, "relanes.prom");
+    wait_for_zero_lag(&kafka, &["counting"]);
+
+    // Four lanes from the next batch on, without a rebalance or a restart.
+    let reloads = |admin: &str| plugin_status(admin, "counting")["reloads"].as_u64();
+    let before = reloads(&admin);
+    let toml = setup.plugins.join("counting.toml");
+    std::fs::write(&toml, manifest(4, "four")).unwrap();
+    wait_until("the new manifest is loaded", || reloads(&admin) > before);
+    let second = common::generated_events(setup.dir.path(), 300, 72);
+    produce(&brokers, &topic, &second);
+    wait_for_zero_lag(&kafka, &["counting"]);
+
+    // And back to one while events flow: the lanes' progress carries over.
+    let third = common::generated_events(setup.dir.path(), 300, 73);
+    produce(&brokers, &topic, &third);
+    let before = reloads(&admin);
+    std::fs::write(&toml, manifest(1, "one-again")).unwrap();
+    wait_until("the manifest is loaded again", || reloads(&admin) > before);
+    wait_for_zero_lag(&kafka, &["counting"]);
+    stop(host);
+
+    let data_dir = setup.path(".plugboard");
+    let mut events = 0;
+    for file in [&first, &second, &third] {
+        let (valid, _) = read_sample(file);
+        for line in &valid {
+            assert_eq!(
+                counted(&data_dir, &topic, &line.event_id),
+                1,
+                "{}",
+                line.event_id
+            );
+        }
+        events += valid.len();
+    }
+    assert!(events > 2000, "{events} events");
+    assert_eq!(
+        stored_number(&setup, "counting", &topic, "counting", "out_of_order"),
+        None,
+        "no event came after a later one of its booking"
+    );
+
+    // The version with four lanes had batches of a partition side by side
+    // (offsets out of order), the first one never.
+    let mut interleaved: BTreeMap<String, usize> = BTreeMap::new();
+    for file in std::fs::read_dir(&log).unwrap() {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (offset, version) = (f[2].parse::<i64>().unwrap(), f[3].to_string());
+            if let Some(before) = last.insert(version.clone(), offset)
+                && offset < before
+            {
+                *interleaved.entry(version).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(interleaved.get("one"), None, "{interleaved:?}");
+    assert!(
+        interleaved.get("four").is_some_and(|n| *n > 0),
+        "four lanes never had two batches in flight: {interleaved:?}"
+    );
+}

@@ -9,9 +9,44 @@
 //! deliver those events again. The text is bounded: ranges that do not fit
 //! are left out, and only their events are delivered again.
 
+use std::collections::VecDeque;
+
 /// Offsets settled past the first unsettled one: inclusive, in order,
 /// neither overlapping nor touching.
 pub type Ahead = Vec<(i64, i64)>;
+
+/// What a partition's previous owner settled past the committed offset,
+/// not reached yet: those messages are taken off the queue and not
+/// delivered again.
+#[derive(Default)]
+pub struct Skip(VecDeque<(i64, i64)>);
+
+impl Skip {
+    pub fn new(ahead: Ahead) -> Self {
+        Skip(ahead.into())
+    }
+
+    /// Whether `offset` was settled before. Offsets are asked in order.
+    pub fn covers(&mut self, offset: i64) -> bool {
+        while self.0.front().is_some_and(|&(_, to)| to < offset) {
+            self.0.pop_front();
+        }
+        self.0.front().is_some_and(|&(from, _)| from <= offset)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ranges at or past `from`, cut to start there: still settled
+    /// ahead, so they go with every commit until they are passed.
+    pub fn from(&self, from: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.0
+            .iter()
+            .filter(move |&&(_, to)| to >= from)
+            .map(move |&(start, to)| (start.max(from), to))
+    }
+}
 
 /// What the metadata starts with; anything else (another tool's) is
 /// ignored.
@@ -119,6 +154,19 @@ mod tests {
     #[test]
     fn ranges_below_the_commit_are_dropped_or_cut() {
         assert_eq!(encode(10, &[(2, 4), (8, 12)]), "plugboard.ahead=0-2");
+    }
+
+    #[test]
+    fn a_skip_covers_its_ranges_once_passed_in_order() {
+        let mut skip = Skip::new(vec![(5, 7), (10, 10)]);
+        let covered: Vec<i64> = (0..12).filter(|&o| skip.covers(o)).collect();
+        assert_eq!(covered, [5, 6, 7, 10]);
+        let mut skip = Skip::new(vec![(5, 7), (10, 10)]);
+        assert!(!skip.covers(4));
+        assert_eq!(skip.from(6).collect::<Vec<_>>(), [(6, 7), (10, 10)]);
+        assert_eq!(skip.from(8).collect::<Vec<_>>(), [(10, 10)]);
+        assert!(skip.covers(10), "the ranges it jumped over are dropped");
+        assert_eq!(skip.from(0).collect::<Vec<_>>(), [(10, 10)]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{Message, OwnedMessage};
 
-use super::ahead::{self, Ahead};
+use super::ahead::{self, Ahead, Skip};
 use super::batch::Settle;
 use crate::catalog::LivePlugin;
 use crate::dispatch::Dispatcher;
@@ -64,7 +64,7 @@ pub struct Lanes {
     reported_ahead: Ahead,
     /// Offsets not taken yet that the partition's previous owner settled:
     /// taken off the queue without being delivered.
-    skip: VecDeque<(i64, i64)>,
+    skip: Skip,
     /// A message taken whose lane was full: the next one given out.
     waiting: Option<OwnedMessage>,
 }
@@ -90,7 +90,7 @@ pub struct LaneSetup {
 impl Lanes {
     /// `n` lanes, each a job of `pool` with its own instance; `skip`: the
     /// offsets a previous owner settled past the committed one.
-    pub fn new(n: usize, setup: &LaneSetup, pool: &Pool, skip: Ahead) -> Lanes {
+    pub fn new(n: usize, setup: &LaneSetup, pool: &Pool, skip: Skip) -> Lanes {
         let in_flight = Arc::new(InFlight::default());
         let lanes = (0..n)
             .map(|index| {
@@ -123,17 +123,9 @@ impl Lanes {
             taken_upto: None,
             reported: None,
             reported_ahead: Ahead::new(),
-            skip: skip.into(),
+            skip,
             waiting: None,
         }
-    }
-
-    /// Whether `offset` was settled by the partition's previous owner.
-    fn skips(&mut self, offset: i64) -> bool {
-        while self.skip.front().is_some_and(|&(_, to)| to < offset) {
-            self.skip.pop_front();
-        }
-        self.skip.front().is_some_and(|&(from, _)| from <= offset)
     }
 
     /// Gives the lanes messages from `take` (the partition's queue) until
@@ -152,7 +144,7 @@ impl Lanes {
             let Some(message) = self.waiting.take().or_else(&mut take) else {
                 break;
             };
-            if self.skips(message.offset()) {
+            if self.skip.covers(message.offset()) {
                 self.taken_upto = Some(message.offset() + 1);
                 self.reported.get_or_insert(message.offset());
                 taken += 1;
@@ -210,12 +202,7 @@ impl Lanes {
             if upto > from {
                 ahead.push((from, upto - 1));
             }
-            ahead.extend(
-                self.skip
-                    .iter()
-                    .filter(|&&(_, to)| to >= upto)
-                    .map(|&(from, to)| (from.max(upto), to)),
-            );
+            ahead.extend(self.skip.from(upto));
             (first, ahead::merge(ahead))
         };
         let unchanged = self.reported == Some(first) && self.reported_ahead == ahead;

@@ -148,11 +148,12 @@ impl Partitions {
         }
     }
 
-    /// For a plugin with lanes: what the lanes of the partitions' previous
-    /// owners settled past the committed offsets, from the commits'
-    /// metadata. If it cannot be read, those events are delivered again.
+    /// What the lanes of the partitions' previous owners settled past the
+    /// committed offsets, from the commits' metadata (read whatever this
+    /// plugin's `concurrency` is now: it may have been higher). If it
+    /// cannot be read, those events are delivered again.
     fn settled_ahead(&self, partitions: &[i32]) -> BTreeMap<i32, Ahead> {
-        if self.setup.live.current().spec.concurrency <= 1 || partitions.is_empty() {
+        if partitions.is_empty() {
             return BTreeMap::new();
         }
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
@@ -254,7 +255,15 @@ impl Partitions {
         if now < at {
             return;
         }
-        // What is left of the dead worker (lanes that did not die) stops
+        if self.replace_worker(consumer, partition, entry) {
+            entry.restart_at = None;
+        }
+    }
+
+    /// Stops the partition's worker and starts another from the first
+    /// offset it had not settled, skipping what it settled past that.
+    fn replace_worker(&self, consumer: &GroupConsumer, partition: i32, entry: &mut Owned) -> bool {
+        // What is left of the old worker (lanes that did not die) stops
         // first, so its queue is let go and its lanes' progress known;
         // then the queue is moved back, so the replacement never takes a
         // message past the first unsettled offset.
@@ -263,9 +272,8 @@ impl Partitions {
             self.read_again(consumer, partition, next);
         }
         let Some(worker) = self.start_worker(partition, entry.worker.settled_ahead()) else {
-            return;
+            return false;
         };
-        entry.restart_at = None;
         std::mem::replace(&mut entry.worker, worker).stop();
         self.setup
             .live
@@ -273,6 +281,23 @@ impl Partitions {
             .metrics()
             .holds
             .release(&self.plugin, partition);
+        true
+    }
+
+    /// A reload changed the plugin's `concurrency`: each partition's
+    /// worker is replaced by one with as many lanes, between batches.
+    fn follow_concurrency(&self, consumer: &GroupConsumer, partition: i32, entry: &mut Owned) {
+        let wanted = self.setup.live.current().spec.concurrency.max(1);
+        let had = entry.worker.lanes();
+        if had == wanted || entry.worker.died() || self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(
+            plugin = self.plugin,
+            partition,
+            "concurrency {had} -> {wanted}: the partition goes on with {wanted} batches in flight"
+        );
+        self.replace_worker(consumer, partition, entry);
     }
 
     /// Replaces workers that died, and nudges the others now and then.
@@ -288,6 +313,7 @@ impl Partitions {
         let mut owned = self.owned.locked();
         for (&partition, entry) in owned.iter_mut() {
             self.revive(consumer, partition, entry);
+            self.follow_concurrency(consumer, partition, entry);
             if nudge {
                 entry.worker.nudge();
             }

@@ -28,7 +28,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 
-use super::ahead::{self, Ahead};
+use super::ahead::{self, Ahead, Skip};
 use super::batch::Settle;
 use super::lanes::{LaneSetup, Lanes};
 use crate::catalog::LivePlugin;
@@ -109,8 +109,11 @@ pub struct Worker {
     /// The first offset the worker took and has not settled: where a
     /// replacement must read again from if it dies.
     next: Arc<AtomicI64>,
-    /// With lanes: the offsets they settled past `next`, as last reported.
+    /// The offsets settled past `next` (by lanes, or by a previous owner
+    /// and not reached yet), as last reported.
     ahead: Arc<Mutex<Ahead>>,
+    /// How many lanes it has; 1 without.
+    lanes: usize,
     stop: Shutdown,
     dead: Arc<AtomicBool>,
     job: Arc<dyn Job>,
@@ -119,8 +122,8 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker of `partition`, reading `queue`, the partition's
-    /// own queue of fetched messages. With lanes, the offsets in `skip`
-    /// were settled by a previous owner and are not delivered again.
+    /// own queue of fetched messages. The offsets in `skip` were settled
+    /// by a previous owner and are not delivered again.
     pub fn spawn<C: ConsumerContext + 'static>(
         setup: WorkerSetup,
         partition: i32,
@@ -128,7 +131,8 @@ impl Worker {
         skip: Ahead,
     ) -> Worker {
         let next = Arc::new(AtomicI64::new(UNKNOWN));
-        let ahead = Arc::new(Mutex::new(Ahead::new()));
+        let ahead = Arc::new(Mutex::new(skip.clone()));
+        let skip = Skip::new(skip);
         let stop = Shutdown::yielding();
         let dead = Arc::new(AtomicBool::new(false));
         // The queue wakes its job; the job is known once the pool has it.
@@ -145,9 +149,10 @@ impl Worker {
         }
         let pool = setup.pool.clone();
         let name = setup.live.current().name.clone();
-        // Read when the partition is assigned: a reload that changes it
-        // takes effect at the next assignment.
-        let concurrency = setup.live.current().spec.concurrency;
+        // Read when the worker starts: a reload that changes it replaces
+        // the worker (`Partitions::tend`).
+        let concurrency = setup.live.current().spec.concurrency.max(1);
+        let mut skip = Some(skip);
         let lanes = (concurrency > 1).then(|| {
             let lane_setup = LaneSetup {
                 name: name.clone(),
@@ -158,7 +163,12 @@ impl Worker {
                 dead: dead.clone(),
                 worker: waker.clone(),
             };
-            Lanes::new(concurrency, &lane_setup, &pool, skip)
+            Lanes::new(
+                concurrency,
+                &lane_setup,
+                &pool,
+                skip.take().unwrap_or_default(),
+            )
         });
         let job: Arc<dyn Job> = Arc::new(PartitionJob {
             name,
@@ -171,8 +181,10 @@ impl Worker {
                 dispatcher: Dispatcher::lazy(setup.live.clone(), partition),
                 queue,
                 kept: Vec::new(),
+                kept_upto: UNKNOWN,
                 warm: false,
                 lanes,
+                skip: skip.unwrap_or_default(),
             })),
             setup,
         });
@@ -181,6 +193,7 @@ impl Worker {
         Worker {
             next,
             ahead,
+            lanes: concurrency,
             stop,
             dead,
             job,
@@ -193,10 +206,16 @@ impl Worker {
         Some(self.next.load(Ordering::SeqCst)).filter(|&o| o != UNKNOWN)
     }
 
-    /// What lanes settled past [`Worker::unsettled_from`], as last
+    /// What was settled past [`Worker::unsettled_from`], as last
     /// reported: a replacement does not deliver it again.
     pub fn settled_ahead(&self) -> Ahead {
         self.ahead.locked().clone()
+    }
+
+    /// How many lanes it has (1 without): the plugin's `concurrency` when
+    /// it started.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// Whether the worker ended without being asked to: it panicked.
@@ -257,12 +276,18 @@ struct State<C: ConsumerContext> {
     queue: PartitionQueue<C>,
     /// Messages taken and not settled while the partition holds, in order.
     kept: Vec<OwnedMessage>,
+    /// The last offset taken with them: past the last one kept if the
+    /// messages after it were settled before (see `skip`).
+    kept_upto: i64,
     /// Whether the instance was made (before the first batch, so it
     /// reports its partition's state even before events come).
     warm: bool,
     /// With `concurrency` > 1: the lanes the messages go to (see
     /// [`super::lanes`]); the instance above then stays unused.
     lanes: Option<Lanes>,
+    /// Without lanes: what a previous owner settled ahead (the lanes keep
+    /// their own).
+    skip: Skip,
 }
 
 impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
@@ -286,7 +311,9 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
             dispatcher,
             queue,
             kept,
+            kept_upto,
             warm,
+            skip,
             ..
         } = state;
         if !std::mem::replace(warm, true) {
@@ -296,7 +323,13 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
         dispatcher.follow();
         if !kept.is_empty() {
             let done = self.setup.settle.owned(dispatcher, kept, &self.stop);
-            if done > 0 && !self.report(kept[done - 1].offset()) {
+            let upto = if done == kept.len() {
+                (*kept_upto).max(kept[done - 1].offset())
+            } else {
+                kept.get(done.wrapping_sub(1))
+                    .map_or(UNKNOWN, Message::offset)
+            };
+            if upto != UNKNOWN && !self.report(upto, skip) {
                 self.close(&mut slot);
                 return Next::Done;
             }
@@ -318,6 +351,19 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
             return Next::Idle;
         }
         let full = batch.len() == batch_size;
+        let last = batch[batch.len() - 1].offset();
+        if !skip.is_empty() {
+            // Settled before: passed over, and reported with what comes
+            // before them.
+            batch.retain(|m| !skip.covers(m.offset()));
+            if batch.is_empty() {
+                if !self.report(last, skip) {
+                    self.close(&mut slot);
+                    return Next::Done;
+                }
+                return if full { Next::Again } else { Next::Idle };
+            }
+        }
         let _ = self.next.compare_exchange(
             UNKNOWN,
             batch[0].offset(),
@@ -329,7 +375,14 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
         let done = self.setup.settle.borrowed(dispatcher, &batch, &self.stop);
         // The settled prefix may be committed, even if the rest of the
         // batch is not settled (a stop came while it held).
-        if done > 0 && !self.report(batch[done - 1].offset()) {
+        let upto = if done == batch.len() {
+            last
+        } else {
+            batch
+                .get(done.wrapping_sub(1))
+                .map_or(UNKNOWN, Message::offset)
+        };
+        if upto != UNKNOWN && !self.report(upto, skip) {
             drop(batch);
             self.close(&mut slot);
             return Next::Done;
@@ -340,6 +393,7 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
             let rest: Vec<OwnedMessage> = batch[done..].iter().map(|m| m.detach()).collect();
             drop(batch);
             *kept = rest;
+            *kept_upto = last;
             return self.cut_short(&mut *slot);
         }
         if full { Next::Again } else { Next::Idle }
@@ -362,15 +416,22 @@ impl<C: ConsumerContext + 'static> Job for PartitionJob<C> {
 }
 
 impl<C: ConsumerContext> PartitionJob<C> {
-    /// Reports `offset` settled; false if the poll loop is gone.
-    fn report(&self, offset: i64) -> bool {
+    /// Reports `offset` settled, with what a previous owner settled past
+    /// it and is not reached yet; false if the poll loop is gone.
+    fn report(&self, offset: i64, skip: &Skip) -> bool {
         self.next.store(offset + 1, Ordering::SeqCst);
+        let mut metadata = String::new();
+        if !skip.is_empty() {
+            let ahead: Ahead = skip.from(offset + 1).collect();
+            metadata = ahead::encode(offset + 1, &ahead);
+            *self.ahead.locked() = ahead;
+        }
         self.setup
             .settled
             .send(Settled {
                 partition: self.partition,
                 offset,
-                metadata: String::new(),
+                metadata,
             })
             .is_ok()
     }
