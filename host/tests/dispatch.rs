@@ -271,7 +271,9 @@ fn counting(
 fn counts(dir: &std::path::Path) -> BTreeMap<String, u64> {
     let db = rusqlite::Connection::open(dir.join("state.sqlite")).unwrap();
     let mut stmt = db
-        .prepare("SELECT key, value FROM state WHERE plugin = 'counting' AND bucket = 'counting'")
+        .prepare(
+            "SELECT key, value FROM state WHERE plugin = 'counting' AND bucket = 'counting' AND key LIKE 'n/%'",
+        )
         .unwrap();
     stmt.query_map([], |row| {
         let value: Vec<u8> = row.get(1)?;

@@ -293,7 +293,7 @@ impl Job for LaneJob {
         if batch.is_empty() {
             return Next::Idle;
         }
-        super::worker::panic_hook::check(&self.plugin, self.partition, &batch);
+        super::panic_hook::check(&self.plugin, self.partition, &batch);
         let done = self.settle.owned(dispatcher, &batch, &self.stop);
         {
             let mut in_flight = self.in_flight.0.locked();

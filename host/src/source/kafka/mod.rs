@@ -21,6 +21,7 @@ pub mod budget;
 pub mod client;
 pub(crate) mod client_log;
 mod lanes;
+mod panic_hook;
 mod partitions;
 pub mod rewind;
 mod worker;
