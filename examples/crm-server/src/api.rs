@@ -78,6 +78,17 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+/// Runs a store call off the async threads: SQLite blocks, and a runtime
+/// thread blocked on it would delay every other request's answer.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let result = tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| anyhow::anyhow!("the store call failed: {e}"))?;
+    Ok(result?)
+}
+
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message.into())
 }
@@ -163,11 +174,13 @@ async fn batch_upsert(
         let properties = string_properties(&input["properties"], i)?;
         parsed.push((id_property.to_string(), id.to_string(), properties));
     }
-    let results = app.store.upsert(&object_type, &parsed)?;
+    let upserted = parsed.len() as u64;
+    let store = app.store.clone();
+    let results = blocking(move || store.upsert(&object_type, &parsed)).await?;
     app.stats.upsert_requests.fetch_add(1, Ordering::Relaxed);
     app.stats
         .upsert_inputs
-        .fetch_add(parsed.len() as u64, Ordering::Relaxed);
+        .fetch_add(upserted, Ordering::Relaxed);
     Ok(Json(json!({"status": "COMPLETE", "results": results})))
 }
 
@@ -191,14 +204,27 @@ async fn batch_read(
     authorize(&app, &headers)?;
     app.stats.read_requests.fetch_add(1, Ordering::Relaxed);
     let body = parse_body(&body)?;
-    let id_property = body["idProperty"].as_str();
+    let id_property = body["idProperty"].as_str().map(str::to_owned);
+    let ids = inputs(&body)?
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            input["id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| bad_request(format!("inputs[{i}].id is required")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = app.store.clone();
+    let (ids, found) = blocking(move || {
+        let found = store.find_many(&object_type, id_property.as_deref(), &ids)?;
+        Ok((ids, found))
+    })
+    .await?;
     let mut results = Vec::new();
     let mut missing = Vec::new();
-    for (i, input) in inputs(&body)?.iter().enumerate() {
-        let id = input["id"]
-            .as_str()
-            .ok_or_else(|| bad_request(format!("inputs[{i}].id is required")))?;
-        match app.store.find(&object_type, id_property, id)? {
+    for (id, found) in ids.into_iter().zip(found) {
+        match found {
             Some(mut object) => {
                 // Like HubSpot: only the properties asked for, if a list
                 // was given.
@@ -209,7 +235,7 @@ async fn batch_read(
                 }
                 results.push(object)
             }
-            None => missing.push(id.to_string()),
+            None => missing.push(id),
         }
     }
     let mut out = json!({"status": "COMPLETE", "results": results});
@@ -233,8 +259,12 @@ async fn get_one(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    let id_property = query.get("idProperty").map(String::as_str);
-    match app.store.find(&object_type, id_property, &id)? {
+    let id_property = query.get("idProperty").cloned();
+    let store = app.store.clone();
+    let id_for_find = id.clone();
+    let found =
+        blocking(move || store.find(&object_type, id_property.as_deref(), &id_for_find)).await?;
+    match found {
         Some(object) => Ok(Json(serde_json::to_value(object).expect("serialisable"))),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -269,7 +299,8 @@ async fn list(
             ))
         })?,
     };
-    let page = app.store.page(&object_type, limit + 1, after)?;
+    let store = app.store.clone();
+    let page = blocking(move || store.page(&object_type, limit + 1, after)).await?;
     let more = page.len() > limit;
     let results: Vec<_> = page.into_iter().take(limit).collect();
     let next = results.last().filter(|_| more).map(|last| last.id.clone());
