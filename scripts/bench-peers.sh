@@ -27,14 +27,29 @@
 #   Kafka Connect 4.1.2 standalone, from Maven Central (bench/peers/connect/pom.xml):
 #                       FileStreamSinkConnector (file), the HTTP sink in
 #                       bench/peers/connect/src (http), both on raw bytes
-#                       (ByteArrayConverter); and the file job again with
+#                       (ByteArrayConverter); the decode job with
+#                       BookingConverter (the booking parsed by
+#                       protoc-generated classes) into a discarding sink;
+#                       the file job again with
 #                       BookingJsonConverter (bench/peers/connect/src: the
 #                       booking decoded by protoc-generated classes and
 #                       printed as proto3 JSON by protobuf-java-util), the
-#                       same work as plugboard's and Benthos' file jobs
+#                       same work as plugboard's and Benthos' file jobs,
+#                       and the http job again with BookingSyncTask
+#                       (the same classes): crm-sync's work, the newest
+#                       version of each booking read from the CRM
+#                       (batch/read) before the newer ones are upserted
 #   Benthos 4.27.0      the MIT core of Redpanda Connect, built from
 #                       bench/peers/benthos/main.go: kafka_franz, protobuf
-#                       to JSON, drop / file / http_client
+#                       to JSON, drop / file / http_client; and the http
+#                       job again with crm-sync's work, a batch/read in a
+#                       branch before the upsert (one pipeline thread:
+#                       --systems benthos_sync_6threads runs it with six,
+#                       which leaves older versions in the CRM)
+#
+# After the http job it compares the CRMs the rows that read versions left
+# behind (plugboard, Connect and Benthos): the same bookings with the same
+# properties, or what differs.
 #
 # With --registry (scripts/registry.sh start), plugboard's decode job also
 # runs on the same events framed with the registry id of booking.v1 (the
@@ -94,7 +109,7 @@ if [[ ",$systems," == *,connect,* ]]; then
       -Dartifact=com.google.protobuf:protoc:4.36.2:exe:linux-x86_64 -DoutputDirectory="$cache/protoc-4.36.2")
     chmod +x "$protoc"
   fi
-  echo "==> generating the booking's Java classes; compiling the Connect HTTP sink and JSON converter"
+  echo "==> generating the booking's Java classes; compiling the Connect sinks and converters"
   rm -rf "$cache/connect-classes" "$cache/connect-gen" && mkdir -p "$cache/connect-classes" "$cache/connect-gen/wkt"
   # The well-known types' .proto files travel in protobuf-java's jar.
   (cd "$cache/connect-gen/wkt" && unzip -o -q "$connect_libs/protobuf-java-4.36.2.jar" 'google/protobuf/*.proto')

@@ -16,7 +16,10 @@ consumer group reading the topic from the earliest offset, a fresh sink
 "In its sink": a line in the output files (file), an input upserted at
 crm-example (http), or the system's own count of events it finished
 (decode: plugboard's handled-events metric, Benthos' output_sent, the bare
-consumer's report). Progress is sampled every 20 ms.
+consumer's report; http rows that read versions, which upsert a booking
+once per batch and skip what the CRM holds: plugboard's handled-events
+metric, BookingSyncTask's count of finished records, a Benthos counter
+after the upsert). Progress is sampled every 20 ms.
 """
 
 import argparse
@@ -26,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -193,6 +197,9 @@ class Bench:
         self.a = a
         self.work = Path(a.work).resolve()
         self.results = []
+        # The CRM database of each http row that writes whole bookings
+        # replay-safely, to compare what they left behind.
+        self.crms = {}
 
     def run_dir(self, name):
         d = self.work / name
@@ -261,6 +268,7 @@ class Bench:
             manifest = f'[folder]\npath = "{d / "out"}"\nguest_path = "/data"\n[limits]\nbatch_size = 500\n[config]\ndir = "/data"\n'
         else:
             crm, base = self.start_crm(d)
+            self.crms[label or "plugboard (crm-sync)"] = d / "crm.db"
             plugin = "crm-sync"
             manifest = f'allow_hosts = ["{base}"]\n[limits]\nbatch_size = 100\n[config]\nbase_url = "{base}"\n'
         names = [plugin] if copies == 1 else [f"{plugin}-{i}" for i in range(1, copies + 1)]
@@ -291,9 +299,14 @@ class Bench:
     # -- Kafka Connect ---------------------------------------------------
 
     def connect(self, job, json_values=False):
-        """`json_values`: values decoded as bookings and turned into proto3
-        JSON by BookingJsonConverter (bench/peers/connect/src) instead of
-        passed on as raw bytes."""
+        """`json_values`: the bookings decoded, as the others do. The decode
+        job parses them with BookingConverter and discards them
+        (DiscardSinkConnector); the file job turns them into proto3 JSON
+        lines with BookingJsonConverter (all in bench/peers/connect/src);
+        the http job's BookingSyncTask decodes them and does crm-sync's
+        work (batch/read of the versions the CRM holds, batch/upsert of the
+        newer). Without it, values pass as raw bytes: the file job writes
+        Java identities and the http job posts each record's position."""
         d = self.run_dir(f"connect-{job}{'-json' if json_values else ''}")
         rest = free_port()
         worker = d / "worker.properties"
@@ -301,8 +314,9 @@ class Bench:
         # consumer keeps its defaults (max.poll.records 500, fetch.min.bytes
         # 1) except for the http job, where a put is one POST and
         # crm-example takes at most 100 inputs per request.
-        converter = ("plugboard.bench.BookingJsonConverter" if json_values
-                     else "org.apache.kafka.connect.converters.ByteArrayConverter")
+        converter = {("decode", True): "plugboard.bench.BookingConverter",
+                     ("file", True): "plugboard.bench.BookingJsonConverter"}.get(
+            (job, json_values), "org.apache.kafka.connect.converters.ByteArrayConverter")
         worker.write_text("\n".join([
             f"bootstrap.servers={self.a.brokers}",
             "key.converter=org.apache.kafka.connect.storage.StringConverter",
@@ -318,7 +332,25 @@ class Bench:
         ]))
         connector = d / "connector.properties"
         crm = None
-        if job == "file":
+        finished = d / "finished"
+
+        def counted():
+            # The sinks that count what they finished themselves.
+            try:
+                return int(finished.read_text() or 0)
+            except (OSError, ValueError):
+                return 0
+        if job == "decode":
+            connector.write_text("\n".join([
+                f"name=bench-decode-{os.getpid()}",
+                "connector.class=plugboard.bench.DiscardSinkConnector",
+                "tasks.max=6",
+                f"topics={self.a.topic}",
+                f"progress.file={finished}",
+                "",
+            ]))
+            progress = counted
+        elif job == "file":
             (d / "out").mkdir()
             connector.write_text("\n".join([
                 f"name=bench-file-{os.getpid()}",
@@ -331,17 +363,23 @@ class Bench:
             progress = LineCounter(d / "out")
         else:
             crm, base = self.start_crm(d)
+            if json_values:
+                self.crms["Kafka Connect 4.1.2 (decoded, versions read)"] = d / "crm.db"
             connector.write_text("\n".join([
                 f"name=bench-http-{os.getpid()}",
                 "connector.class=plugboard.bench.HttpSinkConnector",
                 "tasks.max=6",
                 f"topics={self.a.topic}",
                 f"crm.url={base}/crm/v3/objects/bookings/batch/upsert",
+                f"crm.sync={'true' if json_values else 'false'}",
+                f"progress.file={finished}",
                 "",
             ]))
 
             def progress():
-                return self.crm_inputs(base)
+                # BookingSyncTask writes a booking once per batch and skips
+                # what the CRM holds, so it counts what it finished itself.
+                return counted() if json_values else self.crm_inputs(base)
         log4j = d / "log4j2.properties"
         # Connect brings no logging binding; log4j2 at WARN. Kafka 4.1's
         # admin client logs "Rebootstrapping" in a loop unless its metadata
@@ -366,8 +404,10 @@ class Bench:
                "-Djava.awt.headless=true"]
         cmd = [self.a.java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", cp,
                "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(connector)]
-        name = ("Kafka Connect 4.1.2 (protobuf to JSON)" if json_values
-                else "Kafka Connect 4.1.2 (raw bytes)")
+        name = ("Kafka Connect 4.1.2 (raw bytes)" if not json_values
+                else {"decode": "Kafka Connect 4.1.2 (protobuf parsed)",
+                      "file": "Kafka Connect 4.1.2 (protobuf to JSON)"}.get(
+                          job, "Kafka Connect 4.1.2 (decoded, versions read)"))
         try:
             return measure(name, job, cmd, progress, self.a.events, d / "log")
         finally:
@@ -475,6 +515,150 @@ class Bench:
         finally:
             stop(crm)
 
+    def benthos_sync_6threads(self, job):
+        return self.benthos_sync(job, threads=6)
+
+    def benthos_sync(self, job, threads=1):
+        """crm-sync's work in Benthos: each batch of 100 decoded bookings
+        keeps the newest version of each booking, asks the CRM which
+        versions it holds (batch/read, in a branch), and upserts the newer
+        ones; then the batch is split again and a counter after the upsert
+        counts its events. One pipeline thread: with more, two batches of
+        one partition are in flight at once, and an older version's upsert
+        can land after a newer one's (`benthos_sync_6threads` shows it:
+        the CRM is left with older versions)."""
+        d = self.run_dir(f"benthos-sync{threads}-{job}")
+        port = free_port()
+        crm, base = self.start_crm(d)
+        name = "Benthos 4.27.0 (versions read)" + ("" if threads == 1 else f", {threads} threads")
+        self.crms[name] = d / "crm.db"
+        objects = f"{base}/crm/v3/objects/bookings"
+        config = d / "benthos.yaml"
+        config.write_text(f"""http:
+  address: 127.0.0.1:{port}
+logger:
+  level: WARN
+metrics:
+  json_api: {{}}
+input:
+  kafka_franz:
+    seed_brokers: [{self.a.brokers}]
+    topics: [{self.a.topic}]
+    consumer_group: {self.group('benthos-sync', job)}
+    start_from_oldest: true
+    checkpoint_limit: 1024
+    batching:
+      count: 100
+      period: 50ms
+pipeline:
+  threads: {threads}
+  processors:
+    - protobuf:
+        operator: to_json
+        message: booking.v1.BookingEvent
+        import_paths: [{self.a.proto}]
+    - archive:
+        format: json_array
+    - mapping: |
+        root.all = this
+        root.newest = this.fold({{}}, item -> item.tally.assign({{
+          (item.value.bookingId): if item.tally.get(item.value.bookingId).version.or("0").number() >= item.value.version.or("0").number() {{
+            item.tally.get(item.value.bookingId)
+          }} else {{ item.value }}
+        }})).values()
+    - branch:
+        request_map: |
+          root.idProperty = "booking_id"
+          root.properties = ["booking_id", "booking_version"]
+          root.inputs = this.newest.map_each(e -> {{"id": e.bookingId}})
+        processors:
+          - http:
+              url: {objects}/batch/read
+              verb: POST
+              headers:
+                Content-Type: application/json
+        result_map: |
+          root.held = this.results.fold({{}}, item -> item.tally.assign({{
+            (item.value.properties.booking_id): item.value.properties.booking_version.number()
+          }}))
+    - branch:
+        request_map: |
+          let held = this.held
+          root.inputs = this.newest.filter(e -> $held.get(e.bookingId).or(-1) < e.version.or("0").number()).map_each(e -> {{
+            "idProperty": "booking_id",
+            "id": e.bookingId,
+            "properties": {{
+              "booking_id": e.bookingId,
+              "booking_state": e.state.or("").trim_prefix("BOOKING_STATE_").lowercase(),
+              "booking_version": e.version.or("").string(),
+              "customer_name": e.customer.name.or(""),
+              "customer_email": e.customer.email.or(""),
+              "garage_name": e.garage.name.or(""),
+              "service_code": e.service.serviceCode.or(""),
+              "price_amount_minor": e.price.amountMinor.or("").string(),
+              "price_currency": e.price.currencyCode.or(""),
+              "appointment_start": e.appointmentStart.or(""),
+              "last_event_id": e.eventId
+            }}
+          }})
+          root = if root.inputs.length() == 0 {{ deleted() }}
+        processors:
+          - http:
+              url: {objects}/batch/upsert
+              verb: POST
+              headers:
+                Content-Type: application/json
+    - mapping: root = this.all
+    - unarchive:
+        format: json_array
+    - metric:
+        type: counter
+        name: events_done
+output:
+  drop: {{}}
+""")
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def progress():
+            text = http_get(url)
+            try:
+                values = json.loads(text) if text else {}
+            except ValueError:
+                return 0
+            # output_sent counts each split message once per message of
+            # its batch; the counter after the split counts each event.
+            return sum(v for k, v in values.items()
+                       if k.split("{")[0] == "events_done" and isinstance(v, (int, float)))
+        try:
+            return measure(name, job, [self.a.benthos, "-c", str(config)],
+                           progress, self.a.events, d / "log")
+        finally:
+            stop(crm)
+
+    def same_crms(self):
+        """Compares the CRM each replay-safe http row left behind with the
+        first one's (plugboard's): the same bookings with the same
+        properties. Returns {row: number of bookings that differ}."""
+        if len(self.crms) < 2:
+            return None
+        held = {}
+        for name, db in self.crms.items():
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+                rows = [json.loads(p) for (p,) in c.execute("SELECT properties FROM objects")]
+            held[name] = {r.get("booking_id"): r for r in rows}
+        (first, want), *rest = held.items()
+        differ = {}
+        for name, got in rest:
+            keys = [k for k in want.keys() | got.keys() if want.get(k) != got.get(k)]
+            differ[name] = len(keys)
+            if keys:
+                print(f"    e.g. {keys[0]} in {first}'s CRM: {want.get(keys[0])}; in {name}'s: "
+                      f"{got.get(keys[0])}", file=sys.stderr, flush=True)
+        print(f"\nthe CRM each http row that reads versions left, against {first}'s "
+              f"({len(want):,} bookings):")
+        for name, n in differ.items():
+            print(f"  {name}: {'the same' if n == 0 else f'{n:,} bookings differ'}")
+        return differ
 
 def schema_costs(bench, a):
     """The decode job on the same events three ways: plain protobuf (the
@@ -557,20 +741,24 @@ def main():
         "bare": ["decode"],
         "plugboard": ["decode", "file", "http"],
         # Connect on raw bytes (it ships no converter for plain protobuf),
-        # and with the JSON converter a user writes: the same work as the
-        # others' file job. No decode job: Connect has no discarding sink.
+        # and decoding the bookings as a user writes it: a parsing converter
+        # and a discarding sink for the decode job, the JSON converter for
+        # the file job, crm-sync's work for the http job.
         "connect": ["file", "http"],
-        "connect_json": ["file"],
+        "connect_json": ["decode", "file", "http"],
         "benthos": ["decode", "file", "http"],
+        "benthos_sync": ["http"],
+        "benthos_sync_6threads": ["http"],
     }
     results = []
     jobs = a.jobs.split(",")
     for job in ["decode", "file", "http"]:
         if job not in jobs:
             continue
-        # "connect" runs both Connect rows: the JSON one beside the raw one.
-        systems = [s for name in a.systems.split(",")
-                   for s in (["connect", "connect_json"] if name == "connect" else [name])]
+        # "connect" runs both Connect rows: the decoding one beside the raw
+        # one; "benthos" its http job with and without reading versions.
+        pairs = {"connect": ["connect", "connect_json"], "benthos": ["benthos", "benthos_sync"]}
+        systems = [s for name in a.systems.split(",") for s in pairs.get(name, [name])]
         for system in systems:
             if job in plan[system]:
                 try:
@@ -584,6 +772,7 @@ def main():
     (out / "peers.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(table(results))
+    bench.same_crms()
     print(f"\nwritten: {out / 'peers.json'}")
     if a.scaling_events:
         points = scaling(bench, a)
