@@ -65,6 +65,9 @@ impl Runtime {
         // backtraces (function names stay): it is a tenth of a component's
         // compiled size, resident for as long as the plugin serves.
         config.generate_address_map(false);
+        if let Some(profiler) = profiler()? {
+            config.profiler(profiler);
+        }
         if let Some(dir) = cache_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the cache folder {}", dir.display()))?;
@@ -137,4 +140,42 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the epoch thread");
+}
+
+/// The environment variable that names a profiler for plugins' compiled
+/// code: `perfmap` writes `/tmp/perf-PID.map`, so `perf report` names the
+/// guest's functions instead of showing `[JIT]` addresses.
+pub const PROFILE_ENV: &str = "PLUGBOARD_WASM_PROFILE";
+
+/// The profiler [`PROFILE_ENV`] asks for; none when it is unset or empty.
+fn profiler() -> Result<Option<wasmtime::ProfilingStrategy>> {
+    profiler_named(std::env::var(PROFILE_ENV).ok().as_deref())
+}
+
+fn profiler_named(name: Option<&str>) -> Result<Option<wasmtime::ProfilingStrategy>> {
+    match name {
+        None | Some("") | Some("none") => Ok(None),
+        Some("perfmap") => Ok(Some(wasmtime::ProfilingStrategy::PerfMap)),
+        Some(other) => anyhow::bail!(
+            "{PROFILE_ENV}={other:?} is not a profiler plugboard knows: set it to perfmap (for perf), or unset it"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_variable_takes_perfmap_or_nothing_and_names_itself_otherwise() {
+        assert!(profiler_named(None).unwrap().is_none());
+        assert!(profiler_named(Some("")).unwrap().is_none());
+        assert!(matches!(
+            profiler_named(Some("perfmap")).unwrap(),
+            Some(wasmtime::ProfilingStrategy::PerfMap)
+        ));
+        let err = profiler_named(Some("jitdump")).unwrap_err().to_string();
+        assert!(err.contains("PLUGBOARD_WASM_PROFILE=\"jitdump\""), "{err}");
+        assert!(err.contains("perfmap"), "{err}");
+    }
 }
