@@ -192,6 +192,18 @@ def measure(name, job, cmd, progress, events, log, env=None, cwd=None, timeout=1
     return result
 
 
+def benthos_metric(port, name):
+    """A counter of Benthos' json_api metrics ({"name{label=...}": N, ...}),
+    summed over its labels; 0 while Benthos does not answer."""
+    text = http_get(f"http://127.0.0.1:{port}/metrics")
+    try:
+        values = json.loads(text) if text else {}
+    except ValueError:
+        return 0
+    return sum(v for k, v in values.items()
+               if k.split("{")[0] == name and isinstance(v, (int, float)))
+
+
 class Bench:
     def __init__(self, a):
         self.a = a
@@ -453,17 +465,9 @@ class Bench:
         ]
         if job == "decode":
             lines += ["  drop: {}"]
-            url = f"http://127.0.0.1:{port}/metrics"
 
             def progress():
-                # json_api metrics: {"output_sent{label=...}": N, ...}
-                text = http_get(url)
-                try:
-                    values = json.loads(text) if text else {}
-                except ValueError:
-                    return 0
-                return sum(v for k, v in values.items()
-                           if k.split("{")[0] == "output_sent" and isinstance(v, (int, float)))
+                return benthos_metric(port, "output_sent")
         elif job == "file":
             (d / "out").mkdir()
             lines += ["  file:", f"    path: {d / 'out' / 'out.jsonl'}", "    codec: lines"]
@@ -617,18 +621,11 @@ pipeline:
 output:
   drop: {{}}
 """)
-        url = f"http://127.0.0.1:{port}/metrics"
 
         def progress():
-            text = http_get(url)
-            try:
-                values = json.loads(text) if text else {}
-            except ValueError:
-                return 0
             # output_sent counts each split message once per message of
             # its batch; the counter after the split counts each event.
-            return sum(v for k, v in values.items()
-                       if k.split("{")[0] == "events_done" and isinstance(v, (int, float)))
+            return benthos_metric(port, "events_done")
         try:
             return measure(name, job, [self.a.benthos, "-c", str(config)],
                            progress, self.a.events, d / "log")

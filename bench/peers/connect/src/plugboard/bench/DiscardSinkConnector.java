@@ -1,13 +1,10 @@
 package plugboard.bench;
 
-import java.util.ArrayList;
 import java.util.Collection;
-import java.util.List;
 import java.util.Map;
 
 import org.apache.kafka.common.config.ConfigDef;
 import org.apache.kafka.connect.connector.Task;
-import org.apache.kafka.connect.sink.SinkConnector;
 import org.apache.kafka.connect.sink.SinkRecord;
 import org.apache.kafka.connect.sink.SinkTask;
 
@@ -16,40 +13,16 @@ import org.apache.kafka.connect.sink.SinkTask;
  * counts what it is handed ({@code progress.file}, see {@link Progress})
  * and drops it. The decoding is the converter's.
  */
-public class DiscardSinkConnector extends SinkConnector {
-    private Map<String, String> props;
-
-    @Override
-    public void start(Map<String, String> props) {
-        this.props = props;
-    }
-
+public class DiscardSinkConnector extends BenchSinkConnector {
     @Override
     public Class<? extends Task> taskClass() {
         return DiscardTask.class;
     }
 
     @Override
-    public List<Map<String, String>> taskConfigs(int maxTasks) {
-        List<Map<String, String>> configs = new ArrayList<>();
-        for (int i = 0; i < maxTasks; i++) {
-            configs.add(props);
-        }
-        return configs;
-    }
-
-    @Override
-    public void stop() {}
-
-    @Override
     public ConfigDef config() {
         return new ConfigDef().define("progress.file", ConfigDef.Type.STRING, null, ConfigDef.Importance.LOW,
                 "Where the records handed to the tasks are counted");
-    }
-
-    @Override
-    public String version() {
-        return "1";
     }
 
     /** Counts each batch and drops it. */

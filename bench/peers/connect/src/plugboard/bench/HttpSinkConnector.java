@@ -1,12 +1,7 @@
 package plugboard.bench;
 
-import java.util.ArrayList;
-import java.util.List;
-import java.util.Map;
-
 import org.apache.kafka.common.config.ConfigDef;
 import org.apache.kafka.connect.connector.Task;
-import org.apache.kafka.connect.sink.SinkConnector;
 
 /**
  * A minimal HTTP sink for the peer benchmark: every batch Connect hands a
@@ -16,30 +11,11 @@ import org.apache.kafka.connect.sink.SinkConnector;
  * (the default) posts each record's position ({@link HttpSinkTask}); true
  * decodes the bookings and does crm-sync's work ({@link BookingSyncTask}).
  */
-public class HttpSinkConnector extends SinkConnector {
-    private Map<String, String> props;
-
-    @Override
-    public void start(Map<String, String> props) {
-        this.props = props;
-    }
-
+public class HttpSinkConnector extends BenchSinkConnector {
     @Override
     public Class<? extends Task> taskClass() {
         return Boolean.parseBoolean(props.get("crm.sync")) ? BookingSyncTask.class : HttpSinkTask.class;
     }
-
-    @Override
-    public List<Map<String, String>> taskConfigs(int maxTasks) {
-        List<Map<String, String>> configs = new ArrayList<>();
-        for (int i = 0; i < maxTasks; i++) {
-            configs.add(props);
-        }
-        return configs;
-    }
-
-    @Override
-    public void stop() {}
 
     @Override
     public ConfigDef config() {
@@ -49,10 +25,5 @@ public class HttpSinkConnector extends SinkConnector {
                 "Decode the bookings, read the versions the CRM holds and upsert the newer ones")
             .define("progress.file", ConfigDef.Type.STRING, null, ConfigDef.Importance.LOW,
                 "Where BookingSyncTask counts the events it finished");
-    }
-
-    @Override
-    public String version() {
-        return "1";
     }
 }
