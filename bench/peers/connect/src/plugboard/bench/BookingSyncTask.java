@@ -59,6 +59,9 @@ public class BookingSyncTask extends SinkTask {
 
     @Override
     public void put(Collection<SinkRecord> records) {
+        if (records.isEmpty()) {
+            return;
+        }
         Map<String, BookingEvent> newest = new LinkedHashMap<>();
         for (SinkRecord r : records) {
             if (r.value() == null) {
