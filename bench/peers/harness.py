@@ -320,6 +320,10 @@ class Bench:
         newer). Without it, values pass as raw bytes: the file job writes
         Java identities and the http job posts each record's position."""
         d = self.run_dir(f"connect-{job}{'-json' if json_values else ''}")
+        name = ("Kafka Connect 4.1.2 (raw bytes)" if not json_values
+                else {"decode": "Kafka Connect 4.1.2 (protobuf parsed)",
+                      "file": "Kafka Connect 4.1.2 (protobuf to JSON)"}.get(
+                          job, "Kafka Connect 4.1.2 (decoded, versions read)"))
         rest = free_port()
         worker = d / "worker.properties"
         # Fair tuning: offsets flushed every second, REST on loopback. The
@@ -376,7 +380,7 @@ class Bench:
         else:
             crm, base = self.start_crm(d)
             if json_values:
-                self.crms["Kafka Connect 4.1.2 (decoded, versions read)"] = d / "crm.db"
+                self.crms[name] = d / "crm.db"
             connector.write_text("\n".join([
                 f"name=bench-http-{os.getpid()}",
                 "connector.class=plugboard.bench.HttpSinkConnector",
@@ -416,10 +420,6 @@ class Bench:
                "-Djava.awt.headless=true"]
         cmd = [self.a.java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", cp,
                "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(connector)]
-        name = ("Kafka Connect 4.1.2 (raw bytes)" if not json_values
-                else {"decode": "Kafka Connect 4.1.2 (protobuf parsed)",
-                      "file": "Kafka Connect 4.1.2 (protobuf to JSON)"}.get(
-                          job, "Kafka Connect 4.1.2 (decoded, versions read)"))
         try:
             return measure(name, job, cmd, progress, self.a.events, d / "log")
         finally:
@@ -635,9 +635,9 @@ output:
     def same_crms(self):
         """Compares the CRM each replay-safe http row left behind with the
         first one's (plugboard's): the same bookings with the same
-        properties. Returns {row: number of bookings that differ}."""
+        properties, printed per row."""
         if len(self.crms) < 2:
-            return None
+            return
         held = {}
         for name, db in self.crms.items():
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
@@ -655,7 +655,6 @@ output:
               f"({len(want):,} bookings):")
         for name, n in differ.items():
             print(f"  {name}: {'the same' if n == 0 else f'{n:,} bookings differ'}")
-        return differ
 
 def schema_costs(bench, a):
     """The decode job on the same events three ways: plain protobuf (the
